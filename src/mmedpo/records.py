@@ -1,0 +1,191 @@
+"""The records every stage reads and writes, and the JSON Lines store that holds them.
+
+A stage reads records, writes records, and never reaches into another stage.
+`JsonlStore` appends one record per line and flushes it at once, so a killed
+stage loses at most the line it was writing; reopening the store drops that
+torn line and `done_ids()` tells the stage where to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Generic, Iterable, Iterator, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Task = Literal["vqa", "report"]
+AnswerType = Literal["closed", "open"]
+PairKind = Literal["text", "visual"]
+
+
+class Sample(BaseModel):
+    """One supervised example: an image, a prompt and its ground-truth answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    task: Task
+    image: str = Field(description="image path relative to the image root")
+    question: str = Field(description="the question; for reports, the instruction")
+    answer: str
+    answer_type: AnswerType | None = None
+    split: str = "train"
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: Any) -> Any:
+        # Released files mix integer and string ids; the reference code crashed on that.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("image", "question", "answer")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+class PreferencePair(BaseModel):
+    """A preferred (chosen) and a dispreferred (rejected) answer to one prompt.
+
+    Textual pairs share one image. Visual pairs give the rejected answer its own
+    image (`rejected_image`, the lesion-noised one), so the pair differs in the image.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    sample_id: str
+    task: Task
+    kind: PairKind
+    image: str
+    rejected_image: str | None = None
+    question: str
+    chosen: str
+    rejected: str
+    answer_type: AnswerType | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    scores: dict[str, float] = Field(default_factory=dict)
+    weight: float | None = None
+
+    @field_validator("id", "sample_id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("image", "question", "chosen", "rejected")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("weight")
+    @classmethod
+    def _finite_non_negative(cls, value: float | None) -> float | None:
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise ValueError(f"weight must be a finite number >= 0, got {value}")
+        return value
+
+
+class Reject(BaseModel):
+    """Why one input record was not used: written to a `.rejects.jsonl` file."""
+
+    id: str | None = None
+    source: str = Field(description="file (and line or index) the record came from")
+    reason: str
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def describe_error(error: Exception) -> str:
+    """One line saying what is wrong with a record, without a library traceback."""
+    if isinstance(error, ValidationError):
+        parts = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item["loc"]) or "record"
+            parts.append(f"{where}: {item['msg']}")
+        return "; ".join(parts)
+    return f"{type(error).__name__}: {error}"
+
+
+def rejects_path(path: Path) -> Path:
+    """`pairs.text.jsonl` -> `pairs.text.rejects.jsonl`."""
+    name = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
+    return path.with_name(name + ".rejects.jsonl")
+
+
+class JsonlStore(Generic[R]):
+    """Append-only JSON Lines file of one record type, safe to resume.
+
+    Every `append` writes a whole line and flushes it. On open, a torn last line
+    (left by a kill mid-write) is cut off so the file is valid again.
+    """
+
+    def __init__(self, path: Path | str, model: type[R]):
+        self.path = Path(path)
+        self.model = model
+        self._repair_tail()
+
+    def _repair_tail(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with self.path.open("rb+") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) == b"\n":
+                return
+            data = self.path.read_bytes()
+            keep = data.rfind(b"\n") + 1
+            handle.truncate(keep)
+
+    def __iter__(self) -> Iterator[R]:
+        if not self.path.exists():
+            return
+        with self.path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        yield self.model.model_validate_json(line)
+                    except ValidationError as error:
+                        raise ValueError(f"{self.path}:{number}: {describe_error(error)}") from None
+
+    def read(self) -> list[R]:
+        return list(self)
+
+    def done_ids(self) -> set[str]:
+        return {record.id for record in self}  # type: ignore[attr-defined]
+
+    def append(self, record: R) -> None:
+        self.extend([record])
+
+    def extend(self, records: Iterable[R]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(record.model_dump_json() + "\n")
+                handle.flush()
+
+
+def read_jsonl(path: Path | str, model: type[R]) -> list[R]:
+    return JsonlStore(path, model).read()
+
+
+def write_jsonl(path: Path | str, records: Iterable[BaseModel]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(record.model_dump_json() + "\n")
+    temporary.replace(path)
+
+
+def dump_json(data: Any, path: Path | str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

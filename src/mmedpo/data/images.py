@@ -7,8 +7,8 @@ where noised images are written). A path that escapes its root is refused.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image

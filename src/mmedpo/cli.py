@@ -1,0 +1,188 @@
+"""The `mmedpo` command line: one command per stage, and `run` for all of them.
+
+Every command is a thin layer over a library function; all of them take
+`--config FILE` (default configs/demo.yaml when it exists) and `-o section.key=value`
+overrides, which win over the file.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import wraps
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmedpo.config import load_config
+from mmedpo.pipeline import Run, StageResult, run_pipeline
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+curate_app = typer.Typer(help="Make preference pairs from samples.", no_args_is_help=True)
+app.add_typer(curate_app, name="curate")
+console = Console(stderr=True)
+
+DEFAULT_CONFIG = Path("configs/demo.yaml")
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default configs/demo.yaml)")]
+OverrideOption = Annotated[
+    list[str] | None, typer.Option("--override", "-o", help="section.key=value, wins over the file")
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="re-run the stage even if it finished")]
+
+
+def friendly_errors(command):
+    """Bad input ends with one clear line, not a traceback from deep inside a library."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as error:
+            console.print(f"[bold red]error:[/] {error}", highlight=False, markup=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _config(config: Path | None, overrides: list[str] | None):
+    if config is None and DEFAULT_CONFIG.exists():
+        config = DEFAULT_CONFIG
+    return load_config(config, overrides or [])
+
+
+def _print_stage(result: StageResult) -> None:
+    console.print(f"[bold]{result.name:<14}[/] {result.status:<8} {result.seconds:8.1f} s  {_short(result.summary)}")
+
+
+def _short(summary: dict) -> str:
+    text = json.dumps(summary, default=str)
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+def _run_stages(config, overrides, stages: list[str], force: bool) -> list[StageResult]:
+    return run_pipeline(_config(config, overrides), only=stages, force=force, on_stage=_print_stage)
+
+
+@app.command()
+@friendly_errors
+def run(config: ConfigOption = None, override: OverrideOption = None, force: ForceOption = False) -> None:
+    """Run every stage of the config (default: the SynthMed demo), skipping finished ones."""
+    cfg = _config(config, override)
+    results = run_pipeline(cfg, force=force, on_stage=_print_stage)
+    print_results(Run(cfg), results)
+
+
+@curate_app.command("text")
+@friendly_errors
+def curate_text(config: ConfigOption = None, override: OverrideOption = None, force: ForceOption = False) -> None:
+    """Textual pairs: ground truth over model samples and clinical perturbations."""
+    _run_stages(config, override, ["curate_text"], force)
+
+
+@curate_app.command("visual")
+@friendly_errors
+def curate_visual(config: ConfigOption = None, override: OverrideOption = None, force: ForceOption = False) -> None:
+    """Visual pairs: the model's answer on the lesion-noised image is rejected."""
+    _run_stages(config, override, ["curate_visual"], force)
+
+
+@app.command()
+@friendly_errors
+def score(config: ConfigOption = None, override: OverrideOption = None, force: ForceOption = False) -> None:
+    """Clinical relevance weights for every pair (judge panel, localizer confidence, normalisation)."""
+    _run_stages(config, override, ["score"], force)
+
+
+@app.command()
+@friendly_errors
+def train(config: ConfigOption = None, override: OverrideOption = None, force: ForceOption = False) -> None:
+    """Weighted multimodal DPO on the scored pairs."""
+    _run_stages(config, override, ["train"], force)
+
+
+@app.command("eval")
+@friendly_errors
+def evaluate(config: ConfigOption = None, override: OverrideOption = None, force: ForceOption = False) -> None:
+    """Evaluate the base and the trained model on the test split."""
+    _run_stages(config, override, ["eval"], force)
+
+
+@app.command()
+@friendly_errors
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/demo")]) -> None:
+    """Write RUN/report/index.html."""
+    from mmedpo.report.html import write_report
+
+    console.print(f"report: {write_report(run_dir)}")
+
+
+@app.command()
+@friendly_errors
+def compare(
+    inputs: Annotated[list[Path], typer.Argument(help="run folders or eval JSON files")],
+    baseline: Annotated[str, typer.Option(help="variant the others are compared with")] = "base",
+) -> None:
+    """A table of variants with relative improvements over the baseline."""
+    from mmedpo.evaluation.compare import compare_table
+
+    results = {}
+    for path in inputs:
+        files = sorted((path / "eval").glob("*.json")) if path.is_dir() else [path]
+        if not files:
+            raise ValueError(f"{path}: no eval/*.json in this folder")
+        for file in files:
+            name = file.stem if len(inputs) == 1 or not path.is_dir() else f"{path.name}/{file.stem}"
+            results[name] = json.loads(file.read_text(encoding="utf-8"))
+    if baseline not in results:
+        raise ValueError(f"baseline {baseline!r} not among {sorted(results)}")
+    print(compare_table(results, baseline=baseline))
+
+
+@app.command()
+@friendly_errors
+def convert(
+    source: Annotated[Path, typer.Argument(help="pairs: our .jsonl or MMedPO LLaVA .json")],
+    target: Annotated[Path, typer.Argument(help="output file; the format follows its extension")],
+) -> None:
+    """Convert preference pairs between our JSONL and the MMedPO LLaVA JSON."""
+    from mmedpo.data.convert import convert_pairs
+
+    summary = convert_pairs(source, target)
+    console.print(
+        f"read {summary['read']} = accepted {summary['accepted']} + rejected {summary['rejected']}"
+        + (f" (reasons in {summary['rejects']})" if summary["rejected"] else "")
+    )
+
+
+def print_results(run: Run, results: list[StageResult]) -> None:
+    """The base vs trained table, then the wall time of each stage."""
+    table = Table(title=f"{run.dir}: base vs MMedPO on the test split")
+    evaluations = {}
+    for variant in ("base", "mmedpo"):
+        path = run.eval(variant)
+        if path.exists():
+            evaluations[variant] = json.loads(path.read_text(encoding="utf-8"))["metrics"]
+    if evaluations:
+        table.add_column("metric")
+        for variant in evaluations:
+            table.add_column(variant, justify="right")
+        names = [k for k, v in next(iter(evaluations.values())).items() if isinstance(v, (int, float))]
+        for name in names:
+            table.add_row(name, *(_number(evaluations[v].get(name)) for v in evaluations))
+        Console().print(table)
+    timings = Table(title="stage wall time")
+    timings.add_column("stage")
+    timings.add_column("status")
+    timings.add_column("seconds", justify="right")
+    for result in results:
+        timings.add_row(result.name, result.status, f"{result.seconds:.1f}")
+    timings.add_row("total", "", f"{sum(r.seconds for r in results if r.status == 'ran'):.1f}")
+    Console().print(timings)
+
+
+def _number(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,157 @@
+"""Visual preference pairs: lesion-region neglect.
+
+Run it:
+
+    mmedpo curate visual --config configs/demo.yaml
+
+For each image a localizer finds the lesion region; the region alone gets DDPM
+forward noise (`curation.noise`), once per image, reused by every question on
+it. The target model answers each question on the noised image (greedy); when
+that answer is wrong, (clean image, gold answer) is preferred over (noised
+image, that answer). The pair differs in the image, which is what makes the
+preference multimodal. Everything not paired goes to the rejects file with its
+reason, so samples read = samples paired + samples rejected.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mmedpo.config import CurateVisualConfig
+from mmedpo.curation.answering import answer_samples
+from mmedpo.curation.filters import check_rejected
+from mmedpo.curation.localizers import LOCALIZERS
+from mmedpo.curation.noise import noise_image_file
+from mmedpo.curation.text import CHUNK, CurationSummary
+from mmedpo.data.images import load_image, resolve_image
+from mmedpo.progress import progress_bar
+from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, rejects_path
+
+
+def noised_name(image: str, settings: CurateVisualConfig) -> str:
+    """Where the noised copy of `image` goes, relative to the run's image folder."""
+    mode = "whole" if settings.whole_image else "lesion"
+    return f"noised/{Path(image).with_suffix('')}_{mode}_t{settings.timestep}.png"
+
+
+def image_seed(seed: int, image: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(image.encode())) % 2**32
+
+
+def make_noised_image(
+    sample: Sample, settings: CurateVisualConfig, image_roots: Sequence[Path], noised_root: Path, seed: int, localizer
+) -> tuple[str, dict]:
+    """Noise the lesion of the sample's image (once: an existing file is reused).
+
+    Returns the noised image's relative path and the provenance of the pair.
+    Raises ValueError when the image has no usable lesion region.
+    """
+    region = localizer.localize(sample, image_roots)
+    relative = noised_name(sample.image, settings)
+    target = noised_root / relative
+    mask = np.ones_like(region.mask) if settings.whole_image else region.mask
+    mask_path = target.with_name(target.stem + "_mask.png")
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
+        source = resolve_image(sample.image, image_roots)
+        noise_image_file(source, mask, target, settings.timestep, image_seed(seed, sample.image), settings.edge_sigma)
+    provenance = {
+        "localizer": settings.localizer,
+        "confidence": region.confidence,
+        "label": region.label,
+        "area_fraction": float(mask.mean()),
+        "timestep": settings.timestep,
+        "whole_image": settings.whole_image,
+        "mask": str(Path(relative).with_name(mask_path.name)),
+        "seed": image_seed(seed, sample.image),
+    }
+    return relative, provenance
+
+
+def curate_visual(
+    samples: Sequence[Sample],
+    out_path: Path,
+    settings: CurateVisualConfig,
+    image_roots: Sequence[Path],
+    noised_root: Path,
+    model_dir: Path,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> CurationSummary:
+    """Write visual pairs for `samples` to `out_path`, resuming what is already there.
+
+    `noised_root` is the run's image folder; it must be one of `image_roots` so
+    the trainer finds the noised images.
+    """
+    store = JsonlStore(out_path, PreferencePair)
+    reject_store = JsonlStore(rejects_path(out_path), Reject)
+    done = {pair.sample_id for pair in store} | {reject.id for reject in reject_store}
+    todo = [sample for sample in samples if sample.id not in done]
+    summary = CurationSummary(read=len(samples), skipped_done=len(samples) - len(todo))
+    if not todo:
+        return summary
+    from mmedpo.models.vlm import load_vlm
+
+    model, processor = load_vlm(model_dir)
+    localizer = LOCALIZERS[settings.localizer]()
+    with progress_bar("curate visual", len(todo), show_progress) as advance:
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            pairs, rejects = _curate_chunk(chunk, settings, image_roots, noised_root, seed, model, processor, localizer)
+            store.extend(pairs)
+            reject_store.extend(rejects)
+            summary.paired += len(pairs)
+            summary.rejected += len(rejects)
+            summary.pairs_by_generator["noised-target"] += len(pairs)
+            summary.drops.update(r.reason.split(":")[0] for r in rejects)
+            advance(len(chunk))
+    return summary
+
+
+def _curate_chunk(chunk, settings, image_roots, noised_root, seed, model, processor, localizer):
+    rejects, jobs = [], []
+    noised_cache: dict[str, tuple[str, dict] | str] = {}
+    for sample in chunk:
+        if sample.image not in noised_cache:
+            try:
+                noised_cache[sample.image] = make_noised_image(
+                    sample, settings, image_roots, noised_root, seed, localizer
+                )
+            except (ValueError, OSError) as error:
+                noised_cache[sample.image] = f"no lesion region: {error}"
+        made = noised_cache[sample.image]
+        if isinstance(made, str):
+            rejects.append(Reject(id=sample.id, source=sample.image, reason=made))
+        else:
+            jobs.append((sample, *made))
+    images = [load_image(noised_root / relative) for _, relative, _ in jobs]
+    answers = answer_samples(model, processor, [job[0] for job in jobs], images) if jobs else []
+    pairs = []
+    for (sample, relative, provenance), (answer, *_) in zip(jobs, answers):
+        reason = check_rejected(sample.answer, answer, sample.answer_type, sample.task, max_length_ratio=math.inf)
+        if reason is not None:
+            rejects.append(Reject(id=sample.id, source=relative, reason=f"answer on the noised image kept: {reason}"))
+            continue
+        pairs.append(
+            PreferencePair(
+                id=f"{sample.id}-visual",
+                sample_id=sample.id,
+                task=sample.task,
+                kind="visual",
+                image=sample.image,
+                rejected_image=relative,
+                question=sample.question,
+                chosen=sample.answer,
+                rejected=answer.strip(),
+                answer_type=sample.answer_type,
+                provenance={"generator": "noised-target", **provenance},
+            )
+        )
+    return pairs, rejects

@@ -1,0 +1,1 @@
+"""Images, dataset readers and interchange formats."""

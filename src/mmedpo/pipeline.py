@@ -1,0 +1,335 @@
+"""Run the stages of a config in order, skipping the ones already finished.
+
+    mmedpo run                       # configs/demo.yaml: SynthMed + the tiny LLaVA
+    mmedpo run --config my.yaml -o train.beta=0.2
+
+A stage's fingerprint hashes its own config section and the fingerprints of
+the stages it reads from. A stage whose fingerprint is unchanged and that
+finished is skipped; a changed one is cleared and run again, and so is every
+stage after it. A stage that was killed resumes (its JSONL outputs keep what
+was written). The state lives in RUN/stages/STAGE.json, with the stage's wall time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmedpo.config import RunConfig, dump_config
+from mmedpo.records import PreferencePair, Sample, dump_json, read_jsonl, rejects_path, write_jsonl
+
+
+@dataclass(frozen=True)
+class Run:
+    """Paths of a run folder (see docs/architecture.md)."""
+
+    config: RunConfig
+
+    @property
+    def dir(self) -> Path:
+        return self.config.run_dir
+
+    @property
+    def images(self) -> Path:
+        return self.dir / "images"
+
+    @property
+    def image_roots(self) -> list[Path]:
+        root = self.config.data.image_root
+        return [Path(root), self.images] if root else [self.images]
+
+    @property
+    def samples(self) -> Path:
+        return self.dir / "samples.jsonl"
+
+    @property
+    def text_pairs(self) -> Path:
+        return self.dir / "pairs.text.jsonl"
+
+    @property
+    def visual_pairs(self) -> Path:
+        return self.dir / "pairs.visual.jsonl"
+
+    @property
+    def scored_pairs(self) -> Path:
+        return self.dir / "pairs.scored.jsonl"
+
+    def model(self, variant: str) -> Path:
+        return self.dir / "models" / variant
+
+    def eval(self, variant: str) -> Path:
+        return self.dir / "eval" / f"{variant}.json"
+
+    def stage_state(self, stage: str) -> Path:
+        return self.dir / "stages" / f"{stage}.json"
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in read_jsonl(self.samples, Sample) if s.split == name]
+
+
+# --- the stages: each reads records and writes records -------------------------------------------
+
+
+def stage_samples(run: Run, show_progress: bool) -> dict:
+    data = run.config.data
+    if data.source == "synthmed":
+        from mmedpo.synth.synthmed import generate_synthmed
+
+        samples = generate_synthmed(
+            run.images, {"sft": data.n_sft, "pref": data.n_pref, "test": data.n_test}, run.config.seed, data.image_size
+        )
+    else:
+        if not data.samples:
+            raise ValueError("data.source 'samples' needs data.samples (a Sample JSONL file)")
+        samples = read_jsonl(data.samples, Sample)
+    write_jsonl(run.samples, samples)
+    return {"samples": len(samples), "by_split": _count(s.split for s in samples)}
+
+
+def stage_base(run: Run, show_progress: bool) -> dict:
+    from mmedpo.models.sft import supervised_finetune
+    from mmedpo.models.tiny import build_tiny_llava
+
+    model = run.config.model
+    sft = run.split("sft")
+    start_dir = Path(model.path) if model.path else None
+    if start_dir is None:
+        corpus = [text for s in read_jsonl(run.samples, Sample) for text in (s.question, s.answer)]
+        start_dir = build_tiny_llava(
+            corpus,
+            run.model("tiny-init"),
+            image_size=model.image_size,
+            seed=run.config.seed,
+            vision_hidden=model.vision_hidden,
+            text_hidden=model.text_hidden,
+            layers=model.layers,
+        )
+    if model.sft_epochs == 0:
+        shutil.copytree(start_dir, run.model("base"), dirs_exist_ok=True)
+        return {"sft_samples": 0}
+    supervised_finetune(
+        start_dir,
+        sft,
+        run.image_roots,
+        run.model("base"),
+        epochs=model.sft_epochs,
+        learning_rate=model.sft_learning_rate,
+        batch_size=model.sft_batch_size,
+        seed=run.config.seed,
+        progress=show_progress,
+    )
+    return {"sft_samples": len(sft)}
+
+
+def stage_curate_text(run: Run, show_progress: bool) -> dict:
+    from mmedpo.curation.text import curate_text
+
+    summary = curate_text(
+        run.split("pref"),
+        run.text_pairs,
+        run.config.curate_text,
+        run.image_roots,
+        seed=run.config.seed,
+        model_dir=run.model("base"),
+        show_progress=show_progress,
+    )
+    return summary.as_dict()
+
+
+def stage_curate_visual(run: Run, show_progress: bool) -> dict:
+    from mmedpo.curation.visual import curate_visual
+
+    summary = curate_visual(
+        run.split("pref"),
+        run.visual_pairs,
+        run.config.curate_visual,
+        run.image_roots,
+        run.images,
+        run.model("base"),
+        seed=run.config.seed,
+        show_progress=show_progress,
+    )
+    return summary.as_dict()
+
+
+def stage_score(run: Run, show_progress: bool) -> dict:
+    from mmedpo.scoring.panel import score_pairs
+
+    pairs = read_jsonl(run.text_pairs, PreferencePair) + read_jsonl(run.visual_pairs, PreferencePair)
+    return score_pairs(pairs, run.scored_pairs, run.config.score, show_progress).as_dict()
+
+
+def stage_train(run: Run, show_progress: bool) -> dict:
+    from mmedpo.training.dpo import DPOSettings, train_weighted_dpo
+
+    train = run.config.train
+    pairs = [p for p in read_jsonl(run.scored_pairs, PreferencePair) if p.kind in train.pair_kinds]
+    if not pairs:
+        raise ValueError(f"no {'/'.join(train.pair_kinds)} pairs to train on in {run.scored_pairs}")
+    settings = DPOSettings(
+        beta=train.beta,
+        loss_type=train.loss_type,
+        weighted=train.weighted,
+        learning_rate=train.learning_rate,
+        epochs=train.epochs,
+        batch_size=train.batch_size,
+        seed=run.config.seed,
+    )
+    train_weighted_dpo(run.model("base"), pairs, run.image_roots, run.model("mmedpo"), settings)
+    return {"pairs": len(pairs), "by_kind": _count(p.kind for p in pairs)}
+
+
+def stage_eval(run: Run, show_progress: bool) -> dict:
+    from mmedpo.evaluation.evaluate import evaluate_model
+
+    settings = run.config.eval
+    test = run.split("test")
+    metrics = {}
+    for variant in VARIANTS:
+        result = evaluate_model(
+            run.model(variant),
+            test,
+            run.image_roots,
+            run.eval(variant),
+            batch_size=settings.batch_size,
+            max_new_tokens={"vqa": settings.max_new_tokens_vqa, "report": settings.max_new_tokens_report},
+        )
+        metrics[variant] = result["metrics"]
+    return metrics
+
+
+def stage_report(run: Run, show_progress: bool) -> dict:
+    from mmedpo.report.html import write_report
+
+    return {"report": str(write_report(run.dir))}
+
+
+VARIANTS = ("base", "mmedpo")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]  # config sections it depends on directly
+    after: tuple[str, ...]  # stages whose outputs it reads
+    outputs: Callable[[Run], list[Path]]
+    run: Callable[[Run, bool], dict]
+
+
+STAGES = (
+    Stage("samples", ("data",), (), lambda r: [r.samples, r.images / "synthmed"], stage_samples),
+    Stage("base", ("model",), ("samples",), lambda r: [r.model("tiny-init"), r.model("base")], stage_base),
+    Stage(
+        "curate_text",
+        ("curate_text",),
+        ("samples", "base"),
+        lambda r: [r.text_pairs, rejects_path(r.text_pairs)],
+        stage_curate_text,
+    ),
+    Stage(
+        "curate_visual",
+        ("curate_visual",),
+        ("samples", "base"),
+        lambda r: [r.visual_pairs, rejects_path(r.visual_pairs), r.images / "noised"],
+        stage_curate_visual,
+    ),
+    Stage("score", ("score",), ("curate_text", "curate_visual"), lambda r: [r.scored_pairs], stage_score),
+    Stage("train", ("train",), ("score",), lambda r: [r.model("mmedpo")], stage_train),
+    Stage("eval", ("eval",), ("base", "train"), lambda r: [r.dir / "eval"], stage_eval),
+    Stage("report", (), ("eval",), lambda r: [r.dir / "report"], stage_report),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+
+def fingerprints(config: RunConfig) -> dict[str, str]:
+    """Each stage's fingerprint: its config sections, the seed, and its inputs' fingerprints."""
+    dumped = config.model_dump(mode="json")
+    result: dict[str, str] = {}
+    for stage in STAGES:
+        material = {
+            "sections": {name: dumped[name] for name in stage.sections},
+            "seed": config.seed,
+            "after": [result[name] for name in stage.after],
+        }
+        result[stage.name] = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+    return result
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _clear(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # "ran" | "skipped"
+    seconds: float
+    summary: dict
+
+
+def run_stage(run: Run, stage: Stage, fingerprint: str, show_progress: bool = True, force: bool = False) -> StageResult:
+    """Run one stage unless it finished with this fingerprint; resume it if it was killed."""
+    state_path = run.stage_state(stage.name)
+    state = _read_state(state_path)
+    if not force and state.get("fingerprint") == fingerprint and state.get("status") == "done":
+        return StageResult(stage.name, "skipped", state.get("seconds", 0.0), state.get("summary", {}))
+    if force or state.get("fingerprint") != fingerprint:
+        _clear(stage.outputs(run))  # changed settings: what is there belongs to another config
+    dump_json({"fingerprint": fingerprint, "status": "running"}, state_path)
+    started = time.perf_counter()
+    summary = stage.run(run, show_progress)
+    seconds = round(time.perf_counter() - started, 2)
+    dump_json({"fingerprint": fingerprint, "status": "done", "seconds": seconds, "summary": summary}, state_path)
+    return StageResult(stage.name, "ran", seconds, summary)
+
+
+def run_pipeline(
+    config: RunConfig,
+    only: list[str] | None = None,
+    force: bool = False,
+    show_progress: bool = True,
+    on_stage: Callable[[StageResult], None] | None = None,
+) -> list[StageResult]:
+    """Run every stage (or `only` those named), in order; returns what each did.
+
+    `force` re-runs the selected stages from scratch even if they finished.
+    """
+    unknown = set(only or ()) - set(STAGE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; valid: {', '.join(STAGE_NAMES)}")
+    run = Run(config)
+    run.dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, run.dir / "config.yaml")
+    prints = fingerprints(config)
+    results = []
+    for stage in STAGES:
+        if only and stage.name not in only:
+            continue
+        result = run_stage(run, stage, prints[stage.name], show_progress, force=force)
+        results.append(result)
+        if on_stage:
+            on_stage(result)
+    return results
+
+
+def _count(values) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts

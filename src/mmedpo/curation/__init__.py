@@ -1,0 +1,1 @@
+"""Textual hallucinations and their filters; lesion localizers, regional noise and visual pairs."""

@@ -1,0 +1,1 @@
+"""Clinical relevance scoring: judges and the normalisation of their scores."""

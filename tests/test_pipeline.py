@@ -1,0 +1,99 @@
+"""End to end: every stage on a very small SynthMed config, then the skipping rules."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mmedpo.cli import app
+from mmedpo.config import load_config
+from mmedpo.pipeline import STAGE_NAMES, Run, run_pipeline
+from mmedpo.records import PreferencePair, Reject, read_jsonl, rejects_path
+
+SMALL = [
+    "data.n_sft=24", "data.n_pref=10", "data.n_test=8", "data.image_size=64",
+    "model.image_size=32", "model.text_hidden=32", "model.vision_hidden=32", "model.layers=1",
+    "model.sft_epochs=1", "curate_text.candidates=2", "train.epochs=1", "train.batch_size=4",
+    "eval.batch_size=16", "eval.max_new_tokens_report=16",
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    config = load_config(None, SMALL + ["name=small", f"runs_dir={tmp_path_factory.mktemp('runs')}"])
+    results = run_pipeline(config, show_progress=False)
+    return config, results
+
+
+@pytest.mark.slow
+def test_every_stage_runs_and_writes_the_run_folder(finished_run):
+    config, results = finished_run
+    run = Run(config)
+    assert [r.name for r in results] == list(STAGE_NAMES)
+    assert all(r.status == "ran" for r in results)
+    for path in ["config.yaml", "samples.jsonl", "pairs.text.jsonl", "pairs.visual.jsonl", "pairs.scored.jsonl",
+                 "models/base/config.json", "models/mmedpo/config.json", "eval/base.json", "eval/mmedpo.json",
+                 "report/index.html"]:
+        assert (run.dir / path).exists(), path
+    assert any((run.images / "noised").rglob("*.png"))
+
+
+@pytest.mark.slow
+def test_curation_counts_add_up(finished_run):
+    config, _ = finished_run
+    run = Run(config)
+    pref = {s.id for s in run.split("pref")}
+    for path in (run.text_pairs, run.visual_pairs):
+        paired = {p.sample_id for p in read_jsonl(path, PreferencePair)}
+        rejected = {r.id for r in read_jsonl(rejects_path(path), Reject)}
+        assert paired | rejected == pref and not paired & rejected
+    visual = read_jsonl(run.visual_pairs, PreferencePair)
+    assert all(p.rejected_image and p.rejected_image.startswith("noised/") for p in visual)
+    scored = read_jsonl(run.scored_pairs, PreferencePair)
+    assert len(scored) == len(read_jsonl(run.text_pairs, PreferencePair)) + len(visual)
+    weights = [p.weight for p in scored]
+    assert all(w is not None and w >= 0 for w in weights)
+    assert sum(weights) / len(weights) == pytest.approx(1.0)  # mean-one normalisation
+
+
+@pytest.mark.slow
+def test_eval_has_the_metrics_of_every_task(finished_run):
+    config, _ = finished_run
+    for variant in ("base", "mmedpo"):
+        result = json.loads(Run(config).eval(variant).read_text())
+        metrics = result["metrics"]
+        for name in ("closed_accuracy", "open_recall", "bleu_1", "bleu_4", "rouge_l"):
+            assert 0.0 <= metrics[name] <= 1.0, name
+        assert len(result["predictions"]) == len(Run(config).split("test"))
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages_and_a_change_reruns_only_what_follows(finished_run):
+    config, _ = finished_run
+    again = run_pipeline(config, show_progress=False)
+    assert {r.status for r in again} == {"skipped"}
+    changed = config.model_copy(update={"train": config.train.model_copy(update={"beta": 0.3})})
+    statuses = {r.name: r.status for r in run_pipeline(changed, show_progress=False)}
+    assert statuses == {
+        "samples": "skipped", "base": "skipped", "curate_text": "skipped", "curate_visual": "skipped",
+        "score": "skipped", "train": "ran", "eval": "ran", "report": "ran",
+    }
+
+
+def test_help_lists_every_stage_command():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("curate", "score", "train", "eval", "compare", "convert", "report", "run"):
+        assert command in result.output
+    curate = CliRunner().invoke(app, ["curate", "--help"])
+    assert "text" in curate.output and "visual" in curate.output
+
+
+def test_bad_config_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  beta: -1\n")
+    result = CliRunner().invoke(app, ["run", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "train.beta" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["run", "-o", "nonsense"])
+    assert result.exit_code == 2 and "section.key=value" in result.output

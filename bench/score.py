@@ -1,0 +1,61 @@
+"""Pairs per second of the `chat` judge with the judge cache, and a cached second run.
+
+    .venv/bin/python bench/score.py [LATENCY_S]
+
+A loopback OpenAI-compatible server (tests/fake_openai.py, in its own process)
+answers every request after LATENCY_S (default 0.05) with a valid verdict. At
+concurrency c the ceiling is c / latency pairs per second (goal: 80% of it).
+Each concurrency then scores the same pairs again through the cache, which must
+send zero requests.
+"""
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fake_openai import requests_served, serve_in_subprocess  # noqa: E402
+from mmedpo.scoring.cache import JudgeCache, cache_key  # noqa: E402
+from mmedpo.scoring.chat_judge import ChatJudge  # noqa: E402
+
+
+def score_with_cache(judge: ChatJudge, cache: JudgeCache, items: list[tuple[str, str, str]]) -> None:
+    keys = [cache_key(judge.name, judge.version, judge.model, *item) for item in items]
+    todo = [i for i, key in enumerate(keys) if cache.get(key) is None]
+    for position, verdict in judge.score_many([items[i] for i in todo]):
+        assert verdict.score is not None, verdict.reason
+        cache.put(keys[todo[position]], verdict.score, verdict.reason)
+
+
+def main(latency: float) -> None:
+    process, url = serve_in_subprocess(latency, reply_text='{"score": 4, "reason": "invented effusion"}')
+    try:
+        print(f"loopback server, {latency * 1000:.0f} ms per request; ceiling = concurrency / latency")
+        print("concurrency pairs pairs/s ceiling ratio | cached run: requests pairs/s")
+        for concurrency in (1, 8, 32):
+            judge = ChatJudge(base_url=url, model="fake", api_key_env=None, concurrency=concurrency)
+            count = max(40, 16 * concurrency)
+            items = [(f"Question {i}?", "No pleural effusion.", "Large pleural effusion.") for i in range(count)]
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "judge_cache.jsonl"
+                start = time.perf_counter()
+                score_with_cache(judge, JudgeCache(path), items)
+                rate = count / (time.perf_counter() - start)
+                before = requests_served(url)
+                start = time.perf_counter()
+                score_with_cache(judge, JudgeCache(path), items)
+                cached_rate = count / (time.perf_counter() - start)
+                cached_requests = requests_served(url) - before
+            ceiling = concurrency / latency
+            print(
+                f"{concurrency:>11} {count:>5} {rate:>7.1f} {ceiling:>7.0f} {rate / ceiling:>5.0%}"
+                f" | {cached_requests:>20} {cached_rate:>7.0f}"
+            )
+    finally:
+        process.stdin.close()
+        process.wait()
+
+
+if __name__ == "__main__":
+    main(float(sys.argv[1]) if len(sys.argv) > 1 else 0.05)

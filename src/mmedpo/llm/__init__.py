@@ -1,0 +1,1 @@
+"""Clients for language-model endpoints (OpenAI-compatible chat)."""

@@ -1,0 +1,253 @@
+"""An OpenAI-compatible chat client: bounded concurrency, an optional rate limit, retries.
+
+It speaks `POST {base_url}/chat/completions`, which OpenAI (GPT-4o), vLLM and
+SGLang all serve, so the same code asks GPT-4o or a Med-LLM on your own
+server. The API key is read from the environment variable the config NAMES
+(`api_key_env`), never from the config itself.
+
+Retries: 429, 5xx, timeouts, connection errors and malformed bodies are
+retried with exponential backoff and full jitter; a `Retry-After` header is
+honoured. Other 4xx (bad request, bad key) fail at once: retrying cannot fix
+them. Every reply is validated (JSON, `choices[*].message.content` text).
+
+    >>> config = ChatConfig(base_url="http://127.0.0.1:8000/v1", model="biomistral", api_key_env=None)
+    >>> replies = chat_many(config, [([user_message("Is the heart enlarged?")], {"temperature": 0})])  # doctest: +SKIP
+    >>> replies[0]  # the choice texts, or a ChatError  # doctest: +SKIP
+    ['No.']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import io
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import httpx
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+Messages = list[dict[str, Any]]
+RETRY_STATUS = {408, 409, 429}  # and every 5xx
+MAX_BACKOFF_S = 60.0
+
+
+class ChatConfig(BaseModel):
+    """Where and how to reach an OpenAI-compatible chat endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field("https://api.openai.com/v1", description="endpoint root, up to and including /v1")
+    model: str = Field("gpt-4o", description="model name the endpoint serves")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="NAME of the environment variable holding the API key; null: send no key"
+    )
+    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    rate_limit: float | None = Field(None, gt=0, description="at most this many requests per second (null: no limit)")
+    timeout: float = Field(60.0, gt=0, description="seconds to wait for one reply")
+    max_retries: int = Field(5, ge=0, description="retries of a failed request (429, 5xx, timeout, bad body)")
+    backoff: float = Field(1.0, gt=0, description="first retry waits up to this many seconds; doubles each retry")
+    send_images: bool = Field(False, description="send the image as a data URL (only for endpoints that take images)")
+    prompt_version: str | None = Field(None, description="prompt template version, e.g. 'v1' (null: the latest)")
+
+
+class ChatError(Exception):
+    """A request that failed for good: after its retries, or at once when retrying cannot help."""
+
+
+def api_key(config: ChatConfig) -> str | None:
+    """The key from the environment variable `config.api_key_env` names; a clear error if it is unset."""
+    if config.api_key_env is None:
+        return None
+    key = os.environ.get(config.api_key_env)
+    if not key:
+        raise ChatError(
+            f"environment variable {config.api_key_env} (chat api_key_env) is not set; "
+            "set it, or set api_key_env to null for an endpoint without a key"
+        )
+    return key
+
+
+def image_data_url(image: Image.Image) -> str:
+    """A PNG data URL, the form OpenAI-compatible endpoints accept for images."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def user_message(text: str, image: Image.Image | None = None) -> dict[str, Any]:
+    """A user turn: plain text, or text and an image part."""
+    if image is None:
+        return {"role": "user", "content": text}
+    parts = [{"type": "image_url", "image_url": {"url": image_data_url(image)}}, {"type": "text", "text": text}]
+    return {"role": "user", "content": parts}
+
+
+class _RateLimiter:
+    """Spaces request starts at least 1/rate seconds apart."""
+
+    def __init__(self, rate: float | None):
+        self.interval = 1.0 / rate if rate else 0.0
+        self.next_start = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_start)
+            self.next_start = start + self.interval
+        await asyncio.sleep(start - now)
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """`Retry-After` in seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def reply_texts(body: Any) -> list[str]:
+    """The text of every choice in a chat completion body; ValueError if it is not one."""
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
+        raise ValueError("no 'choices' in the reply")
+    texts = []
+    for choice in body["choices"]:
+        content = choice.get("message", {}).get("content") if isinstance(choice, dict) else None
+        if not isinstance(content, str):
+            raise ValueError("a choice has no text 'message.content'")
+        texts.append(content)
+    return texts
+
+
+class ChatClient:
+    """Async client; use as `async with ChatClient(config) as client: await client.complete(messages)`."""
+
+    def __init__(self, config: ChatConfig):
+        self.config = config
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        key = api_key(config)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.requests_sent = 0
+
+    async def __aenter__(self) -> ChatClient:
+        limits = httpx.Limits(
+            max_connections=self.config.concurrency, max_keepalive_connections=self.config.concurrency
+        )
+        # No Nagle: httpx writes headers and body separately, and the body would wait for a delayed ACK (~40 ms).
+        transport = httpx.AsyncHTTPTransport(
+            limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        )
+        self.http = httpx.AsyncClient(timeout=self.config.timeout, transport=transport, headers=self.headers)
+        self.slots = asyncio.Semaphore(self.config.concurrency)
+        self.limiter = _RateLimiter(self.config.rate_limit)
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.http.aclose()
+
+    async def complete(self, messages: Messages, **params: Any) -> list[str]:
+        """The choice texts of one chat completion; ChatError once retries are spent."""
+        payload = {"model": self.config.model, "messages": messages, **params}
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                return await self._attempt(payload)
+            except _Retryable as error:
+                if attempt == self.config.max_retries:
+                    raise ChatError(f"{error} (after {attempt + 1} attempts)") from None
+                # Full jitter spreads the retries of many waiting requests apart.
+                delay = random.uniform(0, min(MAX_BACKOFF_S, self.config.backoff * 2**attempt))
+                await asyncio.sleep(error.retry_after if error.retry_after is not None else delay)
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, payload: dict[str, Any]) -> list[str]:
+        await self.limiter.wait()
+        async with self.slots:
+            self.requests_sent += 1
+            try:
+                response = await self.http.post(self.url, json=payload)
+            except httpx.TimeoutException:
+                raise _Retryable(f"timed out after {self.config.timeout} s") from None
+            except httpx.TransportError as error:
+                raise _Retryable(f"connection error: {type(error).__name__}: {error}") from None
+        status = response.status_code
+        if status in RETRY_STATUS or status >= 500:
+            raise _Retryable(f"HTTP {status}", retry_after_seconds(response.headers.get("retry-after")))
+        if status != 200:
+            raise ChatError(f"HTTP {status} from {self.url}: {response.text[:200]}")
+        try:
+            return reply_texts(response.json())
+        except ValueError as error:  # json.JSONDecodeError is a ValueError too
+            raise _Retryable(f"malformed reply: {error}: {response.text[:80]!r}") from None
+
+
+async def complete_each(
+    config: ChatConfig, requests: Sequence[tuple[Messages, dict[str, Any]]], on_result: Callable[[int, Any], None]
+) -> None:
+    """Send every (messages, params) request, `config.concurrency` at a time.
+
+    `on_result(index, choice texts or ChatError)` is called as each finishes.
+    """
+    async with ChatClient(config) as client:
+
+        async def one(index: int, messages: Messages, params: dict[str, Any]) -> None:
+            try:
+                on_result(index, await client.complete(messages, **params))
+            except ChatError as error:
+                on_result(index, error)
+
+        await asyncio.gather(*(one(index, *request) for index, request in enumerate(requests)))
+
+
+def iter_chat(
+    config: ChatConfig, requests: Sequence[tuple[Messages, dict[str, Any]]]
+) -> Iterator[tuple[int, list[str] | ChatError]]:
+    """Yield (index, choice texts or ChatError) as requests finish, for callers outside an event loop.
+
+    The event loop runs in a thread of its own, so the caller can store each
+    result (a cache, a JSONL file) while the other requests are in flight.
+    """
+    finished: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        try:
+            asyncio.run(complete_each(config, requests, lambda index, result: finished.put((index, result))))
+        except BaseException as error:  # handed to the caller's thread, which raises it
+            finished.put((None, error))
+
+    threading.Thread(target=run, daemon=True, name="chat-requests").start()
+    for _ in range(len(requests)):
+        index, result = finished.get()
+        if index is None:
+            raise result
+        yield index, result
+
+
+def chat_many(config: ChatConfig, requests: Sequence[tuple[Messages, dict[str, Any]]]) -> list[list[str] | ChatError]:
+    """Every request's choice texts (or ChatError), in input order."""
+    results: list = [None] * len(requests)
+    for index, result in iter_chat(config, requests):
+        results[index] = result
+    return results

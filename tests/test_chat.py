@@ -1,0 +1,183 @@
+"""The OpenAI-compatible chat client and the `chat` judge, against a real loopback HTTP server."""
+
+import base64
+import io
+import time
+
+import pytest
+from PIL import Image
+
+from fake_openai import FakeOpenAI, prompt_text
+from mmedpo.llm.chat import ChatConfig, ChatError, chat_many, retry_after_seconds, user_message
+from mmedpo.prompts import load_prompt
+from mmedpo.scoring.cache import JudgeCache, cache_key
+from mmedpo.scoring.chat_judge import ChatJudge, parse_judge_reply
+from mmedpo.scoring.judges import JUDGES
+
+
+def config(server, **overrides):
+    settings = {"base_url": server.url, "model": "fake", "api_key_env": None, "backoff": 0.01, "timeout": 2}
+    return ChatConfig(**{**settings, **overrides})
+
+
+def ask(cfg, text="Is there a pneumothorax?", **params):
+    return chat_many(cfg, [([user_message(text)], params)])[0]
+
+
+def test_reply_with_n_choices_and_the_key_from_the_named_env_var(monkeypatch):
+    monkeypatch.setenv("FAKE_KEY", "sk-test-123")
+    with FakeOpenAI(reply=lambda body: ["No.", "Yes."]) as server:
+        assert ask(config(server, api_key_env="FAKE_KEY"), n=2, temperature=0.5) == ["No.", "Yes."]
+        (body,) = server.requests
+        assert body["model"] == "fake" and body["n"] == 2 and body["temperature"] == 0.5
+        assert body["messages"] == [{"role": "user", "content": "Is there a pneumothorax?"}]
+        assert server.headers[0]["Authorization"] == "Bearer sk-test-123"
+
+
+def test_missing_key_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    with pytest.raises(ChatError, match="NO_SUCH_KEY .* is not set"):
+        chat_many(ChatConfig(api_key_env="NO_SUCH_KEY"), [([user_message("hi")], {})])
+
+
+def test_429_waits_retry_after_then_succeeds():
+    with FakeOpenAI() as server:
+        server.fail("429:0.4")
+        start = time.monotonic()
+        assert ask(config(server)) == ["No."]
+        assert time.monotonic() - start >= 0.4  # honoured, although the backoff alone would be ~0.01 s
+        assert len(server.requests) == 2
+
+
+def test_500_timeout_garbage_and_wrong_json_are_retried():
+    with FakeOpenAI() as server:
+        server.fail("500", "hang:1.5", "garbage", "wrong_json")
+        assert ask(config(server, timeout=0.5)) == ["No."]
+        assert len(server.requests) == 5
+
+
+def test_retries_run_out_into_an_error_naming_the_fault():
+    with FakeOpenAI() as server:
+        server.fail("500", "500", "500")
+        result = ask(config(server, max_retries=2))
+        assert isinstance(result, ChatError) and "HTTP 500 (after 3 attempts)" in str(result)
+        assert len(server.requests) == 3
+
+
+def test_a_bad_request_is_not_retried():
+    with FakeOpenAI() as server:
+        server.fail("400")
+        result = ask(config(server))
+        assert isinstance(result, ChatError) and "HTTP 400" in str(result) and "bad request" in str(result)
+        assert len(server.requests) == 1
+
+
+def test_concurrency_is_bounded_and_results_keep_input_order():
+    with FakeOpenAI(reply=lambda body: prompt_text(body).upper(), latency=0.05) as server:
+        texts = [f"question {i}" for i in range(12)]
+        results = chat_many(config(server, concurrency=3), [([user_message(t)], {}) for t in texts])
+        assert results == [[t.upper()] for t in texts]
+        assert server.max_in_flight == 3
+
+
+def test_rate_limit_spaces_requests():
+    with FakeOpenAI() as server:
+        start = time.monotonic()
+        chat_many(config(server, concurrency=8, rate_limit=20), [([user_message("q")], {})] * 6)
+        assert time.monotonic() - start >= 5 / 20  # six starts, 50 ms apart
+
+
+def test_image_goes_as_a_png_data_url():
+    image = Image.new("L", (8, 6), 128)
+    with FakeOpenAI() as server:
+        ask_image = chat_many(config(server), [([user_message("Describe.", image)], {})])
+        assert ask_image == [["No."]]
+        image_part, text_part = server.requests[0]["messages"][0]["content"]
+        assert text_part == {"type": "text", "text": "Describe."}
+        url = image_part["image_url"]["url"]
+        assert url.startswith("data:image/png;base64,")
+        assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (8, 6)
+
+
+def test_retry_after_forms():
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: now
+
+
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ('{"score": 5, "reason": "invents a pneumothorax"}', (1.0, "invents a pneumothorax")),
+        ('{"score": 1, "reason": "rewording"}', (0.0, "rewording")),
+        ('Sure! ```json\n{"Score": "3", "reason": "side"}\n```', (0.5, "side")),
+        ("score: 2", (0.25, "no reason given")),
+    ],
+)
+def test_judge_reply_parsing(reply, expected):
+    assert parse_judge_reply(reply) == expected
+
+
+@pytest.mark.parametrize(
+    "reply, why",
+    [
+        ("The answers differ a lot.", "no score"),
+        ('{"score": 7, "reason": "x"}', "outside 1-5"),
+        ('{"score": 0.8}', "outside 1-5"),  # the prompt asks for 1-5: 0.8 is not guessed to mean 4.2
+        ('{"score": "high"}', "not a number"),
+    ],
+)
+def test_unparseable_judge_replies_leave_the_pair_unscored(reply, why):
+    score, reason = parse_judge_reply(reply)
+    assert score is None and why in reason
+
+
+def judge_reply(body):
+    """4 for an invented pneumothorax, 1 for everything else; garbage for the question 'broken'."""
+    text = prompt_text(body)
+    if "Question: broken" in text:
+        return "I am not sure how to rate this."
+    return '{"score": 4, "reason": "invented finding"}' if "Wrong answer: Pneumothorax" in text else '{"score": 1}'
+
+
+def test_chat_judge_against_a_server_with_faults():
+    assert JUDGES["chat"] is ChatJudge
+    with FakeOpenAI(reply=judge_reply) as server:
+        judge = ChatJudge(base_url=server.url, model="med-llm", api_key_env=None, backoff=0.01, max_retries=2)
+        assert (judge.name, judge.version, judge.model) == ("chat", "v1", "med-llm")
+        server.fail("429:0", "500")
+        items = [
+            ("Any abnormality?", "No pneumothorax.", "Pneumothorax."),
+            ("Any abnormality?", "Normal.", "Normal study."),
+            ("broken", "Yes", "No"),
+        ]
+        verdicts = dict(judge.score_many(items))
+        assert verdicts[0] == (0.75, "invented finding")
+        assert verdicts[1] == (0.0, "no reason given")
+        assert verdicts[2].score is None and verdicts[2].reason.startswith("unparseable reply")
+        prompts = [prompt_text(body) for body in server.requests]
+        assert (
+            load_prompt("judge", "v1")[0]
+            .replace("$question", items[2][0])
+            .replace("$chosen", "Yes")
+            .replace("$rejected", "No")
+            in prompts
+        )
+        assert all(body["temperature"] == 0 for body in server.requests)
+        server.fail("500", "500", "500")
+        failed = judge.score("Any abnormality?", "Normal.", "Effusion.")
+        assert failed.score is None and "request failed: HTTP 500" in failed.reason
+
+
+def test_cached_verdicts_send_no_second_request(tmp_path):
+    items = [("Any abnormality?", "No pneumothorax.", "Pneumothorax."), ("Any abnormality?", "Normal.", "Normal.")]
+    with FakeOpenAI(reply=judge_reply) as server:
+        judge = ChatJudge(base_url=server.url, model="m", api_key_env=None)
+        for _ in range(2):
+            cache = JudgeCache(tmp_path / "judge_cache.jsonl")
+            keys = [cache_key(judge.name, judge.version, judge.model, *item) for item in items]
+            todo = [i for i, key in enumerate(keys) if cache.get(key) is None]
+            for position, verdict in judge.score_many([items[i] for i in todo]):
+                cache.put(keys[todo[position]], verdict.score, verdict.reason)
+        assert len(server.requests) == 2  # the second pass found both in the cache
+        assert (cache.hits, cache.misses) == (2, 0)

@@ -1,0 +1,205 @@
+"""Hallucination generators and `curate_text`: provenance, counts, shards, kill and resume."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fake_openai import FakeOpenAI, prompt_text
+from mmedpo.config import CurateTextConfig
+from mmedpo.curation.generators import GENERATORS, Failure, GeneratorContext, clean_reply, make_generators
+from mmedpo.curation.text import curate_text, merge_shards, parse_shard, shard_path
+from mmedpo.llm.chat import ChatConfig
+from mmedpo.records import PreferencePair, Reject, Sample, read_jsonl, rejects_path, write_jsonl
+
+REPORT = "Small right pleural effusion. No pneumothorax. The heart size is normal."
+
+
+class Settings(CurateTextConfig):
+    """CurateTextConfig with the `chat` fields the config is to gain (until it has them)."""
+
+    generators: list[str] = ["chat", "perturb"]
+    chat: ChatConfig = ChatConfig()
+
+
+def hallucinate(body):
+    """The fake endpoint's wrong answers, read off the prompt; meta-text for 'Liver'."""
+    answer = re.search(r"Correct answer: (.*)", prompt_text(body)).group(1)
+    wrong = {
+        "Yes": "No",
+        "No": "Yes",
+        "left": "right",
+        "Liver": "Dispreferred Answer: Kidney",
+        REPORT: "Large left pleural effusion. No pneumothorax. The heart size is normal.",
+    }
+    return f'"{wrong[answer]}"'  # quoted, as chat models often do
+
+
+def samples(count=6):
+    kinds = [
+        ("vqa", "Is there a pneumothorax?", "No", "closed"),
+        ("vqa", "Which side is the effusion on?", "left", "open"),
+        ("vqa", "Which organ is shown?", "Liver", "open"),
+        ("report", "Write the report.", REPORT, None),
+        ("vqa", "Is the heart enlarged?", "Yes", "closed"),
+    ]
+    result = []
+    for index in range(count):
+        task, question, answer, answer_type = kinds[index % len(kinds)]
+        result.append(
+            Sample(
+                id=f"s{index:03d}", task=task, image="x.png", question=question, answer=answer, answer_type=answer_type
+            )
+        )
+    return result
+
+
+def chat_settings(server, **chat):
+    options = {"base_url": server.url, "model": "fake-gpt", "api_key_env": None, "backoff": 0.01, **chat}
+    return Settings(candidates=2, chat=ChatConfig(**options))
+
+
+def test_registry_and_unknown_names():
+    assert list(GENERATORS) == ["target", "chat", "perturb"]
+    with pytest.raises(ValueError, match=r"unknown generator\(s\) \['gpt'\]; valid: \['target', 'chat', 'perturb'\]"):
+        make_generators(["gpt"], Settings(), GeneratorContext())
+
+
+def test_perturb_provenance():
+    (generator,) = make_generators(["perturb"], Settings(), GeneratorContext(seed=7))
+    (closed, _, liver, _, _) = generator.generate(samples(5))
+    assert [(c.text, c.provenance) for c in closed] == [
+        ("Yes", {"generator": "perturb", "seed": 7, "operation": "yes_no_flip"})
+    ]
+    assert liver == []  # nothing clinical to perturb in "Liver"
+
+
+def test_chat_generator_sends_the_versioned_prompt_and_records_provenance(tmp_path):
+    Image.new("L", (4, 4)).save(tmp_path / "x.png")
+    with FakeOpenAI(reply=hallucinate) as server:
+        settings = chat_settings(server, send_images=True)
+        (generator,) = make_generators(["chat"], settings, GeneratorContext(image_roots=[tmp_path], seed=3))
+        results = generator.generate(samples(2))
+        assert [c.text for c in results[0]] == ["Yes", "Yes"]  # n=2 choices, quotes stripped
+        provenance = results[1][0].provenance
+        assert provenance["generator"] == "chat" and provenance["model"] == "fake-gpt"
+        assert provenance["prompt_version"] == "v1" and isinstance(provenance["seed"], int)
+        body = server.requests[1] if "effusion" in prompt_text(server.requests[1]) else server.requests[0]
+        assert body["n"] == 2 and body["seed"] == provenance["seed"]
+        assert "Question: Which side is the effusion on?\nCorrect answer: left" in prompt_text(body)
+        assert body["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_chat_generator_reports_an_unreadable_image_and_a_failed_request(tmp_path):
+    with FakeOpenAI(reply=hallucinate) as server:
+        settings = chat_settings(server, send_images=True)
+        (generator,) = make_generators(["chat"], settings, GeneratorContext(image_roots=[tmp_path]))
+        (result,) = generator.generate(samples(1))
+        assert isinstance(result, Failure) and result.code == "image" and "x.png" in result.reason
+        assert server.requests == []
+        settings = chat_settings(server, max_retries=1)
+        (generator,) = make_generators(["chat"], settings, GeneratorContext())
+        server.fail("500", "500")
+        (result,) = generator.generate(samples(1))
+        assert result == Failure("request_failed", "chat: HTTP 500 (after 2 attempts)")
+
+
+def test_clean_reply():
+    assert clean_reply('  "No pneumothorax."\n') == "No pneumothorax."
+    assert clean_reply("“left”") == "left"
+    assert clean_reply('Say "left"') == 'Say "left"'
+
+
+def test_curate_text_counts_per_generator_and_drop_reason(tmp_path):
+    out = tmp_path / "pairs.text.jsonl"
+    with FakeOpenAI(reply=hallucinate) as server:
+        server.fail("500")  # one request at a time, no retry: the first sample's request fails for good
+        settings = chat_settings(server, max_retries=0, concurrency=1)
+        summary = curate_text(samples(5), out, settings, [], seed=0, show_progress=False)
+    pairs, rejects = read_jsonl(out, PreferencePair), read_jsonl(rejects_path(out), Reject)
+    by_sample = {p.sample_id: p for p in pairs}
+    # s000: chat failed, so perturbation made the pair; s002 ("Liver"): chat's answer is meta-text,
+    # perturbation has nothing, so the sample is rejected with the reason.
+    assert by_sample["s000"].rejected == "Yes" and by_sample["s000"].provenance["generator"] == "perturb"
+    assert by_sample["s001"].rejected == "right" and by_sample["s001"].provenance["prompt_version"] == "v1"
+    assert [(r.id, r.reason) for r in rejects] == [("s002", "no candidate contradicts the answer")]
+    assert summary.as_dict() == {
+        "read": 5,
+        "paired": 4,
+        "rejected": 1,
+        "already_done": 0,
+        "pairs_by_generator": {"perturb": 1, "chat": 3},
+        "drop_reasons": {"chat:request_failed": 1, "chat:meta_text": 2},
+    }
+
+
+def test_shards_merge_into_what_one_run_writes(tmp_path):
+    data = samples(11)
+    with FakeOpenAI(reply=hallucinate) as server:
+        settings = chat_settings(server)
+        curate_text(data, tmp_path / "whole" / "pairs.text.jsonl", settings, [], show_progress=False)
+        sharded = tmp_path / "sharded" / "pairs.text.jsonl"
+        curate_text(data, sharded, settings, [], shard=parse_shard("1/3"), show_progress=False)
+        with pytest.raises(ValueError, match="shard 2/3 is missing"):
+            merge_shards(data, sharded, 3)
+        for index in (2, 3):
+            summary = curate_text(data, sharded, settings, [], shard=(index, 3), show_progress=False)
+        assert summary.read == 3  # s002, s005, s008 of 11
+        write_jsonl(shard_path(sharded, 3, 3), read_jsonl(shard_path(sharded, 3, 3), PreferencePair)[:-1])
+        with pytest.raises(ValueError, match="shard 3/3 is unfinished: 1 samples missing"):
+            merge_shards(data, sharded, 3)
+        curate_text(data, sharded, settings, [], shard=(3, 3), show_progress=False)  # resume the shard
+    assert merge_shards(data, sharded, 3) == {"shards": 3, "pairs": 9, "paired": 9, "rejected": 2}
+    for name in ("pairs.text.jsonl", "pairs.text.rejects.jsonl"):
+        assert (sharded.parent / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    with pytest.raises(ValueError, match="i/n with 1 <= i <= n"):
+        parse_shard("4/3")
+
+
+KILLABLE = """
+import sys, json
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_generators import Settings
+from mmedpo.curation.text import curate_text
+from mmedpo.records import Sample
+data = [Sample.model_validate_json(line) for line in Path({samples!r}).read_text().splitlines()]
+settings = Settings.model_validate_json({settings!r})
+curate_text(data, Path({out!r}), settings, [], seed=5, show_progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_what_an_uninterrupted_run_writes(tmp_path):
+    data = samples(100)  # 4 chunks of 32
+    write_jsonl(tmp_path / "samples.jsonl", data)
+    with FakeOpenAI(reply=hallucinate, latency=0.05) as server:
+        settings = chat_settings(server, concurrency=2)  # ~0.8 s a chunk: time to kill it mid-run
+        killed = tmp_path / "killed" / "pairs.text.jsonl"
+        code = KILLABLE.format(
+            tests=str(Path(__file__).parent),
+            samples=str(tmp_path / "samples.jsonl"),
+            settings=settings.model_dump_json(),
+            out=str(killed),
+        )
+        process = subprocess.Popen([sys.executable, "-c", code])
+        deadline = time.monotonic() + 60
+        while not (killed.exists() and killed.read_text().count("\n") >= 20) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        written = killed.read_text().count("\n") + rejects_path(killed).read_text().count("\n")
+        assert 0 < written < len(data), "the kill should land mid-run"
+        summary = curate_text(data, killed, settings, [], seed=5, show_progress=False)
+        assert summary.skipped_done == written and summary.skipped_done + summary.paired + summary.rejected == 100
+        clean = tmp_path / "clean" / "pairs.text.jsonl"
+        curate_text(data, clean, settings, [], seed=5, show_progress=False)
+    for path in (clean, rejects_path(clean)):
+        assert (killed.parent / path.name).read_bytes() == path.read_bytes()
+    assert len(read_jsonl(clean, PreferencePair)) == 80 and json.loads(clean.read_text().splitlines()[0])["id"]

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from mmedpo.cli import app
 from mmedpo.config import load_config
-from mmedpo.pipeline import STAGE_NAMES, Run, run_pipeline
+from mmedpo.pipeline import Run, run_pipeline
 from mmedpo.records import PreferencePair, Reject, read_jsonl, rejects_path
 
 SMALL = [
@@ -29,7 +29,9 @@ def finished_run(tmp_path_factory):
 def test_every_stage_runs_and_writes_the_run_folder(finished_run):
     config, results = finished_run
     run = Run(config)
-    assert [r.name for r in results] == list(STAGE_NAMES)
+    assert [r.name for r in results] == [
+        "samples", "base", "curate_text", "curate_visual", "score", "eval:base", "train:mmedpo", "eval:mmedpo", "report",
+    ]
     assert all(r.status == "ran" for r in results)
     for path in ["config.yaml", "samples.jsonl", "pairs.text.jsonl", "pairs.visual.jsonl", "pairs.scored.jsonl",
                  "models/base/config.json", "models/mmedpo/config.json", "eval/base.json", "eval/mmedpo.json",
@@ -76,7 +78,7 @@ def test_rerun_skips_finished_stages_and_a_change_reruns_only_what_follows(finis
     statuses = {r.name: r.status for r in run_pipeline(changed, show_progress=False)}
     assert statuses == {
         "samples": "skipped", "base": "skipped", "curate_text": "skipped", "curate_visual": "skipped",
-        "score": "skipped", "train": "ran", "eval": "ran", "report": "ran",
+        "score": "skipped", "eval:base": "skipped", "train:mmedpo": "ran", "eval:mmedpo": "ran", "report": "ran",
     }
 
 

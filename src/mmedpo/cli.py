@@ -76,9 +76,48 @@ def run(config: ConfigOption = None, override: OverrideOption = None, force: For
 
 @curate_app.command("text")
 @friendly_errors
-def curate_text(config: ConfigOption = None, override: OverrideOption = None, force: ForceOption = False) -> None:
-    """Textual pairs: ground truth over model samples and clinical perturbations."""
-    _run_stages(config, override, ["curate_text"], force)
+def curate_text(
+    config: ConfigOption = None,
+    override: OverrideOption = None,
+    force: ForceOption = False,
+    shard: Annotated[
+        str | None, typer.Option(help="i/n: curate only the i-th of n shards (merge them with `curate merge`)")
+    ] = None,
+) -> None:
+    """Textual pairs: ground truth over model samples, chat-endpoint and clinical perturbations."""
+    if shard is None:
+        _run_stages(config, override, ["curate_text"], force)
+        return
+    from mmedpo.curation.text import curate_text as curate
+    from mmedpo.curation.text import parse_shard
+    from mmedpo.pipeline import finished
+
+    cfg = _config(config, override)
+    finished(cfg, ["samples", "base"])
+    run = Run(cfg)
+    summary = curate(
+        run.split("pref"), run.text_pairs, cfg.curate_text, run.image_roots, cfg.seed, run.model("base"),
+        shard=parse_shard(shard),
+    )
+    console.print(f"shard {shard}: {_short(summary.as_dict())}")
+
+
+@curate_app.command("merge")
+@friendly_errors
+def curate_merge(
+    shards: Annotated[int, typer.Option(help="how many shards the text curation was split into")],
+    config: ConfigOption = None,
+    override: OverrideOption = None,
+) -> None:
+    """Join finished text-curation shards into pairs.text.jsonl; `mmedpo run` then goes on from there."""
+    from mmedpo.curation.text import merge_shards
+    from mmedpo.pipeline import mark_done
+
+    cfg = _config(config, override)
+    run = Run(cfg)
+    summary = merge_shards(run.split("pref"), run.text_pairs, shards)
+    mark_done(cfg, "curate_text", summary)
+    console.print(f"merged {shards} shards: {_short(summary)}")
 
 
 @curate_app.command("visual")
@@ -143,13 +182,19 @@ def compare(
 @app.command()
 @friendly_errors
 def convert(
-    source: Annotated[Path, typer.Argument(help="pairs: our .jsonl or MMedPO LLaVA .json")],
-    target: Annotated[Path, typer.Argument(help="output file; the format follows its extension")],
+    source: Annotated[Path, typer.Argument(help="pairs: .jsonl, MMedPO .json, .parquet, .trl.parquet, HF folder")],
+    target: Annotated[Path, typer.Argument(help="output; the format follows its extension unless --to is given")],
+    to: Annotated[
+        str | None, typer.Option(help="jsonl | mmedpo | parquet | trl-parquet | trl | hf (default: by extension)")
+    ] = None,
+    image_root: Annotated[
+        list[Path] | None, typer.Option(help="image folder(s): check images, embed them in TRL output")
+    ] = None,
 ) -> None:
-    """Convert preference pairs between our JSONL and the MMedPO LLaVA JSON."""
+    """Convert preference pairs between our JSONL, the MMedPO LLaVA JSON, HF datasets and TRL's format."""
     from mmedpo.data.convert import convert_pairs
 
-    summary = convert_pairs(source, target)
+    summary = convert_pairs(source, target, to, image_root or ())
     console.print(
         f"read {summary['read']} = accepted {summary['accepted']} + rejected {summary['rejected']}"
         + (f" (reasons in {summary['rejects']})" if summary["rejected"] else "")
@@ -158,9 +203,9 @@ def convert(
 
 def print_results(run: Run, results: list[StageResult]) -> None:
     """The base vs trained table, then the wall time of each stage."""
-    table = Table(title=f"{run.dir}: base vs MMedPO on the test split")
+    table = Table(title=f"{run.dir}: the base model and the trained variants on the test split")
     evaluations = {}
-    for variant in ("base", "mmedpo"):
+    for variant in ("base", *run.config.variants):
         path = run.eval(variant)
         if path.exists():
             evaluations[variant] = json.loads(path.read_text(encoding="utf-8"))["metrics"]

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mmedpo.llm.chat import ChatConfig
 from mmedpo.records import describe_error
 
 
@@ -21,8 +22,19 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    source: Literal["synthmed", "samples"] = Field(
-        "synthmed", description="'synthmed' draws the embedded dataset; 'samples' reads a Sample JSONL file"
+    source: Literal["synthmed", "dataset", "samples"] = Field(
+        "synthmed",
+        description="'synthmed' draws the embedded dataset; 'dataset' reads a real one with a reader "
+        "(data.dataset); 'samples' reads a Sample JSONL file (data.samples)",
+    )
+    dataset: str | None = Field(None, description="reader name: vqa-rad, llava-med-vqa, slake, pathvqa, iu-xray, ...")
+    split: str | None = Field(None, description="read only this split of the dataset (default: all)")
+    reader_options: dict[str, Any] = Field(
+        {}, description="options of the reader, e.g. language, image_policy, views, section, check_images"
+    )
+    split_map: dict[str, str] = Field(
+        {"train": "pref", "test": "test"},
+        description="dataset split -> pipeline split (sft, pref, test); unmapped splits keep their name",
     )
     samples: str | None = Field(None, description="Sample JSONL file when source is 'samples'")
     image_root: str | None = Field(None, description="folder the samples' image paths are relative to")
@@ -30,6 +42,14 @@ class DataConfig(Section):
     n_pref: int = Field(300, ge=1, description="SynthMed images in the preference-curation split")
     n_test: int = Field(150, ge=1, description="SynthMed images in the test split")
     image_size: int = Field(128, ge=32, description="SynthMed image side in pixels")
+
+    @model_validator(mode="after")
+    def _source_has_its_input(self) -> DataConfig:
+        if self.source == "dataset" and not (self.dataset and self.image_root):
+            raise ValueError("data.source 'dataset' needs data.dataset (a reader) and data.image_root (its folder)")
+        if self.source == "samples" and not self.samples:
+            raise ValueError("data.source 'samples' needs data.samples (a Sample JSONL file)")
+        return self
 
 
 class BaseModelConfig(Section):
@@ -44,9 +64,12 @@ class BaseModelConfig(Section):
 
 
 class CurateTextConfig(Section):
-    generators: list[Literal["perturb", "target"]] = Field(
-        ["perturb", "target"], description="hallucination generators: clinical perturbation, target-model sampling"
+    generators: list[Literal["target", "chat", "perturb"]] = Field(
+        ["target", "perturb"],
+        description="hallucination generators: target-model sampling, an OpenAI-compatible chat endpoint "
+        "(curate_text.chat), clinical perturbation of the ground truth",
     )
+    chat: ChatConfig = Field(ChatConfig(), description="the endpoint of the 'chat' generator")
     candidates: int = Field(4, ge=1, description="target model: sampled candidates per sample")
     temperature: float = Field(1.0, gt=0, description="target model: sampling temperature")
     pairs_per_sample: int = Field(1, ge=1, description="at most this many textual pairs per sample")
@@ -61,9 +84,41 @@ class CurateVisualConfig(Section):
 
 
 class ScoreConfig(Section):
-    judges: list[str] = Field(["findings"], description="judge panel for textual pairs (names from the registry)")
-    aggregate: Literal["mean", "median"] = Field("mean", description="how the panel's scores combine")
+    judges: list[str] = Field(
+        ["findings"],
+        description="judge panel for textual pairs: registry names, or member names given a 'judge' in judge_options",
+    )
+    judge_options: dict[str, dict[str, Any]] = Field(
+        {},
+        description="per panel member: the judge's options, e.g. {hf: {model: /models/BioMistral-7B, batch_size: 8}};"
+        " a member named otherwise says which judge it is, e.g. {gpt4o: {judge: chat, model: gpt-4o}}",
+    )
+    aggregate: Literal["mean", "median", "trimmed-mean", "weighted"] = Field(
+        "mean", description="how the panel's scores of a pair combine (mean: the paper's reading)"
+    )
+    trim: float = Field(0.1, ge=0, lt=0.5, description="trimmed-mean: fraction of scores cut from each end")
+    weights: dict[str, float] = Field(
+        {}, description="weighted: weight of each panel member (and of 'localizer' with visual_mode confidence+judges)"
+    )
+    visual_mode: Literal["confidence", "confidence+judges"] = Field(
+        "confidence",
+        description="visual pairs: the localizer's confidence alone, or combined with the judges as member 'localizer'",
+    )
+    cache: bool = Field(True, description="keep judge verdicts in a cache on disk so no pair is judged twice")
+    cache_path: str | None = Field(None, description="the judge cache file; empty: judge_cache.jsonl in the run folder")
     normaliser: str = Field("mean-one", description="normalisation Z of the raw scores (see scoring.normalise)")
+
+    @model_validator(mode="after")
+    def _weights_cover_the_panel(self) -> ScoreConfig:
+        if self.aggregate != "weighted":
+            return self
+        members = list(self.judges) + (["localizer"] if self.visual_mode == "confidence+judges" else [])
+        missing = [m for m in members if m not in self.weights]
+        if missing:
+            raise ValueError(f"aggregate 'weighted' needs score.weights for {missing}")
+        if any(w < 0 for w in self.weights.values()) or sum(self.weights[m] for m in members) <= 0:
+            raise ValueError(f"score.weights must be >= 0 with a positive sum, got {self.weights}")
+        return self
 
 
 class TrainConfig(Section):
@@ -92,7 +147,39 @@ class RunConfig(Section):
     curate_visual: CurateVisualConfig = CurateVisualConfig()
     score: ScoreConfig = ScoreConfig()
     train: TrainConfig = TrainConfig()
+    variants: dict[str, dict[str, Any]] = Field(
+        {"mmedpo": {}},
+        description="trained variants: name -> train settings that differ from the train section",
+    )
     eval: EvalConfig = EvalConfig()
+
+    @field_validator("variants")
+    @classmethod
+    def _valid_variants(cls, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not variants:
+            raise ValueError("at least one variant must be trained")
+        for name, changes in variants.items():
+            if name == "base" or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"variant name {name!r} must be letters, digits, - or _, and not 'base'")
+            if not isinstance(changes, dict):
+                raise ValueError(f"variant {name}: expected a mapping of train settings")
+            unknown = set(changes) - set(TrainConfig.model_fields)
+            if unknown:
+                raise ValueError(f"variant {name}: unknown train setting(s) {sorted(unknown)}")
+        return variants
+
+    @model_validator(mode="after")
+    def _variants_merge(self) -> RunConfig:
+        for name in self.variants:
+            try:
+                self.variant(name)
+            except ValidationError as error:
+                raise ValueError(f"variant {name}: {describe_error(error)}") from None
+        return self
+
+    def variant(self, name: str) -> TrainConfig:
+        """The train settings of one variant: the train section with its changes."""
+        return TrainConfig.model_validate({**self.train.model_dump(), **self.variants[name]})
 
     @property
     def run_dir(self) -> Path:

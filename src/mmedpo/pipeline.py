@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mmedpo.config import RunConfig, dump_config
-from mmedpo.records import PreferencePair, Sample, dump_json, read_jsonl, rejects_path, write_jsonl
+from mmedpo.records import PreferencePair, Reject, Sample, dump_json, read_jsonl, rejects_path, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Run:
         return self.dir / "eval" / f"{variant}.json"
 
     def stage_state(self, stage: str) -> Path:
-        return self.dir / "stages" / f"{stage}.json"
+        return self.dir / "stages" / f"{stage.replace(':', '.')}.json"
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in read_jsonl(self.samples, Sample) if s.split == name]
@@ -77,18 +78,28 @@ class Run:
 
 def stage_samples(run: Run, show_progress: bool) -> dict:
     data = run.config.data
+    rejects: list[Reject] = []
     if data.source == "synthmed":
         from mmedpo.synth.synthmed import generate_synthmed
 
         samples = generate_synthmed(
             run.images, {"sft": data.n_sft, "pref": data.n_pref, "test": data.n_test}, run.config.seed, data.image_size
         )
+    elif data.source == "dataset":
+        from mmedpo.data.readers import read_dataset
+
+        samples, rejects = read_dataset(data.dataset, data.image_root, data.split, **data.reader_options)
+        samples = [s.model_copy(update={"split": data.split_map.get(s.split, s.split)}) for s in samples]
     else:
-        if not data.samples:
-            raise ValueError("data.source 'samples' needs data.samples (a Sample JSONL file)")
         samples = read_jsonl(data.samples, Sample)
     write_jsonl(run.samples, samples)
-    return {"samples": len(samples), "by_split": _count(s.split for s in samples)}
+    write_jsonl(rejects_path(run.samples), rejects)
+    return {
+        "read": len(samples) + len(rejects),
+        "samples": len(samples),
+        "rejected": len(rejects),
+        "by_split": _count(s.split for s in samples),
+    }
 
 
 def stage_base(run: Run, show_progress: bool) -> dict:
@@ -97,6 +108,8 @@ def stage_base(run: Run, show_progress: bool) -> dict:
 
     model = run.config.model
     sft = run.split("sft")
+    if model.sft_epochs and not sft:
+        raise ValueError("no samples in the 'sft' split: set model.sft_epochs=0 or map a split to sft (data.split_map)")
     start_dir = Path(model.path) if model.path else None
     if start_dir is None:
         corpus = [text for s in read_jsonl(run.samples, Sample) for text in (s.question, s.answer)]
@@ -164,13 +177,13 @@ def stage_score(run: Run, show_progress: bool) -> dict:
     return score_pairs(pairs, run.scored_pairs, run.config.score, show_progress).as_dict()
 
 
-def stage_train(run: Run, show_progress: bool) -> dict:
+def stage_train(run: Run, variant: str, show_progress: bool) -> dict:
     from mmedpo.training.dpo import DPOSettings, train_weighted_dpo
 
-    train = run.config.train
+    train = run.config.variant(variant)
     pairs = [p for p in read_jsonl(run.scored_pairs, PreferencePair) if p.kind in train.pair_kinds]
     if not pairs:
-        raise ValueError(f"no {'/'.join(train.pair_kinds)} pairs to train on in {run.scored_pairs}")
+        raise ValueError(f"variant {variant}: no {'/'.join(train.pair_kinds)} pairs in {run.scored_pairs}")
     settings = DPOSettings(
         beta=train.beta,
         loss_type=train.loss_type,
@@ -180,27 +193,23 @@ def stage_train(run: Run, show_progress: bool) -> dict:
         batch_size=train.batch_size,
         seed=run.config.seed,
     )
-    train_weighted_dpo(run.model("base"), pairs, run.image_roots, run.model("mmedpo"), settings)
+    train_weighted_dpo(run.model("base"), pairs, run.image_roots, run.model(variant), settings)
     return {"pairs": len(pairs), "by_kind": _count(p.kind for p in pairs)}
 
 
-def stage_eval(run: Run, show_progress: bool) -> dict:
+def stage_eval(run: Run, variant: str, show_progress: bool) -> dict:
     from mmedpo.evaluation.evaluate import evaluate_model
 
     settings = run.config.eval
-    test = run.split("test")
-    metrics = {}
-    for variant in VARIANTS:
-        result = evaluate_model(
-            run.model(variant),
-            test,
-            run.image_roots,
-            run.eval(variant),
-            batch_size=settings.batch_size,
-            max_new_tokens={"vqa": settings.max_new_tokens_vqa, "report": settings.max_new_tokens_report},
-        )
-        metrics[variant] = result["metrics"]
-    return metrics
+    result = evaluate_model(
+        run.model(variant),
+        run.split("test"),
+        run.image_roots,
+        run.eval(variant),
+        batch_size=settings.batch_size,
+        max_new_tokens={"vqa": settings.max_new_tokens_vqa, "report": settings.max_new_tokens_report},
+    )
+    return result["metrics"]
 
 
 def stage_report(run: Run, show_progress: bool) -> dict:
@@ -209,50 +218,79 @@ def stage_report(run: Run, show_progress: bool) -> dict:
     return {"report": str(write_report(run.dir))}
 
 
-VARIANTS = ("base", "mmedpo")
-
-
 @dataclass(frozen=True)
 class Stage:
     name: str
-    sections: tuple[str, ...]  # config sections it depends on directly
+    settings: Callable[[RunConfig], Any]  # the part of the config it depends on directly
     after: tuple[str, ...]  # stages whose outputs it reads
     outputs: Callable[[Run], list[Path]]
     run: Callable[[Run, bool], dict]
 
 
-STAGES = (
-    Stage("samples", ("data",), (), lambda r: [r.samples, r.images / "synthmed"], stage_samples),
-    Stage("base", ("model",), ("samples",), lambda r: [r.model("tiny-init"), r.model("base")], stage_base),
-    Stage(
-        "curate_text",
-        ("curate_text",),
-        ("samples", "base"),
-        lambda r: [r.text_pairs, rejects_path(r.text_pairs)],
-        stage_curate_text,
-    ),
-    Stage(
-        "curate_visual",
-        ("curate_visual",),
-        ("samples", "base"),
-        lambda r: [r.visual_pairs, rejects_path(r.visual_pairs), r.images / "noised"],
-        stage_curate_visual,
-    ),
-    Stage("score", ("score",), ("curate_text", "curate_visual"), lambda r: [r.scored_pairs], stage_score),
-    Stage("train", ("train",), ("score",), lambda r: [r.model("mmedpo")], stage_train),
-    Stage("eval", ("eval",), ("base", "train"), lambda r: [r.dir / "eval"], stage_eval),
-    Stage("report", (), ("eval",), lambda r: [r.dir / "report"], stage_report),
-)
-STAGE_NAMES = tuple(stage.name for stage in STAGES)
+def _section(name: str) -> Callable[[RunConfig], Any]:
+    return lambda config: getattr(config, name).model_dump(mode="json")
 
 
-def fingerprints(config: RunConfig) -> dict[str, str]:
-    """Each stage's fingerprint: its config sections, the seed, and its inputs' fingerprints."""
-    dumped = config.model_dump(mode="json")
+def build_stages(config: RunConfig) -> tuple[Stage, ...]:
+    """The stages of a run in order: the fixed ones, then a train and an eval stage per variant."""
+    stages = [
+        Stage(
+            "samples",
+            _section("data"),
+            (),
+            lambda r: [r.samples, rejects_path(r.samples), r.images / "synthmed"],
+            stage_samples,
+        ),
+        Stage("base", _section("model"), ("samples",), lambda r: [r.model("tiny-init"), r.model("base")], stage_base),
+        Stage(
+            "curate_text",
+            _section("curate_text"),
+            ("samples", "base"),
+            lambda r: [r.text_pairs, rejects_path(r.text_pairs)],
+            stage_curate_text,
+        ),
+        Stage(
+            "curate_visual",
+            _section("curate_visual"),
+            ("samples", "base"),
+            lambda r: [r.visual_pairs, rejects_path(r.visual_pairs), r.images / "noised"],
+            stage_curate_visual,
+        ),
+        Stage("score", _section("score"), ("curate_text", "curate_visual"), lambda r: [r.scored_pairs], stage_score),
+        _eval_stage("base", "base"),
+    ]
+    for variant in config.variants:
+        stages.append(
+            Stage(
+                f"train:{variant}",
+                lambda c, v=variant: c.variant(v).model_dump(mode="json"),
+                ("score",),
+                lambda r, v=variant: [r.model(v)],
+                lambda r, p, v=variant: stage_train(r, v, p),
+            )
+        )
+        stages.append(_eval_stage(variant, f"train:{variant}"))
+    after = tuple(stage.name for stage in stages if stage.name.startswith("eval:"))
+    stages.append(Stage("report", lambda c: None, after, lambda r: [r.dir / "report"], stage_report))
+    return tuple(stages)
+
+
+def _eval_stage(variant: str, model_stage: str) -> Stage:
+    return Stage(
+        f"eval:{variant}",
+        _section("eval"),
+        ("samples", model_stage),
+        lambda r: [r.eval(variant), r.eval(variant).with_name(f"{variant}.partial.jsonl")],
+        lambda r, p: stage_eval(r, variant, p),
+    )
+
+
+def fingerprints(stages: tuple[Stage, ...], config: RunConfig) -> dict[str, str]:
+    """Each stage's fingerprint: its settings, the seed, and its inputs' fingerprints."""
     result: dict[str, str] = {}
-    for stage in STAGES:
+    for stage in stages:
         material = {
-            "sections": {name: dumped[name] for name in stage.sections},
+            "settings": stage.settings(config),
             "seed": config.seed,
             "after": [result[name] for name in stage.after],
         }
@@ -299,6 +337,24 @@ def run_stage(run: Run, stage: Stage, fingerprint: str, show_progress: bool = Tr
     return StageResult(stage.name, "ran", seconds, summary)
 
 
+def finished(config: RunConfig, names: list[str]) -> None:
+    """Raise unless the named stages finished with the config's current settings."""
+    stages = build_stages(config)
+    prints = fingerprints(stages, config)
+    run = Run(config)
+    for name in names:
+        state = _read_state(run.stage_state(name))
+        if state.get("status") != "done" or state.get("fingerprint") != prints[name]:
+            raise ValueError(f"stage {name} has not finished with this config: run `mmedpo run` up to it first")
+
+
+def mark_done(config: RunConfig, name: str, summary: dict) -> None:
+    """Record a stage finished outside `run_pipeline` (merged shards), so later runs skip it."""
+    prints = fingerprints(build_stages(config), config)
+    state = {"fingerprint": prints[name], "status": "done", "seconds": 0.0, "summary": summary}
+    dump_json(state, Run(config).stage_state(name))
+
+
 def run_pipeline(
     config: RunConfig,
     only: list[str] | None = None,
@@ -310,16 +366,18 @@ def run_pipeline(
 
     `force` re-runs the selected stages from scratch even if they finished.
     """
-    unknown = set(only or ()) - set(STAGE_NAMES)
+    stages = build_stages(config)
+    names = [stage.name for stage in stages]
+    unknown = [name for name in only or () if name not in names and not any(n.startswith(name + ":") for n in names)]
     if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; valid: {', '.join(STAGE_NAMES)}")
+        raise ValueError(f"unknown stage(s) {unknown}; valid: {', '.join(names)}")
     run = Run(config)
     run.dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run.dir / "config.yaml")
-    prints = fingerprints(config)
+    prints = fingerprints(stages, config)
     results = []
-    for stage in STAGES:
-        if only and stage.name not in only:
+    for stage in stages:
+        if only and not any(stage.name == name or stage.name.startswith(name + ":") for name in only):
             continue
         result = run_stage(run, stage, prints[stage.name], show_progress, force=force)
         results.append(result)

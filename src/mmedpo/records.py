@@ -109,8 +109,9 @@ def describe_error(error: Exception) -> str:
     if isinstance(error, ValidationError):
         parts = []
         for item in error.errors():
-            where = ".".join(str(p) for p in item["loc"]) or "record"
-            parts.append(f"{where}: {item['msg']}")
+            where = ".".join(str(p) for p in item["loc"])
+            message = item["msg"].removeprefix("Value error, ")
+            parts.append(f"{where}: {message}" if where else message)
         return "; ".join(parts)
     return f"{type(error).__name__}: {error}"
 

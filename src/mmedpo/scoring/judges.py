@@ -1,9 +1,14 @@
 """Judges: score how clinically relevant a preference pair is, in [0, 1], with a reason.
 
-A judge has a `name`, a `version` (part of the judge cache key: bump it when
-scores would change) and `score(question, chosen, rejected) -> (float, str)`.
-`JUDGES` maps the names a config uses to judge classes; add one with
-`@register("name")` on the class.
+A judge subclasses `Judge`: a `name`, a `version` (its prompt version, part of
+the judge cache key: bump it when scores would change), the `model` it runs on
+(also in the key) and `score(question, chosen, rejected) -> Verdict`. A verdict
+whose score is None means the judge could not score the pair (an unparseable
+reply, a failed request): `reason` says why and the panel leaves the pair
+unscored instead of guessing a weight. Judges that batch or run requests
+concurrently override `score_many`, which yields verdicts as they come, so the
+panel caches each one at once. `JUDGES` maps the names a config uses to judge
+classes; add one with `@register("name")` on the class.
 
 The offline `FindingsJudge` reads the findings of both answers and scores the
 pair by the clinical severity (`clinical.lexicon`) of the worst finding they
@@ -13,12 +18,38 @@ rewording that keeps every finding costs nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 from mmedpo.clinical.findings import compare_answers, extract_findings, normalise_text, worst_severity, yes_no
 from mmedpo.clinical.lexicon import UNRECOGNISED_SEVERITY, clinical_severity
 
-JUDGES: dict[str, type] = {}
+JUDGES: dict[str, type[Judge]] = {}
+
+
+class Verdict(NamedTuple):
+    """A judge's score in [0, 1] (None: could not score) and its short reason."""
+
+    score: float | None
+    reason: str
+
+
+class Judge:
+    """Base of every judge; subclasses set `name` and `version` and implement `score`."""
+
+    name = ""
+    version = "1"
+    model = ""  # what the judge runs on, e.g. an endpoint's model name or a local path
+    cached = True  # go through the judge cache (worth it for anything slower than a lookup)
+
+    def score(self, question: str, chosen: str, rejected: str) -> Verdict | tuple[float | None, str]:
+        """The verdict on preferring `chosen` over `rejected` as answers to `question`."""
+        raise NotImplementedError
+
+    def score_many(self, items: Sequence[tuple[str, str, str]]) -> Iterator[tuple[int, Verdict]]:
+        """Yield (index into items, verdict) for every (question, chosen, rejected), in any order."""
+        for index, (question, chosen, rejected) in enumerate(items):
+            yield index, Verdict(*self.score(question, chosen, rejected))
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -34,11 +65,13 @@ def register(name: str) -> Callable[[type], type]:
 
 
 @register("findings")
-class FindingsJudge:
+class FindingsJudge(Judge):
     """Offline clinical judge: the severity of the worst finding the two answers disagree on."""
 
     name = "findings"
     version = "1"
+    # Instant and defined by the lexicon in code: a cache would only risk serving stale severities.
+    cached = False
 
     def score(self, question: str, chosen: str, rejected: str) -> tuple[float, str]:
         """(score in [0, 1], reason) for preferring `chosen` over `rejected` as answers to `question`."""
@@ -72,3 +105,8 @@ def _about_question(question: str, what: str) -> tuple[float, str]:
         return UNRECOGNISED_SEVERITY, f"{what}; the question names no known finding"
     value, name = max((clinical_severity(f.name, worst_severity([f])), f.name) for f in asked)
     return value, f"{what} about {name} ({value:.2f})"
+
+
+# These judges live in their own modules and subclass `Judge`, so they are imported after it;
+# importing them registers them (their heavy libraries load only when one is built).
+from mmedpo.scoring import chat_judge, embedding_judge, hf_judge  # noqa: E402, F401

@@ -5,76 +5,234 @@ Run it:
     mmedpo score --config configs/demo.yaml
 
 Each judge of the panel scores a textual pair in [0, 1]; the panel's scores are
-aggregated (the mean, in our reading of the paper). A visual pair's raw score
-is the localizer's confidence that a lesion is there. The raw scores of all
-pairs are then normalised over the dataset (the paper's Z) into the weight the
-trainer multiplies each pair's loss by. See docs/method.md.
+aggregated (the mean by default, in our reading of the paper; or the median, a
+trimmed mean, a weighted mean). A visual pair's raw score is the localizer's
+confidence that a lesion is there, or (`visual_mode: confidence+judges`) that
+confidence aggregated with the judges' scores as one more panel member,
+"localizer". The raw scores of all pairs are then normalised over the dataset
+(the paper's Z) into the weight the trainer multiplies each pair's loss by. See
+docs/method.md.
+
+Judges go through the judge cache (`cache.JudgeCache`), so scoring unchanged
+pairs again asks no judge twice and a killed run resumes from what was paid for.
+A pair that some judge could not score, or a visual pair without a localizer
+confidence, is left unscored: it goes to `pairs.scored.rejects.jsonl` with the
+reasons, never into training with a made-up weight. Read pairs = scored + unscored.
+
+Panel members are judge names from the registry, or names of your own with
+options naming the judge, so one judge class can sit on the panel twice:
+
+    score:
+      judges: [findings, gpt4o, biomistral]
+      judge_options:
+        gpt4o: {judge: chat, model: gpt-4o}
+        biomistral: {judge: chat, model: BioMistral-7B, base_url: http://localhost:8000/v1}
 """
 
 from __future__ import annotations
 
+import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scipy.stats import trim_mean
+
 from mmedpo.config import ScoreConfig
+from mmedpo.data.llava_json import write_mmedpo_json
 from mmedpo.progress import progress_bar
-from mmedpo.records import PreferencePair, write_jsonl
-from mmedpo.scoring.judges import JUDGES
+from mmedpo.records import PreferencePair, Reject, read_jsonl, rejects_path, write_jsonl
+from mmedpo.scoring.agreement import krippendorff_alpha, spearman_matrix
+from mmedpo.scoring.cache import JudgeCache, cache_key
+from mmedpo.scoring.judges import JUDGES, Judge, Verdict
 from mmedpo.scoring.normalise import normalise
 
-AGGREGATES = {"mean": statistics.fmean, "median": statistics.median}
+LOCALIZER = "localizer"
+CACHE_FILE = "judge_cache.jsonl"
 
 
 @dataclass
 class ScoreSummary:
     pairs: int = 0
+    scored: int = 0
+    unscored: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
     mean_raw: float = 0.0
     mean_weight: float = 0.0
+    judge_means: dict[str, float] = field(default_factory=dict)
+    cache: dict[str, int] = field(default_factory=dict)
+    agreement: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
 
 
-def raw_score(pair: PreferencePair, judges: Sequence, aggregate) -> tuple[float, dict[str, float]]:
-    """The pair's raw clinical relevance and every score it came from."""
-    if pair.kind == "visual":
-        confidence = float(pair.provenance.get("confidence", 1.0))
-        return confidence, {"localizer": confidence}
-    scores = {}
-    for judge in judges:
-        value, _reason = judge.score(pair.question, pair.chosen, pair.rejected)
-        scores[judge.name] = float(value)
-    return aggregate(list(scores.values())), scores
+def build_panel(settings: ScoreConfig) -> dict[str, Judge]:
+    """Panel member name -> judge, built from the registry and `settings.judge_options`."""
+    panel = {}
+    for member in settings.judges:
+        options = dict(settings.judge_options.get(member, {}))
+        name = options.pop("judge", member)
+        if name not in JUDGES:
+            raise ValueError(f"panel member {member!r}: unknown judge {name!r}; valid: {sorted(JUDGES)}")
+        try:
+            panel[member] = JUDGES[name](**options)
+        except TypeError as error:
+            raise ValueError(f"panel member {member!r}: bad judge_options {options}: {error}") from None
+    return panel
+
+
+def aggregate(
+    scores: Mapping[str, float], how: str, trim: float = 0.1, weights: Mapping[str, float] | None = None
+) -> float:
+    """Combine the panel's scores of one pair.
+
+    >>> aggregate({"a": 0.2, "b": 0.4, "c": 0.9}, "median")
+    0.4
+    >>> round(aggregate({"a": 0.2, "b": 0.8}, "weighted", weights={"a": 3, "b": 1}), 6)  # (3 * 0.2 + 0.8) / 4
+    0.35
+    """
+    values = list(scores.values())
+    if how == "mean":
+        return statistics.fmean(values)
+    elif how == "median":
+        return statistics.median(values)
+    elif how == "trimmed-mean":
+        # scipy cuts int(trim * n) scores from each end: with few judges, trim 0.1 cuts none.
+        return float(trim_mean(values, trim))
+    elif how == "weighted":
+        weights = weights or {}
+        missing = sorted(set(scores) - set(weights))
+        if missing:
+            raise ValueError(f"weighted aggregate: no weight for {missing}; set score.weights")
+        total = sum(weights[name] for name in scores)
+        if total <= 0:
+            raise ValueError(f"weighted aggregate: the weights of {sorted(scores)} sum to {total}, need > 0")
+        return sum(weights[name] * value for name, value in scores.items()) / total
+    else:
+        raise ValueError(f"unknown aggregate {how!r}; valid: mean, median, trimmed-mean, weighted")
+
+
+def _checked(member: str, verdict: Verdict) -> Verdict:
+    """The verdict, or an unscored one when its score is not a number in [0, 1]."""
+    if verdict.score is None:
+        return Verdict(None, f"{member}: {verdict.reason}")
+    if not (isinstance(verdict.score, (int, float)) and math.isfinite(verdict.score) and 0 <= verdict.score <= 1):
+        return Verdict(None, f"{member}: score {verdict.score!r} is not in [0, 1] ({verdict.reason})")
+    return Verdict(float(verdict.score), verdict.reason)
+
+
+def judge_pairs(
+    pairs: Sequence[PreferencePair], judge: Judge, member: str, cache: JudgeCache | None, advance
+) -> list[Verdict]:
+    """The judge's verdict on every pair, from the cache where it has one."""
+    items = [(p.question, p.chosen, p.rejected) for p in pairs]
+    use_cache = cache is not None and judge.cached
+    keys = [cache_key(judge.name, judge.version, judge.model, *item) for item in items] if use_cache else []
+    verdicts: list[Verdict | None] = [None] * len(items)
+    todo = []
+    for index in range(len(items)):
+        hit = cache.get(keys[index]) if use_cache else None
+        if hit is None:
+            todo.append(index)
+        else:
+            verdicts[index] = Verdict(*hit)
+            advance(1)
+    for position, verdict in judge.score_many([items[i] for i in todo]):
+        index = todo[position]
+        verdicts[index] = _checked(member, verdict)
+        # Only scores are cached: a failed request or an unparseable reply is asked again next run.
+        if use_cache and verdicts[index].score is not None:
+            cache.put(keys[index], verdicts[index].score, verdicts[index].reason)
+        advance(1)
+    return verdicts
+
+
+def _localizer_confidence(pair: PreferencePair) -> Verdict:
+    confidence = pair.provenance.get("confidence")
+    if confidence is None:
+        return Verdict(None, f"{LOCALIZER}: the visual pair has no confidence in its provenance")
+    return _checked(LOCALIZER, Verdict(confidence, "localizer confidence"))
 
 
 def score_pairs(
-    pairs: Sequence[PreferencePair], out_path: Path, settings: ScoreConfig, show_progress: bool = True
+    pairs: Sequence[PreferencePair],
+    out_path: Path,
+    settings: ScoreConfig,
+    show_progress: bool = True,
+    cache_path: Path | None = None,
 ) -> ScoreSummary:
-    """Score and weight every pair; write them to `out_path`."""
-    unknown = [name for name in settings.judges if name not in JUDGES]
-    if unknown:
-        raise ValueError(f"unknown judge(s) {unknown}; valid: {sorted(JUDGES)}")
-    judges = [JUDGES[name]() for name in settings.judges]
-    aggregate = AGGREGATES[settings.aggregate]
-    raws, scored = [], []
-    with progress_bar("score", len(pairs), show_progress) as advance:
-        for pair in pairs:
-            raw, scores = raw_score(pair, judges, aggregate)
-            raws.append(raw)
-            scored.append(pair.model_copy(update={"scores": scores}))
-            advance(1)
-    weights = normalise(raws, settings.normaliser) if raws else []
+    """Score and weight every pair; write the scored ones to `out_path`, the rest to its rejects file.
+
+    The judge cache is `cache_path`, else `settings.cache_path`, else judge_cache.jsonl
+    beside `out_path`; `settings.cache = False` uses none.
+    """
+    panel = build_panel(settings)
+    cache = None
+    if settings.cache:
+        cache = JudgeCache(cache_path or settings.cache_path or Path(out_path).with_name(CACHE_FILE))
+    judge_visual = settings.visual_mode == "confidence+judges"
+    judged = [index for index, pair in enumerate(pairs) if pair.kind == "text" or judge_visual]
+    verdicts: list[dict[str, Verdict]] = [{} for _ in pairs]  # per pair: member -> verdict
+    with progress_bar("score", len(judged) * len(panel), show_progress) as advance:
+        for member, judge in panel.items():
+            member_verdicts = judge_pairs([pairs[i] for i in judged], judge, member, cache, advance)
+            for index, verdict in zip(judged, member_verdicts):
+                verdicts[index][member] = verdict
+    scored, raws, rejects = [], [], []
+    for pair, pair_verdicts in zip(pairs, verdicts):
+        if pair.kind == "visual":
+            pair_verdicts[LOCALIZER] = _localizer_confidence(pair)
+        failed = [v.reason for v in pair_verdicts.values() if v.score is None]
+        if failed:
+            rejects.append(Reject(id=pair.id, source=f"{pair.kind} pair {pair.id}", reason="; ".join(failed)))
+            continue
+        scores = {member: v.score for member, v in pair_verdicts.items()}
+        raw = aggregate(scores, settings.aggregate, settings.trim, settings.weights)
+        raws.append(raw)
+        reasons = {member: v.reason for member, v in pair_verdicts.items()}
+        provenance = {**pair.provenance, "clinical_score": raw, "score_reasons": reasons}
+        scored.append(pair.model_copy(update={"scores": scores, "provenance": provenance}))
+    weights = normalise(raws, settings.normaliser)
     scored = [pair.model_copy(update={"weight": float(w)}) for pair, w in zip(scored, weights)]
     write_jsonl(out_path, scored)
+    write_jsonl(rejects_path(Path(out_path)), rejects)
+    return _summary(pairs, scored, raws, weights, list(panel), cache)
+
+
+def _summary(pairs, scored, raws, weights, members, cache) -> ScoreSummary:
     kinds: dict[str, int] = {}
     for pair in scored:
         kinds[pair.kind] = kinds.get(pair.kind, 0) + 1
+    judged = [pair for pair in scored if all(member in pair.scores for member in members)]
+    columns = {member: [pair.scores[member] for pair in judged] for member in members}
     return ScoreSummary(
-        pairs=len(scored),
+        pairs=len(pairs),
+        scored=len(scored),
+        unscored=len(pairs) - len(scored),
         by_kind=kinds,
         mean_raw=statistics.fmean(raws) if raws else 0.0,
         mean_weight=statistics.fmean(weights) if weights else 0.0,
+        judge_means={member: statistics.fmean(values) for member, values in columns.items() if values},
+        cache={"hits": cache.hits, "misses": cache.misses} if cache else {},
+        agreement={"spearman": spearman_matrix(columns), "krippendorff_alpha": krippendorff_alpha(columns)},
     )
+
+
+def export_mmedpo_json(scored_pairs_path: Path | str, out_path: Path | str) -> int:
+    """Write scored pairs as the MMedPO LLaVA JSON; returns the number written.
+
+    `weighted_score` is each pair's clinical score in [0, 1] before normalisation,
+    as in the files released with the paper (whose reader refuses values above 1);
+    the normalised weight is a property of one dataset, not of a pair.
+    """
+    pairs = read_jsonl(scored_pairs_path, PreferencePair)
+    missing = [pair.id for pair in pairs if "clinical_score" not in pair.provenance]
+    if missing:
+        raise ValueError(
+            f"{scored_pairs_path}: {len(missing)} pair(s) have no clinical score "
+            f"(first: {missing[0]!r}); score them first"
+        )
+    write_mmedpo_json((p.model_copy(update={"weight": p.provenance["clinical_score"]}) for p in pairs), out_path)
+    return len(pairs)

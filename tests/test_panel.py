@@ -1,0 +1,180 @@
+"""The judge panel: aggregation, the cache, unscored pairs, visual pairs, agreement and the JSON export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmedpo.config import ScoreConfig
+from mmedpo.data.llava_json import read_mmedpo_json
+from mmedpo.records import PreferencePair, read_jsonl
+from mmedpo.scoring.judges import JUDGES, Judge, Verdict
+from mmedpo.scoring.panel import aggregate, export_mmedpo_json, score_pairs
+
+
+class TableJudge(Judge):
+    """Scores a pair from a table keyed by its rejected answer; None in the table: cannot score."""
+
+    name = "table"
+    calls: list[str] = []  # every rejected answer asked, across instances
+
+    def __init__(self, table: dict[str, float | None], model: str = "m"):
+        self.table = table
+        self.model = model
+
+    def score(self, question, chosen, rejected):
+        TableJudge.calls.append(rejected)
+        value = self.table[rejected]
+        return Verdict(value, "from the table" if value is not None else "unparseable reply")
+
+
+@pytest.fixture(autouse=True)
+def table_judge(monkeypatch):
+    monkeypatch.setitem(JUDGES, "table", TableJudge)
+    monkeypatch.setattr(TableJudge, "calls", [])
+
+
+def pair(pair_id: str, rejected: str, kind: str = "text", **provenance) -> PreferencePair:
+    return PreferencePair(
+        id=pair_id,
+        sample_id="s" + pair_id,
+        task="vqa",
+        kind=kind,
+        image="a.png",
+        rejected_image="noised/a.png" if kind == "visual" else None,
+        question="Is there a pneumothorax?",
+        chosen="No",
+        rejected=rejected,
+        provenance=provenance,
+    )
+
+
+PAIRS = [pair("1", "Yes"), pair("2", "Maybe"), pair("3", "Yes, large", kind="visual", confidence=0.5)]
+PANEL = {
+    "judges": ["a", "b"],
+    "judge_options": {
+        "a": {"judge": "table", "model": "a", "table": {"Yes": 0.2, "Maybe": 0.8, "Yes, large": 0.3}},
+        "b": {"judge": "table", "model": "b", "table": {"Yes": 0.6, "Maybe": 1.0, "Yes, large": 0.9}},
+    },
+}
+
+
+def test_mean_panel_and_mean_one_weights(tmp_path):
+    out = tmp_path / "pairs.scored.jsonl"
+    summary = score_pairs(PAIRS, out, ScoreConfig(**PANEL), show_progress=False)
+    scored = {p.id: p for p in read_jsonl(out, PreferencePair)}
+    assert scored["1"].scores == {"a": 0.2, "b": 0.6}
+    assert scored["3"].scores == {"localizer": 0.5}  # visual: the localizer alone, no judge asked
+    assert scored["1"].provenance["score_reasons"] == {"a": "from the table", "b": "from the table"}
+    # raw 0.4, 0.9, 0.5 (mean 0.6) -> weights raw / 0.6
+    assert [scored[i].weight for i in "123"] == pytest.approx([0.4 / 0.6, 1.5, 0.5 / 0.6])
+    assert (summary.pairs, summary.scored, summary.unscored, summary.by_kind) == (3, 3, 0, {"text": 2, "visual": 1})
+    assert summary.mean_raw == pytest.approx(0.6) and summary.mean_weight == pytest.approx(1.0)
+    assert summary.judge_means == pytest.approx({"a": 0.5, "b": 0.8})
+    assert sorted(TableJudge.calls) == ["Maybe", "Maybe", "Yes", "Yes"]
+    assert json.loads(json.dumps(summary.as_dict()))  # the stage summary is valid JSON
+
+
+def test_second_run_asks_no_judge(tmp_path):
+    out = tmp_path / "pairs.scored.jsonl"
+    score_pairs(PAIRS, out, ScoreConfig(**PANEL), show_progress=False)
+    first = out.read_text()
+    TableJudge.calls.clear()
+    summary = score_pairs(PAIRS, out, ScoreConfig(**PANEL), show_progress=False)
+    assert TableJudge.calls == []
+    assert summary.cache == {"hits": 4, "misses": 0}
+    assert out.read_text() == first
+    assert len((tmp_path / "judge_cache.jsonl").read_text().splitlines()) == 4
+    # Without the cache every judge is asked again.
+    score_pairs(PAIRS, out, ScoreConfig(**PANEL, cache=False), show_progress=False)
+    assert len(TableJudge.calls) == 4
+
+
+def test_a_pair_a_judge_cannot_score_is_rejected_not_weighted(tmp_path):
+    options = json.loads(json.dumps(PANEL["judge_options"]))
+    options["b"]["table"]["Maybe"] = None
+    options["a"]["table"]["Yes"] = 1.7
+    settings = ScoreConfig(judges=["a", "b"], judge_options=options)
+    out = tmp_path / "pairs.scored.jsonl"
+    no_confidence = pair("4", "Yes, large", kind="visual")
+    summary = score_pairs(PAIRS + [no_confidence], out, settings, show_progress=False)
+    assert [p.id for p in read_jsonl(out, PreferencePair)] == ["3"]
+    assert read_jsonl(out, PreferencePair)[0].weight == 1.0  # mean-one over the one scored pair
+    rejects = [json.loads(line) for line in (tmp_path / "pairs.scored.rejects.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reason"]) for r in rejects] == [
+        ("1", "a: score 1.7 is not in [0, 1] (from the table)"),
+        ("2", "b: unparseable reply"),
+        ("4", "localizer: the visual pair has no confidence in its provenance"),
+    ]
+    assert (summary.pairs, summary.scored, summary.unscored) == (4, 1, 3)
+    # Failures are not cached: the next run asks again for exactly those two verdicts.
+    TableJudge.calls.clear()
+    score_pairs(PAIRS, out, settings, show_progress=False)
+    assert sorted(TableJudge.calls) == ["Maybe", "Yes"]
+
+
+def test_visual_pairs_can_join_the_judges(tmp_path):
+    settings = ScoreConfig(**PANEL, visual_mode="confidence+judges", aggregate="median")
+    out = tmp_path / "pairs.scored.jsonl"
+    score_pairs(PAIRS, out, settings, show_progress=False)
+    visual = read_jsonl(out, PreferencePair)[2]
+    assert visual.scores == {"a": 0.3, "b": 0.9, "localizer": 0.5}
+    # raws: median(0.2, 0.6) = 0.4, median(0.8, 1.0) = 0.9, median(0.3, 0.9, 0.5) = 0.5 -> mean 0.6
+    assert visual.weight == pytest.approx(0.5 / 0.6)
+
+
+def test_aggregates_on_hand_computed_numbers():
+    scores = {"a": 0.0, "b": 0.2, "c": 0.3, "d": 0.4, "e": 1.0}
+    assert aggregate(scores, "mean") == pytest.approx(0.38)
+    assert aggregate(scores, "median") == 0.3
+    assert aggregate(scores, "trimmed-mean", trim=0.2) == pytest.approx(0.3)  # cuts 0.0 and 1.0
+    assert aggregate(scores, "trimmed-mean", trim=0.1) == pytest.approx(0.38)  # int(0.5) = 0 cut
+    weights = {"a": 0, "b": 0, "c": 0, "d": 1, "e": 3}
+    assert aggregate(scores, "weighted", weights=weights) == pytest.approx((0.4 + 3.0) / 4)
+    with pytest.raises(ValueError, match=r"no weight for \['e'\]"):
+        aggregate(scores, "weighted", weights={"a": 1, "b": 1, "c": 1, "d": 1})
+    with pytest.raises(ValueError, match="valid: mean, median, trimmed-mean, weighted"):
+        aggregate(scores, "mode")
+
+
+def test_weighted_panel_needs_every_weight():
+    with pytest.raises(ValueError, match=r"needs score.weights for \['b'\]"):
+        ScoreConfig(**PANEL, aggregate="weighted", weights={"a": 1.0})
+    with pytest.raises(ValueError, match=r"needs score.weights for \['localizer'\]"):
+        ScoreConfig(**PANEL, aggregate="weighted", weights={"a": 1.0, "b": 1.0}, visual_mode="confidence+judges")
+
+
+def test_agreement_in_the_summary(tmp_path):
+    summary = score_pairs(
+        PAIRS[:2] + [pair("5", "Yes, large")], tmp_path / "s.jsonl", ScoreConfig(**PANEL), show_progress=False
+    )
+    # a = (0.2, 0.8, 0.3) and b = (0.6, 1.0, 0.9) both rank the pairs 1, 3, 2.
+    assert summary.agreement["spearman"] == {"a vs b": pytest.approx(1.0)}
+    # Interval alpha. Do = (2 * 0.4^2 + 2 * 0.2^2 + 2 * 0.6^2) / 6 = 1.12 / 6; the six values sum to 3.8
+    # with squares 2.94: De = (2 * 6 * 2.94 - 2 * 3.8^2) / (6 * 5) = 6.4 / 30.  alpha = 1 - 0.875 = 0.125.
+    assert summary.agreement["krippendorff_alpha"] == pytest.approx(0.125)
+
+
+def test_bad_panel_members_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"panel member 'gpt4o': unknown judge 'gpt4o'; valid: \["):
+        score_pairs(PAIRS, tmp_path / "s.jsonl", ScoreConfig(judges=["gpt4o"]), show_progress=False)
+    bad = ScoreConfig(judges=["a"], judge_options={"a": {"judge": "table", "table": {}, "colour": "red"}})
+    with pytest.raises(ValueError, match=r"panel member 'a': bad judge_options"):
+        score_pairs(PAIRS, tmp_path / "s.jsonl", bad, show_progress=False)
+
+
+def test_export_mmedpo_json_carries_the_clinical_scores(tmp_path):
+    out = tmp_path / "pairs.scored.jsonl"
+    score_pairs(PAIRS, out, ScoreConfig(**PANEL), show_progress=False)
+    assert export_mmedpo_json(out, tmp_path / "mmedpo.json") == 3
+    records = json.loads((tmp_path / "mmedpo.json").read_text())
+    # The panel's raw scores (0.4, 0.9, 0.5), not the mean-one weights: the released format is in [0, 1].
+    assert [r["weighted_score"] for r in records] == pytest.approx([0.4, 0.9, 0.5])
+    assert records[2]["rejected_image"] == "noised/a.png"
+    back = read_mmedpo_json(tmp_path / "mmedpo.json", task="vqa")
+    assert not back.rejects and [p.weight for p in back.pairs] == pytest.approx([0.4, 0.9, 0.5])
+    unscored = tmp_path / "unscored.jsonl"
+    unscored.write_text(PAIRS[0].model_dump_json() + "\n")
+    with pytest.raises(ValueError, match=r"1 pair\(s\) have no clinical score \(first: '1'\)"):
+        export_mmedpo_json(unscored, tmp_path / "x.json")

@@ -7,75 +7,131 @@ A region covering most of the image is refused too: it marks a failed
 localization, not a lesion (the reference code's mean - std threshold often
 masked the whole image and noised it all).
 
-`LOCALIZERS` maps a configuration name to the class.
+`LOCALIZERS` maps a configuration name to the class; `build_localizer` makes
+one from its name and options. `localizer_iou` measures a localizer against
+SynthMed's true lesion masks.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from mmedpo.curation.gradcam import GradCamLocalizer, finding_names
+from mmedpo.curation.noise import read_pixels
+from mmedpo.curation.regions import NoRegion, Region, check_area, disk
 from mmedpo.data.images import ImageError, resolve_image
 from mmedpo.records import Sample
 
-
-class NoRegion(ValueError):
-    """The localizer found no usable lesion region for a sample; the message says why."""
-
-
-@dataclass
-class Region:
-    """A lesion region: `mask` (bool, HxW of the image), `confidence` in [0, 1], `label`, `area_fraction`."""
-
-    mask: np.ndarray
-    confidence: float
-    label: str
-    area_fraction: float
+__all__ = ["LOCALIZERS", "AnnotationLocalizer", "GradCamLocalizer", "NoRegion", "Region", "build_localizer"]
 
 
 @dataclass
 class AnnotationLocalizer:
-    """The lesion as the dataset annotates it: the mask file(s) named in `sample.meta["lesion_mask"]`.
+    """The lesion as the dataset annotates it. Looked for in this order:
 
-    The mask (any nonzero pixel; several files are united) is resized to the
-    image with nearest neighbours, then grown by `dilation` image pixels so the
-    noise also covers the lesion's margin. Confidence is 1: an annotation is
-    certain. The label joins `sample.meta["findings"]` (names, or dicts with a
-    "name"), or is "lesion" when the sample lists none.
+    - `sample.meta["lesion_mask"]`: mask file(s), any nonzero pixel (SynthMed's
+      lesion masks, SLAKE's mask.png); several files are united; resized to the
+      image with nearest neighbours;
+    - `sample.meta["lesion_boxes"]`: boxes [x, y, w, h] in image pixels, as a
+      list (of boxes, or of {"bbox": box, "name": label}), or the path of a
+      SLAKE detection.json ([{"Liver": [x, y, w, h]}, ...]);
+    - `boxes_file`: a COCO-style JSON (images with file_name/width/height,
+      annotations with image_id/bbox/category_id, categories with id/name)
+      whose file_name is the sample's image path (or, failing that, its file name).
+
+    The region is grown by `dilation` pixels so the noise also covers the
+    lesion's margin. Confidence is 1: an annotation is certain. The label joins
+    the findings the sample lists (or the box names), or is "lesion".
     """
+
+    name: ClassVar[str] = "annotation"
 
     min_area: float = 0.0005
     max_area: float = 0.6
     dilation: int = 2
+    boxes_file: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        self._coco = _read_coco(Path(self.boxes_file)) if self.boxes_file else {}
 
     def localize(self, sample: Sample, image_roots: Sequence[Path | str]) -> Region:
         """The annotated region of `sample`'s image; raises `NoRegion` (or `ImageError`) when unusable."""
-        named = sample.meta.get("lesion_mask")
-        if not named:
-            raise NoRegion(f"sample {sample.id}: no lesion_mask annotation")
-        with Image.open(resolve_image(sample.image, image_roots)) as image:
-            size = image.size  # the header is enough; no decode
-        paths = [named] if isinstance(named, str) else list(named)
-        mask = np.zeros((size[1], size[0]), dtype=bool)
-        for path in paths:
-            mask |= _read_mask(resolve_image(path, image_roots), size)
+        height, width = _image_size(resolve_image(sample.image, image_roots))
+        mask, names = self._annotation(sample, image_roots, height, width)
         if self.dilation > 0:
-            mask = ndimage.binary_dilation(mask, structure=_disk(self.dilation))
-        area = float(mask.mean())
-        if area > self.max_area:
-            raise NoRegion(f"sample {sample.id}: lesion mask covers {area:.1%} of the image (max {self.max_area:.1%})")
-        if area < self.min_area:
-            raise NoRegion(f"sample {sample.id}: lesion mask covers {area:.3%} of the image (min {self.min_area:.3%})")
-        return Region(mask=mask, confidence=1.0, label=_label(sample), area_fraction=area)
+            mask = ndimage.binary_dilation(mask, structure=disk(self.dilation))
+        try:
+            area = check_area(mask, self.min_area, self.max_area, what="lesion mask")
+        except NoRegion as error:
+            raise NoRegion(f"sample {sample.id}: {error}") from None
+        label = ", ".join(finding_names(sample) or names) or "lesion"
+        return Region(mask=mask, confidence=1.0, label=label, area_fraction=area)
+
+    def _annotation(self, sample, image_roots, height: int, width: int) -> tuple[np.ndarray, list[str]]:
+        named = sample.meta.get("lesion_mask")
+        if named:
+            mask = np.zeros((height, width), dtype=bool)
+            for path in [named] if isinstance(named, str) else named:
+                mask |= _read_mask(resolve_image(path, image_roots), (width, height))
+            return mask, []
+        boxes = sample.meta.get("lesion_boxes")
+        if isinstance(boxes, str):
+            boxes = _read_slake_detection(resolve_image(boxes, image_roots))
+        elif boxes:
+            boxes = [(box.get("name", ""), box["bbox"]) if isinstance(box, dict) else ("", box) for box in boxes]
+        elif self._coco:
+            boxes = _coco_boxes(self._coco, sample.image, height, width)
+        if not boxes:
+            where = f" or in {self.boxes_file}" if self.boxes_file else ""
+            raise NoRegion(f"sample {sample.id}: no lesion_mask or lesion_boxes annotation{where}")
+        return _draw_boxes(boxes, height, width), [name for name, _ in boxes if name]
 
 
-LOCALIZERS = {"annotation": AnnotationLocalizer}
+LOCALIZERS = {"annotation": AnnotationLocalizer, "gradcam": GradCamLocalizer}
+
+
+def build_localizer(name: str, options: dict[str, Any] | None = None):
+    """The localizer `name` (a key of `LOCALIZERS`) made with `options` as keyword arguments.
+
+    >>> build_localizer("annotation", {"dilation": 0}).dilation
+    0
+    """
+    if name not in LOCALIZERS:
+        raise ValueError(f"unknown localizer {name!r}; valid names: {', '.join(LOCALIZERS)}")
+    try:
+        return LOCALIZERS[name](**(options or {}))
+    except TypeError as error:
+        raise ValueError(f"localizer {name!r}: bad options {sorted(options or {})}: {error}") from None
+
+
+def localizer_iou(samples: Sequence[Sample], image_roots: Sequence[Path | str], localizer) -> dict[str, Any]:
+    """How well `localizer` finds the true lesions: IoU of its region with `meta["lesion_mask"]`, per image.
+
+    Images without a true lesion are left out; an image the localizer refuses
+    counts as IoU 0 (and in "refused"). Returns n, median, mean, refused.
+    """
+    truth = AnnotationLocalizer(min_area=0.0, max_area=1.0, dilation=0)
+    by_image = {sample.image: sample for sample in samples if sample.meta.get("lesion_mask")}
+    scores, refused = [], 0
+    for sample in by_image.values():
+        true_mask = truth.localize(sample, image_roots).mask
+        try:
+            scores.append(mask_iou(localizer.localize(sample, image_roots).mask, true_mask))
+        except NoRegion:
+            refused += 1
+            scores.append(0.0)
+    if not scores:
+        raise ValueError("no sample has a lesion_mask: the localizer's IoU cannot be measured")
+    return {"n": len(scores), "median": statistics.median(scores), "mean": statistics.fmean(scores), "refused": refused}
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -100,12 +156,52 @@ def _read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def _disk(radius: int) -> np.ndarray:
-    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
-    return x * x + y * y <= radius * radius
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:
+            return image.size[::-1]  # the header is enough; no decode
+    except (OSError, SyntaxError):
+        return read_pixels(path)[0].shape[:2]  # DICOM, which Pillow cannot open
 
 
-def _label(sample: Sample) -> str:
-    findings: list[Any] = sample.meta.get("findings") or []
-    names = [item["name"] if isinstance(item, dict) else str(item) for item in findings]
-    return ", ".join(names) or "lesion"
+def _draw_boxes(boxes: list[tuple[str, Sequence[float]]], height: int, width: int) -> np.ndarray:
+    canvas = Image.new("1", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for _, (x, y, w, h) in boxes:
+        draw.rectangle((round(x), round(y), round(x + w) - 1, round(y + h) - 1), fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def _read_slake_detection(path: Path) -> list[tuple[str, list[float]]]:
+    try:
+        entries = json.loads(path.read_text())
+        return [(name, box) for entry in entries for name, box in entry.items()]
+    except (OSError, ValueError, AttributeError) as error:
+        raise ImageError(f"cannot read SLAKE detection file {path}: {error}") from None
+
+
+def _read_coco(path: Path) -> dict[str, list[tuple[str, list[float], int, int]]]:
+    """file_name -> [(category name, bbox, image width, image height)], also under the bare file name."""
+    try:
+        coco = json.loads(path.read_text())
+        names = {category["id"]: category["name"] for category in coco.get("categories", [])}
+        images = {image["id"]: image for image in coco["images"]}
+        by_file: dict[str, list] = {}
+        for annotation in coco["annotations"]:
+            image = images[annotation["image_id"]]
+            entry = (names.get(annotation.get("category_id"), ""), annotation["bbox"], image["width"], image["height"])
+            by_file.setdefault(image["file_name"], []).append(entry)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot read COCO boxes file {path}: {error!r}") from None
+    for file_name, entries in list(by_file.items()):
+        by_file.setdefault(Path(file_name).name, entries)
+    return by_file
+
+
+def _coco_boxes(coco: dict, image: str, height: int, width: int) -> list[tuple[str, list[float]]]:
+    entries = coco.get(image) or coco.get(Path(image).name) or []
+    boxes = []
+    for name, (x, y, w, h), coco_width, coco_height in entries:
+        sx, sy = width / coco_width, height / coco_height  # the annotated size may differ from the file's
+        boxes.append((name, [x * sx, y * sy, w * sx, h * sy]))
+    return boxes

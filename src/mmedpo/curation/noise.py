@@ -54,16 +54,18 @@ def add_regional_noise(
     seed: int = 0,
     edge_sigma: float = 2.0,
     num_train_timesteps: int = 1000,
+    max_value: float | None = None,
 ) -> np.ndarray:
     """`image` (HxW or HxWxC, uint8 or uint16) with DDPM noise of step `timestep` inside `mask`.
 
     `mask` is HxW, bool or 0..255; intermediate values scale the noise down
     (a soft mask). An all-ones mask noises the whole image. Pixels where the
-    mask is 0 are returned unchanged, bit for bit. Returns a new array of the
-    image's shape and dtype.
+    mask is 0 are returned unchanged, bit for bit. `max_value` is the white
+    level mapped to +1 (default: the dtype's maximum; 4095 for 12-bit data in
+    uint16). Returns a new array of the image's shape and dtype.
     """
     image, mask = np.asarray(image), np.asarray(mask)
-    return noise_batch(image[None], mask[None], timestep, [seed], edge_sigma, num_train_timesteps)[0]
+    return noise_batch(image[None], mask[None], timestep, [seed], edge_sigma, num_train_timesteps, max_value)[0]
 
 
 def noise_batch(
@@ -73,6 +75,7 @@ def noise_batch(
     seeds: Sequence[int],
     edge_sigma: float = 2.0,
     num_train_timesteps: int = 1000,
+    max_value: float | None = None,
 ) -> np.ndarray:
     """`add_regional_noise` for a stack of images (N,H,W[,C]) with masks (N,H,W) or one shared (H,W) mask.
 
@@ -82,12 +85,12 @@ def noise_batch(
     """
     images = np.asarray(images)
     masks = np.asarray(masks)
-    _check_batch(images, masks, timestep, seeds, num_train_timesteps)
+    _check_batch(images, masks, timestep, seeds, num_train_timesteps, max_value)
     if masks.ndim == 2:
         masks = np.broadcast_to(masks, images.shape[:3])
     abar = alphas_cumprod(num_train_timesteps)[timestep]
     signal, spread = np.float32(np.sqrt(abar)), np.float32(np.sqrt(1.0 - abar))
-    max_value = np.float32(_MAX_VALUE[images.dtype])
+    max_value = np.float32(_MAX_VALUE[images.dtype] if max_value is None else max_value)
     out = images.copy()
     for index, (mask, seed) in enumerate(zip(masks, seeds)):
         box = _bounding_box(mask)
@@ -118,13 +121,13 @@ def noise_image_file(
 ) -> Path:
     """Noise the region of the image file `src` and write it as a PNG to `out_path`.
 
-    Reads 8-bit L/RGB and 16-bit grayscale PNG or JPEG and writes the same mode
-    and bit depth. The file appears whole or not at all (written beside, then renamed).
+    Reads 8-bit L/RGB and 16-bit grayscale PNG or JPEG, and DICOM; writes the
+    same mode and bit depth (a DICOM as 8- or 16-bit grayscale PNG, its stored
+    values unchanged outside the region). The file appears whole or not at all
+    (written beside, then renamed).
     """
-    with Image.open(src) as handle:
-        handle.load()
-        pixels = _pixels(handle, src)
-    noised = add_regional_noise(pixels, np.asarray(mask), timestep, seed, edge_sigma)
+    pixels, max_value = read_pixels(src)
+    noised = add_regional_noise(pixels, np.asarray(mask), timestep, seed, edge_sigma, max_value=max_value)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
@@ -133,15 +136,57 @@ def noise_image_file(
     return out_path
 
 
-def _pixels(image: Image.Image, src: Path) -> np.ndarray:
-    if image.mode in ("L", "RGB", "I;16"):  # Pillow opens 16-bit grayscale PNG as I;16
-        return np.asarray(image)
-    raise ValueError(f"{src}: cannot noise image mode {image.mode!r}; supported: 8-bit L or RGB, 16-bit grayscale")
+def read_pixels(src: Path | str) -> tuple[np.ndarray, float]:
+    """The stored pixels of an image file (uint8 or uint16; HxW or HxWx3) and its white level.
+
+    PNG/JPEG through Pillow (8-bit L/RGB, 16-bit grayscale), DICOM through
+    pydicom (white level 2**BitsStored - 1, so 12-bit data are noised on their
+    own scale).
+    """
+    src = Path(src)
+    if is_dicom(src):
+        return _dicom_pixels(src)
+    try:
+        with Image.open(src) as handle:
+            handle.load()
+            mode = handle.mode
+            pixels = np.asarray(handle)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read image {src}: {error}") from None
+    if mode not in ("L", "RGB", "I;16"):  # Pillow opens 16-bit grayscale PNG as I;16
+        raise ValueError(f"{src}: cannot noise image mode {mode!r}; supported: 8-bit L or RGB, 16-bit grayscale")
+    return pixels, _MAX_VALUE[pixels.dtype]
 
 
-def _check_batch(images: np.ndarray, masks: np.ndarray, timestep: int, seeds: Sequence[int], steps: int) -> None:
+def is_dicom(path: Path) -> bool:
+    """A DICOM file by its suffix or its 'DICM' marker at byte 128."""
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(132)[128:] == b"DICM"
+
+
+def _dicom_pixels(src: Path) -> tuple[np.ndarray, float]:
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(src)
+        pixels = dataset.pixel_array
+    except Exception as error:  # pydicom raises many kinds for broken or unsupported files
+        raise ValueError(f"cannot read DICOM {src}: {error}") from None
+    bits = int(getattr(dataset, "BitsStored", pixels.dtype.itemsize * 8))
+    if pixels.dtype not in _MAX_VALUE or pixels.ndim not in (2, 3) or bits > pixels.dtype.itemsize * 8:
+        raise ValueError(f"{src}: cannot noise DICOM pixels of type {pixels.dtype}, shape {pixels.shape}")
+    return pixels, float(2**bits - 1)
+
+
+def _check_batch(images, masks, timestep: int, seeds: Sequence[int], steps: int, max_value: float | None) -> None:
     if images.dtype not in _MAX_VALUE:
         raise ValueError(f"images must be uint8 or uint16, got {images.dtype}")
+    if max_value is not None and not 0 < max_value <= _MAX_VALUE[images.dtype]:
+        raise ValueError(
+            f"max_value must be in (0, {_MAX_VALUE[images.dtype]:.0f}] for {images.dtype}, got {max_value}"
+        )
     if images.ndim not in (3, 4):
         raise ValueError(f"images must be (N,H,W) or (N,H,W,C), got shape {images.shape}")
     if masks.shape not in (images.shape[1:3], images.shape[:3]):

@@ -11,6 +11,9 @@ that answer is wrong, (clean image, gold answer) is preferred over (noised
 image, that answer). The pair differs in the image, which is what makes the
 preference multimodal. Everything not paired goes to the rejects file with its
 reason, so samples read = samples paired + samples rejected.
+
+With `preview=N` the first N images also get a panel PNG (image, heat map,
+region, noised image) under `preview/` beside the pairs file.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from PIL import Image
 from mmedpo.config import CurateVisualConfig
 from mmedpo.curation.answering import answer_samples
 from mmedpo.curation.filters import check_rejected
-from mmedpo.curation.localizers import LOCALIZERS
+from mmedpo.curation.localizers import build_localizer
 from mmedpo.curation.noise import noise_image_file
+from mmedpo.curation.preview import Previews
+from mmedpo.curation.regions import Region
 from mmedpo.curation.text import CHUNK, CurationSummary
 from mmedpo.data.images import load_image, resolve_image
 from mmedpo.progress import progress_bar
@@ -46,10 +51,10 @@ def image_seed(seed: int, image: str) -> int:
 
 def make_noised_image(
     sample: Sample, settings: CurateVisualConfig, image_roots: Sequence[Path], noised_root: Path, seed: int, localizer
-) -> tuple[str, dict]:
+) -> tuple[str, dict, Region]:
     """Noise the lesion of the sample's image (once: an existing file is reused).
 
-    Returns the noised image's relative path and the provenance of the pair.
+    Returns the noised image's relative path, the provenance of the pair and the region.
     Raises ValueError when the image has no usable lesion region.
     """
     region = localizer.localize(sample, image_roots)
@@ -63,7 +68,7 @@ def make_noised_image(
         source = resolve_image(sample.image, image_roots)
         noise_image_file(source, mask, target, settings.timestep, image_seed(seed, sample.image), settings.edge_sigma)
     provenance = {
-        "localizer": settings.localizer,
+        "localizer": localizer.name,
         "confidence": region.confidence,
         "label": region.label,
         "area_fraction": float(mask.mean()),
@@ -72,7 +77,7 @@ def make_noised_image(
         "mask": str(Path(relative).with_name(mask_path.name)),
         "seed": image_seed(seed, sample.image),
     }
-    return relative, provenance
+    return relative, provenance, region
 
 
 def curate_visual(
@@ -84,11 +89,14 @@ def curate_visual(
     model_dir: Path,
     seed: int = 0,
     show_progress: bool = True,
+    localizer=None,
+    preview: int = 0,
 ) -> CurationSummary:
     """Write visual pairs for `samples` to `out_path`, resuming what is already there.
 
     `noised_root` is the run's image folder; it must be one of `image_roots` so
-    the trainer finds the noised images.
+    the trainer finds the noised images. `localizer` defaults to the one
+    `settings.localizer` names, with its default options.
     """
     store = JsonlStore(out_path, PreferencePair)
     reject_store = JsonlStore(rejects_path(out_path), Reject)
@@ -100,11 +108,18 @@ def curate_visual(
     from mmedpo.models.vlm import load_vlm
 
     model, processor = load_vlm(model_dir)
-    localizer = LOCALIZERS[settings.localizer]()
+    localizer = localizer or build_localizer(settings.localizer)
+    noised: dict[str, tuple[str, dict] | str] = {}  # image -> (noised image, provenance) or why there is none
+    previews = Previews(out_path.parent / "preview", preview, image_roots, noised_root)
     with progress_bar("curate visual", len(todo), show_progress) as advance:
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
-            pairs, rejects = _curate_chunk(chunk, settings, image_roots, noised_root, seed, model, processor, localizer)
+            for sample in chunk:
+                if sample.image not in noised:
+                    noised[sample.image] = _noise_once(
+                        sample, settings, image_roots, noised_root, seed, localizer, previews
+                    )
+            pairs, rejects = _curate_chunk(chunk, noised, noised_root, model, processor)
             store.extend(pairs)
             reject_store.extend(rejects)
             summary.paired += len(pairs)
@@ -115,18 +130,19 @@ def curate_visual(
     return summary
 
 
-def _curate_chunk(chunk, settings, image_roots, noised_root, seed, model, processor, localizer):
+def _noise_once(sample, settings, image_roots, noised_root, seed, localizer, previews) -> tuple[str, dict] | str:
+    try:
+        relative, provenance, region = make_noised_image(sample, settings, image_roots, noised_root, seed, localizer)
+    except (ValueError, OSError) as error:
+        return f"no lesion region: {error}"
+    previews.add(sample, region, relative)
+    return relative, provenance
+
+
+def _curate_chunk(chunk, noised, noised_root, model, processor):
     rejects, jobs = [], []
-    noised_cache: dict[str, tuple[str, dict] | str] = {}
     for sample in chunk:
-        if sample.image not in noised_cache:
-            try:
-                noised_cache[sample.image] = make_noised_image(
-                    sample, settings, image_roots, noised_root, seed, localizer
-                )
-            except (ValueError, OSError) as error:
-                noised_cache[sample.image] = f"no lesion region: {error}"
-        made = noised_cache[sample.image]
+        made = noised[sample.image]
         if isinstance(made, str):
             rejects.append(Reject(id=sample.id, source=sample.image, reason=made))
         else:

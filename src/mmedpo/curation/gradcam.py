@@ -1,0 +1,233 @@
+"""Grad-CAM localization over any torch image classifier (captum's LayerGradCam).
+
+The heat map of each finding the classifier believes present (probability >=
+`min_confidence`) is Grad-CAM at the classifier's `layer`, upsampled to the
+image; their pixel-wise maximum becomes a region through `regions.map_to_region`.
+The confidence is the highest of those probabilities.
+
+The default classifier is a small CNN trained on SynthMed's SFT split in
+seconds (multi-label: one sigmoid per finding) and cached on disk:
+
+    path = train_default_classifier(sft_samples, image_roots, run_dir / "models/localizer-cnn.pt")
+    localizer = GradCamLocalizer(path)
+
+Your own classifier plugs in through a factory, `"module:function"`, that
+takes a local weights file and returns a `Classifier`. A torchxrayvision
+DenseNet (an optional extra: `pip install torchxrayvision`, which needs
+torchvision) loaded from local weights, for example:
+
+    # my_xrv.py
+    import torch, torchxrayvision as xrv
+    from mmedpo.curation.gradcam import Classifier
+
+    def densenet(weights):
+        model = xrv.models.DenseNet(weights=None, op_threshs=None)
+        model.load_state_dict(torch.load(weights, map_location="cpu"))
+        return Classifier(model.eval(), model.features.denseblock4, list(model.pathologies), input_size=224,
+                          normalise=lambda x: x * 2048.0 - 1024.0)  # xrv expects [-1024, 1024]
+
+    localizer = GradCamLocalizer("densenet121-res224-all.pt", factory="my_xrv:densenet")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmedpo.curation.regions import NoRegion, Region, RegionOptions, map_to_region
+from mmedpo.data.images import resolve_image
+from mmedpo.records import Sample
+
+
+@dataclass
+class Classifier:
+    """A multi-label image classifier Grad-CAM can explain.
+
+    `model` maps (N, 1, S, S) float images (S = `input_size`, after `normalise`
+    of pixels scaled to [0, 1]) to one logit per label; `layer` is the
+    convolutional layer whose activations Grad-CAM weighs.
+    """
+
+    model: nn.Module
+    layer: nn.Module
+    labels: list[str]
+    input_size: int
+    normalise: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda x: x)
+
+    def prepare(self, pixels: np.ndarray) -> torch.Tensor:
+        """(1, 1, S, S) model input from a grayscale float image in [0, 1] (H, W)."""
+        image = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+        image = nn.functional.interpolate(image, size=(self.input_size,) * 2, mode="bilinear", antialias=True)
+        return self.normalise(image)
+
+
+class SynthMedCNN(nn.Module):
+    """Four 3x3 convolutions, two poolings, global average pooling, one logit per label.
+
+    The last convolution works at a quarter of the input size (16x16 for 64 px
+    inputs), fine enough for Grad-CAM to outline a nodule.
+    """
+
+    def __init__(self, n_labels: int, width: int = 32):
+        super().__init__()
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *block(1, width // 2), nn.MaxPool2d(2),
+            *block(width // 2, width), nn.MaxPool2d(2),
+            *block(width, 2 * width),
+            *block(2 * width, 2 * width),
+        )  # fmt: skip
+        self.head = nn.Linear(2 * width, n_labels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images).mean(dim=(2, 3)))
+
+
+def read_grayscale(path: Path) -> np.ndarray:
+    """The image at `path` (8/16-bit, L/RGB, DICOM) as float grayscale in [0, 1] of its bit depth."""
+    from mmedpo.curation.noise import read_pixels
+
+    pixels, max_value = read_pixels(path)
+    gray = pixels.mean(axis=2) if pixels.ndim == 3 else pixels
+    return gray.astype(np.float32) / np.float32(max_value)
+
+
+def finding_names(sample: Sample) -> list[str]:
+    """The finding names `sample.meta["findings"]` lists (names, or dicts with a "name")."""
+    return [item["name"] if isinstance(item, dict) else str(item) for item in sample.meta.get("findings") or []]
+
+
+def train_default_classifier(
+    samples: Sequence[Sample],
+    image_roots: Sequence[Path | str],
+    out_path: Path | str,
+    seed: int = 0,
+    epochs: int = 12,
+    input_size: int = 64,
+) -> Path:
+    """Train the SynthMed CNN on the images of `samples` (labels: their findings) and save it to `out_path`.
+
+    A file already there, trained on the same images and settings, is reused.
+    Returns `out_path`.
+    """
+    out_path = Path(out_path)
+    images = sorted({sample.image: finding_names(sample) for sample in samples}.items())
+    labels = sorted({name for _, names in images for name in names})
+    if not labels:
+        raise ValueError("no sample lists findings in meta['findings']: nothing to train a lesion classifier on")
+    settings = {"images": images, "seed": seed, "epochs": epochs, "input_size": input_size}
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
+    if out_path.exists() and torch.load(out_path, weights_only=True).get("key") == key:
+        return out_path
+    torch.manual_seed(seed)
+    model = SynthMedCNN(len(labels))
+    classifier = Classifier(model, model.features[-3], labels, input_size)
+    inputs = torch.cat([classifier.prepare(read_grayscale(resolve_image(image, image_roots))) for image, _ in images])
+    targets = torch.tensor([[float(label in names) for label in labels] for _, names in images])
+    _fit(model, inputs, targets, epochs, seed)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"key": key, "labels": labels, "input_size": input_size, "state_dict": model.state_dict()}
+    partial = out_path.with_name(out_path.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(out_path)
+    return out_path
+
+
+def _fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, epochs: int, seed: int) -> None:
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(inputs), generator=generator).split(32):
+            loss = nn.functional.binary_cross_entropy_with_logits(model(inputs[batch]), targets[batch])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    model.eval()
+
+
+def load_classifier(path: Path | str, factory: str | None = None) -> Classifier:
+    """The classifier in weights file `path`: the SynthMed CNN, or what `factory` ("module:function") makes of it."""
+    if factory is not None:
+        module, _, function = factory.partition(":")
+        if not function:
+            raise ValueError(f"classifier factory {factory!r} must read 'module:function'")
+        classifier = getattr(importlib.import_module(module), function)(Path(path))
+        if not isinstance(classifier, Classifier):
+            raise TypeError(f"classifier factory {factory!r} returned {type(classifier).__name__}, not a Classifier")
+        return classifier
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as error:
+        raise ValueError(f"cannot read classifier weights {path}: {error}") from None
+    if not {"labels", "input_size", "state_dict"} <= set(state):
+        raise ValueError(f"{path} is not a SynthMed CNN checkpoint; for another classifier name a factory")
+    model = SynthMedCNN(len(state["labels"]))
+    model.load_state_dict(state["state_dict"])
+    return Classifier(model.eval(), model.features[-3], list(state["labels"]), int(state["input_size"]))
+
+
+@dataclass
+class GradCamLocalizer:
+    """Grad-CAM of a classifier as the lesion region; the confidence is the classifier's probability.
+
+    `classifier` is a `Classifier` or a weights file (see `load_classifier`);
+    `region` a `RegionOptions` or a dict of its fields.
+    """
+
+    name: ClassVar[str] = "gradcam"
+
+    classifier: Classifier | Path | str
+    factory: str | None = None
+    min_confidence: float = 0.5
+    region: RegionOptions | dict = field(default_factory=RegionOptions)
+
+    def __post_init__(self) -> None:
+        from captum.attr import LayerGradCam
+
+        if not isinstance(self.classifier, Classifier):
+            self.classifier = load_classifier(self.classifier, self.factory)
+        if isinstance(self.region, dict):
+            self.region = RegionOptions(**self.region)
+        self._gradcam = LayerGradCam(self.classifier.model, self.classifier.layer)
+
+    def heat_map(self, pixels: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """Grad-CAM of every confident finding (max over findings, each scaled to peak 1) at the
+        image's size, and every label's probability. The map is all zeros when no finding is confident."""
+        inputs = self.classifier.prepare(pixels)
+        with torch.no_grad():
+            probabilities = torch.sigmoid(self.classifier.model(inputs))[0].tolist()
+        heat = torch.zeros(pixels.shape, dtype=torch.float32)
+        for index, probability in enumerate(probabilities):
+            if probability < self.min_confidence:
+                continue
+            cam = self._gradcam.attribute(inputs, target=index, relu_attributions=True).detach()
+            cam = nn.functional.interpolate(cam, size=pixels.shape, mode="bilinear", align_corners=False)[0, 0]
+            if cam.max() > 0:
+                heat = torch.maximum(heat, cam / cam.max())
+        return heat.numpy(), dict(zip(self.classifier.labels, probabilities))
+
+    def localize(self, sample: Sample, image_roots: Sequence[Path | str]):
+        """The region Grad-CAM finds in `sample`'s image; raises `NoRegion` when no lesion is confident or usable."""
+        heat, probabilities = self.heat_map(read_grayscale(resolve_image(sample.image, image_roots)))
+        confident = {name: p for name, p in probabilities.items() if p >= self.min_confidence}
+        if not confident:
+            best = max(probabilities.values())
+            raise NoRegion(f"sample {sample.id}: classifier sees no lesion (highest probability {best:.2f})")
+        try:
+            mask = map_to_region(heat, self.region)
+        except NoRegion as error:
+            raise NoRegion(f"sample {sample.id}: {error}") from None
+        return Region(mask, max(confident.values()), ", ".join(confident), float(mask.mean()), heat)

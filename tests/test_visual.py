@@ -1,0 +1,158 @@
+"""The visual-pair stage on SynthMed with the tiny LLaVA: counts, one noised image per source image,
+bits outside the region, 8/16-bit, RGB and DICOM inputs, previews, and resuming after a kill."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmedpo.config import CurateVisualConfig
+from mmedpo.curation import visual
+from mmedpo.curation.localizers import AnnotationLocalizer
+from mmedpo.curation.noise import add_regional_noise, read_pixels
+from mmedpo.curation.visual import curate_visual, image_seed, make_noised_image
+from mmedpo.records import PreferencePair, Reject, Sample, read_jsonl, rejects_path
+from mmedpo.synth.synthmed import generate_synthmed
+
+SETTINGS = CurateVisualConfig()
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    return root, generate_synthmed(root, {"pref": 10}, seed=0, image_size=64)
+
+
+def run_stage(root, samples, out, model_dir, **kwargs):
+    return curate_visual(
+        samples,
+        out / "pairs.visual.jsonl",
+        SETTINGS,
+        [root, out / "images"],
+        out / "images",
+        model_dir,
+        seed=0,
+        show_progress=False,
+        **kwargs,
+    )
+
+
+def test_counts_add_up_and_each_image_is_noised_once(synth, tmp_path, tiny_vlm_dir):
+    root, samples = synth
+    summary = run_stage(root, samples, tmp_path, tiny_vlm_dir, preview=2)
+    pairs = read_jsonl(tmp_path / "pairs.visual.jsonl", PreferencePair)
+    rejects = read_jsonl(rejects_path(tmp_path / "pairs.visual.jsonl"), Reject)
+    assert summary.read == len(samples) == summary.paired + summary.rejected == len(pairs) + len(rejects)
+    assert sorted([p.sample_id for p in pairs] + [r.id for r in rejects]) == sorted(s.id for s in samples)
+    lesion_images = {s.image for s in samples if s.meta["lesion_mask"]}
+    noised = sorted((tmp_path / "images" / "noised").rglob("*_t500.png"))
+    assert len(noised) == len(lesion_images)  # one per source image, whatever its number of questions
+    no_lesion = [s for s in samples if not s.meta["lesion_mask"]]
+    assert {r.id for r in rejects if r.reason.startswith("no lesion region")} == {s.id for s in no_lesion}
+    for pair in pairs:
+        assert pair.kind == "visual" and pair.rejected_image == f"noised/{pair.image[:-4]}_lesion_t500.png"
+        assert pair.rejected != pair.chosen
+        provenance = pair.provenance
+        assert provenance["localizer"] == "annotation" and provenance["confidence"] == 1.0
+        assert provenance["timestep"] == 500 and 0 < provenance["area_fraction"] < 0.6
+        mask = np.asarray(Image.open(tmp_path / "images" / provenance["mask"])) > 0
+        clean = np.asarray(Image.open(root / pair.image))
+        noised_pixels = np.asarray(Image.open(tmp_path / "images" / pair.rejected_image))
+        assert np.array_equal(noised_pixels[~mask], clean[~mask])
+        assert mask.mean() == pytest.approx(provenance["area_fraction"])
+    panels = sorted((tmp_path / "preview").rglob("*.png"))
+    assert len(panels) == 2 and Image.open(panels[0]).size == (4 * 192, 192 + 16)
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_result(synth, tmp_path, tiny_vlm_dir, monkeypatch):
+    root, samples = synth
+    assert len(samples) > visual.CHUNK  # two chunks at least
+    whole = tmp_path / "whole"
+    run_stage(root, samples, whole, tiny_vlm_dir)
+
+    killed = tmp_path / "killed"
+    real_answer = visual.answer_samples
+    calls = []
+
+    def dies_on_the_second_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_answer(*args, **kwargs)
+
+    monkeypatch.setattr(visual, "answer_samples", dies_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(root, samples, killed, tiny_vlm_dir)
+    monkeypatch.setattr(visual, "answer_samples", real_answer)
+    summary = run_stage(root, samples, killed, tiny_vlm_dir)
+    assert summary.skipped_done == visual.CHUNK
+    for name in ("pairs.visual.jsonl", "pairs.visual.rejects.jsonl"):
+        assert (killed / name).read_text() == (whole / name).read_text()
+    for path in (whole / "images").rglob("*.png"):
+        assert (killed / path.relative_to(whole)).read_bytes() == path.read_bytes()
+    assert not list(killed.rglob("*.partial"))
+
+
+def lesion_case(tmp_path, pixels: np.ndarray, name: str) -> tuple[Sample, np.ndarray]:
+    mask = np.zeros(pixels.shape[:2], dtype=np.uint8)
+    mask[8:20, 10:24] = 255
+    Image.fromarray(mask).save(tmp_path / f"{name}_mask.png")
+    sample = Sample(
+        id=name,
+        task="vqa",
+        image=name,
+        question="Is there a nodule?",
+        answer="yes",
+        meta={"lesion_mask": f"{name}_mask.png"},
+    )
+    return sample, mask > 0
+
+
+def write_dicom(path, pixels: np.ndarray, bits_stored: int) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("kind", ["L8", "RGB8", "L16", "DICOM12"])
+def test_8_16_bit_rgb_and_dicom_inputs_keep_every_outside_bit(tmp_path, kind):
+    rng = np.random.default_rng(1)
+    if kind == "DICOM12":
+        pixels = rng.integers(0, 4096, size=(32, 40), dtype=np.uint16)
+        name = "scan.dcm"
+        write_dicom(tmp_path / name, pixels, bits_stored=12)
+    else:
+        dtype, shape = (
+            (np.uint16, (32, 40)) if kind == "L16" else (np.uint8, (32, 40, 3) if kind == "RGB8" else (32, 40))
+        )
+        pixels = rng.integers(0, np.iinfo(dtype).max + 1, size=shape, dtype=dtype)
+        name = "scan.png"
+        Image.fromarray(pixels).save(tmp_path / name)
+    sample, mask = lesion_case(tmp_path, pixels, name)
+    relative, provenance, region = make_noised_image(
+        sample, SETTINGS, [tmp_path], tmp_path / "out", 0, AnnotationLocalizer(dilation=0)
+    )
+    written, _ = read_pixels(tmp_path / "out" / relative)
+    assert written.dtype == pixels.dtype and written.shape == pixels.shape
+    assert np.array_equal(written[~mask], pixels[~mask])
+    assert np.mean(written[mask] != pixels[mask]) > 0.9
+    # A 12-bit DICOM is noised on its own scale: no value beyond 4095 (no 16-bit wrap or overshoot).
+    max_value = 4095 if kind == "DICOM12" else None
+    expected = add_regional_noise(pixels, mask, 500, image_seed(0, name), max_value=max_value)
+    assert np.array_equal(written, expected)
+    if kind == "DICOM12":
+        assert written.max() <= 4095 < add_regional_noise(pixels, mask, 500, image_seed(0, name)).max()
+    assert provenance["area_fraction"] == pytest.approx(mask.mean()) == pytest.approx(region.area_fraction)

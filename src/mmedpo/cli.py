@@ -122,16 +122,34 @@ def curate_merge(
 
 @curate_app.command("visual")
 @friendly_errors
-def curate_visual(config: ConfigOption = None, override: OverrideOption = None, force: ForceOption = False) -> None:
+def curate_visual(
+    config: ConfigOption = None,
+    override: OverrideOption = None,
+    force: ForceOption = False,
+    preview: Annotated[int | None, typer.Option(help="write panel PNGs for N images into RUN/preview")] = None,
+) -> None:
     """Visual pairs: the model's answer on the lesion-noised image is rejected."""
-    _run_stages(config, override, ["curate_visual"], force)
+    extra = [f"curate_visual.preview={preview}"] if preview is not None else []
+    _run_stages(config, [*(override or []), *extra], ["curate_visual"], force)
 
 
 @app.command()
 @friendly_errors
-def score(config: ConfigOption = None, override: OverrideOption = None, force: ForceOption = False) -> None:
+def score(
+    config: ConfigOption = None,
+    override: OverrideOption = None,
+    force: ForceOption = False,
+    export_json: Annotated[
+        Path | None, typer.Option(help="also write the scored pairs as MMedPO JSON (weighted_score)")
+    ] = None,
+) -> None:
     """Clinical relevance weights for every pair (judge panel, localizer confidence, normalisation)."""
     _run_stages(config, override, ["score"], force)
+    if export_json is not None:
+        from mmedpo.scoring.panel import export_mmedpo_json
+
+        count = export_mmedpo_json(Run(_config(config, override)).scored_pairs, export_json)
+        console.print(f"wrote {count} pairs to {export_json}")
 
 
 @app.command()

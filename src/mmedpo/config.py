@@ -77,7 +77,19 @@ class CurateTextConfig(Section):
 
 
 class CurateVisualConfig(Section):
-    localizer: Literal["annotation"] = Field("annotation", description="where the lesion region comes from")
+    localizer: Literal["annotation", "gradcam"] = Field(
+        "annotation", description="where the lesion region comes from: the data's masks/boxes, or Grad-CAM"
+    )
+    localizer_options: dict[str, Any] = Field(
+        {}, description="keyword options of the localizer (e.g. dilation; for gradcam: region={...}, min_confidence)"
+    )
+    classifier: str | None = Field(
+        None, description="gradcam: a classifier weights file; empty trains the small default CNN on the SFT split"
+    )
+    classifier_factory: str | None = Field(
+        None, description="gradcam: 'module:function' building the classifier to load the weights into"
+    )
+    preview: int = Field(0, ge=0, description="write a panel PNG (image, heat map, region, noised) for N images")
     timestep: int = Field(500, ge=0, le=999, description="DDPM forward-noise timestep (of 1000)")
     edge_sigma: float = Field(2.0, ge=0, description="soft edge of the noised region, in pixels")
     whole_image: bool = Field(False, description="noise the whole image instead of the lesion (paper's ablation)")

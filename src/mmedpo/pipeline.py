@@ -60,6 +60,10 @@ class Run:
     def scored_pairs(self) -> Path:
         return self.dir / "pairs.scored.jsonl"
 
+    @property
+    def localizer_cnn(self) -> Path:
+        return self.dir / "models" / "localizer-cnn.pt"
+
     def model(self, variant: str) -> Path:
         return self.dir / "models" / variant
 
@@ -155,19 +159,35 @@ def stage_curate_text(run: Run, show_progress: bool) -> dict:
 
 
 def stage_curate_visual(run: Run, show_progress: bool) -> dict:
+    from mmedpo.curation.localizers import build_localizer, localizer_iou
     from mmedpo.curation.visual import curate_visual
 
+    settings = run.config.curate_visual
+    options = dict(settings.localizer_options)
+    if settings.localizer == "gradcam":
+        from mmedpo.curation.gradcam import train_default_classifier
+
+        classifier = settings.classifier or train_default_classifier(
+            run.split("sft"), run.image_roots, run.localizer_cnn, seed=run.config.seed
+        )
+        options.update(classifier=str(classifier), factory=settings.classifier_factory)
+    localizer = build_localizer(settings.localizer, options)
+    pref = run.split("pref")
     summary = curate_visual(
-        run.split("pref"),
+        pref,
         run.visual_pairs,
-        run.config.curate_visual,
+        settings,
         run.image_roots,
         run.images,
         run.model("base"),
         seed=run.config.seed,
         show_progress=show_progress,
+        localizer=localizer,
+        preview=settings.preview,
     )
-    return summary.as_dict()
+    # How well the regions match the true lesions, where the data has them (SynthMed does).
+    iou = localizer_iou(pref, run.image_roots, localizer) if settings.localizer != "annotation" else None
+    return {**summary.as_dict(), "localizer_iou": iou}
 
 
 def stage_score(run: Run, show_progress: bool) -> dict:
@@ -253,10 +273,18 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
             "curate_visual",
             _section("curate_visual"),
             ("samples", "base"),
-            lambda r: [r.visual_pairs, rejects_path(r.visual_pairs), r.images / "noised"],
+            lambda r: [
+                r.visual_pairs, rejects_path(r.visual_pairs), r.images / "noised", r.dir / "preview", r.localizer_cnn
+            ],
             stage_curate_visual,
         ),
-        Stage("score", _section("score"), ("curate_text", "curate_visual"), lambda r: [r.scored_pairs], stage_score),
+        Stage(
+            "score",
+            _section("score"),
+            ("curate_text", "curate_visual"),
+            lambda r: [r.scored_pairs, rejects_path(r.scored_pairs)],
+            stage_score,
+        ),
         _eval_stage("base", "base"),
     ]
     for variant in config.variants:

@@ -1,0 +1,101 @@
+"""Loading any Hugging Face vision-language model and generating answers with it.
+
+Nothing here knows about the tiny LLaVA: the prompt is written through the
+processor's own chat template, so llava-hf, converted LLaVA-Med or Qwen2-VL
+checkpoints work the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+
+def load_vlm(path: Path | str, device: str | None = None, dtype=None):
+    """`(model, processor)` from a local checkpoint folder, the model in eval mode on `device`.
+
+    `device` defaults to CUDA when available, else CPU; `dtype` defaults to the checkpoint's own.
+    Nothing is downloaded.
+    """
+    if not Path(path).is_dir():
+        raise ValueError(f"no model folder at {path}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, local_files_only=True, dtype=dtype if dtype is not None else "auto"
+    )
+    return model.to(device).eval(), processor
+
+
+def prompt_messages(question: str, answer: str | None = None) -> list[dict]:
+    """The conversation for one image and question, with the assistant's answer when given."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
+
+
+def encode(processor, images: list[Image.Image], texts: list[str], padding_side: str):
+    """Tokenize chat-rendered texts with their images, padded on `padding_side`.
+
+    A template that writes the BOS itself must not get a second one from the tokenizer.
+    """
+    bos = processor.tokenizer.bos_token
+    add_special_tokens = not (bos and all(text.startswith(bos) for text in texts))
+    return processor(
+        images=images,
+        text=texts,
+        padding=True,
+        padding_side=padding_side,
+        add_special_tokens=add_special_tokens,
+        return_tensors="pt",
+    )
+
+
+def generate_answers(
+    model,
+    processor,
+    images: list[Image.Image],
+    questions: list[str],
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    num_return_sequences: int = 1,
+    seed: int | None = None,
+    progress: bool = False,
+) -> list[list[str]]:
+    """The model's answers: one list of `num_return_sequences` candidates per question.
+
+    Greedy decoding (the default) is deterministic and does not depend on `batch_size`.
+    Sampling seeds torch's global generator with `seed` once, before the first batch.
+    """
+    if len(images) != len(questions):
+        raise ValueError(f"got {len(images)} images for {len(questions)} questions")
+    if num_return_sequences > 1 and not do_sample:
+        raise ValueError("num_return_sequences > 1 needs do_sample=True: greedy candidates would be identical")
+    if seed is not None:
+        torch.manual_seed(seed)
+    tokenizer = processor.tokenizer
+    options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "num_return_sequences": num_return_sequences}
+    if do_sample:
+        options["temperature"] = temperature
+    options["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    answers: list[list[str]] = []
+    for start in tqdm(range(0, len(questions), batch_size), desc="generate", disable=not progress):
+        prompts = [
+            processor.apply_chat_template(prompt_messages(question), add_generation_prompt=True)
+            for question in questions[start : start + batch_size]
+        ]
+        inputs = encode(processor, images[start : start + batch_size], prompts, padding_side="left")
+        inputs = inputs.to(model.device, dtype=model.dtype)
+        with torch.inference_mode():
+            output = model.generate(**inputs, **options)
+        texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        texts = [text.strip() for text in texts]
+        answers.extend(texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
+    return answers

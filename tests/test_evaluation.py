@@ -111,12 +111,6 @@ def test_report_metrics_equal_pycocoevalcap_called_directly():
     assert scores["cider"] == pytest.approx(Cider().compute_score(gts, res)[0])
 
 
-@pytest.mark.slow
-def test_meteor_is_opt_in_and_perfect_on_identical_text():
-    scores = report_metrics(["the heart is normal in size"], ["The heart is normal in size."], meteor=True)
-    assert scores["meteor"] == pytest.approx(1.0, abs=0.01)
-
-
 def _vqa(id, answer, answer_type, **meta):
     return Sample(id=id, task="vqa", image="a.png", question="q?", answer=answer, answer_type=answer_type, meta=meta)
 
@@ -207,6 +201,7 @@ def fake_vlm(monkeypatch):
     def generate_answers(model, processor, images, questions, max_new_tokens, batch_size, do_sample):
         assert not do_sample and all(image.mode == "RGB" for image in images)
         calls["generate"].append((len(questions), max_new_tokens))
+        calls.setdefault("questions", []).extend(questions)
         return [["heart normal" if max_new_tokens == 64 else "Yes."] for _ in questions]
 
     module = types.ModuleType("mmedpo.models.vlm")
@@ -228,7 +223,15 @@ def test_evaluate_model_writes_predictions_and_resumes(tmp_path, fake_vlm):
     partial_path(out).parent.mkdir()
     partial_path(out).write_text(
         json.dumps(
-            {"id": "c2", "task": "vqa", "question": "q?", "answer": "no", "prediction": "no", "answer_type": "closed"}
+            {
+                "id": "c2",
+                "task": "vqa",
+                "question": "q?",
+                "answer": "no",
+                "prediction": "no",
+                "answer_type": "closed",
+                "prompt": "q?",
+            }
         )
         + "\n"
     )
@@ -246,3 +249,22 @@ def test_evaluate_model_writes_predictions_and_resumes(tmp_path, fake_vlm):
 def test_evaluate_model_refuses_duplicate_ids(tmp_path, fake_vlm):
     with pytest.raises(ValueError, match="sample c1: id occurs more than once"):
         evaluate_model(tmp_path, [_vqa("c1", "yes", "closed")] * 2, [tmp_path], tmp_path / "out.json")
+
+
+def test_evaluate_model_uses_per_task_prompts_and_refuses_to_mix_them(tmp_path, fake_vlm):
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+    samples = [_vqa("c1", "yes", "closed"), _vqa("c2", "no", "closed")]
+    out = tmp_path / "eval" / "base.json"
+    prompts = {"vqa": "{question} Answer yes or no.", "report": "unused {question}"}
+    result = evaluate_model(tmp_path / "model", samples, [tmp_path], out, prompts=prompts, protocol="llava-med")
+    assert fake_vlm["questions"] == ["q? Answer yes or no."] * 2
+    assert [p["prompt"] for p in result["predictions"]] == ["q? Answer yes or no."] * 2
+    assert [p["question"] for p in result["predictions"]] == ["q?", "q?"]  # the record keeps the question
+    assert result["metrics"]["protocol"] == "llava-med"
+    assert rescore_file(out)["metrics"]["protocol"] == "mmedpo"  # a stored file rescores under any protocol
+    # A partial file answered with another prompt is not silently resumed.
+    partial_path(out).write_text(json.dumps({**result["predictions"][0], "prompt": "q?"}) + "\n")
+    with pytest.raises(ValueError, match="answered with the prompt 'q\\?'"):
+        evaluate_model(tmp_path / "model", samples, [tmp_path], out, prompts=prompts)
+    with pytest.raises(ValueError, match="no \\{question\\} placeholder"):
+        evaluate_model(tmp_path / "model", samples, [tmp_path], tmp_path / "x.json", prompts={"vqa": "Answer."})

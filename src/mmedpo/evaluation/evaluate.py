@@ -5,13 +5,17 @@ metrics can be recomputed (`rescore_file`) and compared per sample
 (`compare.compare_table`) without running the model again. Predictions are
 appended to a `.partial.jsonl` file beside the output as they are made, so a
 killed evaluation resumes where it stopped; delete that file if the model
-changed in between.
+changed in between (a changed prompt is detected and refused).
+
+Per-task prompts are templates with a `{question}` placeholder, e.g.
+{"vqa": "{question}\nAnswer with a single word or phrase."}; each prediction
+stores the prompt the model saw.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -35,7 +39,24 @@ class Prediction(BaseModel):
     prediction: str
     answer_type: AnswerType | None = None
     image: str | None = None
+    prompt: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
+
+
+def render_prompt(sample: Sample, prompts: Mapping[str, str]) -> str:
+    """The text the model is asked: the task's template with `{question}` filled in, else the question.
+
+    >>> render_prompt(Sample(id="1", task="vqa", image="a.png", question="Effusion?", answer="no"),
+    ...               {"vqa": "{question} Answer yes or no."})
+    'Effusion? Answer yes or no.'
+    """
+    template = prompts.get(sample.task)
+    if template is None:
+        return sample.question
+    if "{question}" not in template:
+        raise ValueError(f"the {sample.task} prompt {template!r} has no {{question}} placeholder")
+    # replace, not format: a question may contain braces.
+    return template.replace("{question}", sample.question)
 
 
 def partial_path(out_path: Path) -> Path:
@@ -51,11 +72,14 @@ def evaluate_model(
     batch_size: int = 16,
     max_new_tokens: Mapping[str, int] = DEFAULT_MAX_NEW_TOKENS,
     meteor: bool = False,
+    prompts: Mapping[str, str] | None = None,
+    protocol: str = "mmedpo",
 ) -> dict[str, Any]:
     """Answer every sample greedily with the model in `model_dir`, score, and write `out_path`.
 
     Writes and returns {"model", "metrics", "predictions"}; predictions follow
-    the order of `samples`. `max_new_tokens` overrides the defaults per task.
+    the order of `samples`. `max_new_tokens` overrides the defaults per task;
+    `prompts` maps a task to its prompt template (see `render_prompt`).
     """
     # Imported here so that scoring and comparing stored results never pays for loading torch/transformers.
     from mmedpo.models.vlm import generate_answers, load_vlm
@@ -64,7 +88,10 @@ def evaluate_model(
     _check_unique_ids(samples)
     tokens = {**DEFAULT_MAX_NEW_TOKENS, **max_new_tokens}
     store = JsonlStore(partial_path(out_path), Prediction)
+    prompts = prompts or {}
+    asked = {sample.id: render_prompt(sample, prompts) for sample in samples}
     done = {prediction.id: prediction for prediction in store}
+    _check_same_prompts(done.values(), asked, store.path)
     todo = [sample for sample in samples if sample.id not in done]
     model, processor = load_vlm(model_dir) if todo else (None, None)
     for task in ("vqa", "report"):
@@ -76,29 +103,31 @@ def evaluate_model(
                 model,
                 processor,
                 images,
-                [sample.question for sample in batch],
+                [asked[sample.id] for sample in batch],
                 max_new_tokens=tokens[task],
                 batch_size=batch_size,
                 do_sample=False,
             )
-            made = [_prediction(sample, candidates[0]) for sample, candidates in zip(batch, answers)]
+            made = [_prediction(sample, asked[sample.id], candidates[0]) for sample, candidates in zip(batch, answers)]
             store.extend(made)
             done.update((prediction.id, prediction) for prediction in made)
     predictions = [done[sample.id] for sample in samples]
-    result = score_result(str(model_dir), predictions, meteor=meteor)
+    result = score_result(str(model_dir), predictions, meteor=meteor, protocol=protocol)
     dump_json(result, out_path)
     store.path.unlink()
     return result
 
 
-def score_result(model: str, predictions: Sequence[Prediction], meteor: bool = False) -> dict[str, Any]:
+def score_result(
+    model: str, predictions: Sequence[Prediction], meteor: bool = False, protocol: str = "mmedpo"
+) -> dict[str, Any]:
     """The evaluation file's content: model name, metrics, and the predictions."""
     rows = [prediction.model_dump() for prediction in predictions]
-    return {"model": model, "metrics": score_rows(rows, meteor=meteor), "predictions": rows}
+    return {"model": model, "metrics": score_rows(rows, meteor=meteor, protocol=protocol), "predictions": rows}
 
 
-def rescore_file(path: Path, meteor: bool = False) -> dict[str, Any]:
-    """Recompute the metrics of a stored evaluation file; the file is not changed."""
+def rescore_file(path: Path, meteor: bool = False, protocol: str = "mmedpo") -> dict[str, Any]:
+    """Recompute the metrics of a stored evaluation file (under any protocol); the file is not changed."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     predictions = []
     for index, row in enumerate(data.get("predictions", [])):
@@ -106,10 +135,19 @@ def rescore_file(path: Path, meteor: bool = False) -> dict[str, Any]:
             predictions.append(Prediction.model_validate(row))
         except ValidationError as error:
             raise ValueError(f"{path}: prediction {index} ({row.get('id')}): {describe_error(error)}") from None
-    return score_result(data.get("model", str(path)), predictions, meteor=meteor)
+    return score_result(data.get("model", str(path)), predictions, meteor=meteor, protocol=protocol)
 
 
-def _prediction(sample: Sample, answer: str) -> Prediction:
+def _check_same_prompts(done: Iterable[Prediction], asked: Mapping[str, str], path: Path) -> None:
+    for prediction in done:
+        if prediction.id in asked and prediction.prompt != asked[prediction.id]:
+            raise ValueError(
+                f"{path}: sample {prediction.id} was answered with the prompt {prediction.prompt!r}, "
+                f"now {asked[prediction.id]!r}; delete that file to evaluate with the new prompts"
+            )
+
+
+def _prediction(sample: Sample, prompt: str, answer: str) -> Prediction:
     answer_type = vqa_answer_type(sample.answer_type, sample.answer) if sample.task == "vqa" else None
     return Prediction(
         id=sample.id,
@@ -119,6 +157,7 @@ def _prediction(sample: Sample, answer: str) -> Prediction:
         prediction=answer,
         answer_type=answer_type,
         image=sample.image,
+        prompt=prompt,
         meta=sample.meta,
     )
 

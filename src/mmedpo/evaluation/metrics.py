@@ -10,7 +10,12 @@ convention), plus exact match and token F1.
 
 Reports: BLEU-1..4, ROUGE-L, CIDEr and optionally METEOR from pycocoevalcap,
 called directly on text tokenised the R2Gen way (lower-case, punctuation
-stripped, words joined by single spaces), so no PTB tokenizer (Java) is needed.
+stripped, words joined by single spaces), so no PTB tokenizer (Java) is needed;
+and finding-level clinical precision, recall and F1 (`evaluation.clinical`).
+
+Protocols: `mmedpo` (the default, above) or `llava-med`, which scores VQA as
+LLaVA-Med's own script does, quirks included, for comparison with published
+tables (`evaluation.llava_med`). Every metrics dict names its protocol.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from typing import Any, Literal
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
-from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
+from mmedpo.evaluation import llava_med
+from mmedpo.evaluation.clinical import clinical_metrics
+from mmedpo.evaluation.meteor import meteor_scorer
 from mmedpo.records import Sample
 
 YesNo = Literal["yes", "no"]
@@ -35,6 +42,7 @@ _APOSTROPHES = re.compile(r"['\u2019]")
 _WORD = re.compile(r"[^\W_]+")
 
 BREAKDOWN_KEYS = ("modality", "organ")
+PROTOCOLS = ("mmedpo", "llava-med")
 
 
 def tokenize(text: str) -> list[str]:
@@ -134,32 +142,26 @@ def token_f1(prediction: str, gold: str) -> float:
 
 
 def report_metrics(predictions: Sequence[str], references: Sequence[str], meteor: bool = False) -> dict[str, float]:
-    """Corpus BLEU-1..4, ROUGE-L and CIDEr (and METEOR when `meteor`) of generated reports.
+    """Corpus BLEU-1..4, ROUGE-L, CIDEr (and METEOR when `meteor`) and clinical P/R/F1 of generated reports.
 
-    METEOR starts a Java process that loads a paraphrase table (seconds), so it is opt-in.
+    METEOR runs pycocoevalcap's Java scorer, whose start-up loads a paraphrase
+    table (about 12 s of CPU), so it is opt-in; the process is started first, so
+    that it loads while the other metrics are computed, and kept for later calls.
     """
     _check_lengths(predictions, references)
     if not references:
         raise ValueError("report_metrics needs at least one report")
+    scorer = meteor_scorer() if meteor else None
     gts = {i: [normalize_report(text)] for i, text in enumerate(references)}
     res = {i: [normalize_report(text)] for i, text in enumerate(predictions)}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     scores = {f"bleu_{n}": float(value) for n, value in enumerate(bleu, start=1)}
     scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
     scores["cider"] = float(Cider().compute_score(gts, res)[0])
-    if meteor:
-        scores["meteor"] = _meteor(gts, res)
+    scores.update(clinical_metrics(predictions, references))
+    if scorer is not None:
+        scores["meteor"] = scorer.score([res[i][0] for i in res], [gts[i][0] for i in gts])
     return scores
-
-
-def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
-    scorer = Meteor()
-    try:
-        return float(scorer.compute_score(gts, res)[0])
-    finally:
-        # Closing stdin ends the Java process now instead of whenever the wrapper is collected.
-        scorer.meteor_p.stdin.close()
-        scorer.meteor_p.wait()
 
 
 def _check_lengths(predictions: Sequence[str], golds: Sequence[str]) -> None:
@@ -174,15 +176,19 @@ def vqa_answer_type(answer_type: str | None, answer: str) -> str:
     return "closed" if tokenize(answer) in (["yes"], ["no"]) else "open"
 
 
-def score_predictions(samples: Sequence[Sample], predictions: Sequence[str], meteor: bool = False) -> dict[str, Any]:
+def score_predictions(
+    samples: Sequence[Sample], predictions: Sequence[str], meteor: bool = False, protocol: str = "mmedpo"
+) -> dict[str, Any]:
     """All metrics for predictions on `samples`, with breakdowns by meta modality and organ.
 
-    Returns n_closed, n_open, n_report, then closed_accuracy; open_recall,
-    open_exact, open_f1 (means over open questions); report metrics over report
-    samples; and `by_modality` / `by_organ` dicts of the same metrics (without
-    METEOR) per value, when samples carry those meta keys. Metrics of a part
-    with no samples are absent. VQA samples without an answer type count as
-    closed when their answer is a bare yes/no.
+    Returns protocol, n_closed, n_open, n_report, then closed_accuracy;
+    open_recall, open_exact, open_f1 (means over open questions); report metrics
+    over report samples; and `by_modality` / `by_organ` dicts of the same
+    metrics (without METEOR) per value, when samples carry those meta keys.
+    Metrics of a part with no samples are absent. VQA samples without an answer
+    type count as closed when their answer is a bare yes/no. The `llava-med`
+    protocol scores VQA as LLaVA-Med's script does (`evaluation.llava_med`) and
+    adds n_closed_dropped and open_precision.
     """
     if len(samples) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(samples)} samples")
@@ -197,14 +203,16 @@ def score_predictions(samples: Sequence[Sample], predictions: Sequence[str], met
         }
         for sample, prediction in zip(samples, predictions)
     ]
-    return score_rows(rows, meteor=meteor)
+    return score_rows(rows, meteor=meteor, protocol=protocol)
 
 
-def score_rows(rows: Sequence[dict[str, Any]], meteor: bool = False) -> dict[str, Any]:
+def score_rows(rows: Sequence[dict[str, Any]], meteor: bool = False, protocol: str = "mmedpo") -> dict[str, Any]:
     """`score_predictions` on stored prediction rows (keys id, task, answer_type, answer, prediction, meta)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     for row in rows:
         _check_row(row)
-    metrics = _score_group(rows, meteor)
+    metrics = {"protocol": protocol, **_score_group(rows, meteor, protocol)}
     for key in BREAKDOWN_KEYS:
         groups: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
@@ -212,7 +220,9 @@ def score_rows(rows: Sequence[dict[str, Any]], meteor: bool = False) -> dict[str
             if value is not None:
                 groups.setdefault(str(value), []).append(row)
         if groups:
-            metrics[f"by_{key}"] = {value: _score_group(group, False) for value, group in sorted(groups.items())}
+            metrics[f"by_{key}"] = {
+                value: _score_group(group, False, protocol) for value, group in sorted(groups.items())
+            }
     return metrics
 
 
@@ -228,19 +238,25 @@ def _check_row(row: dict[str, Any]) -> None:
         raise ValueError(f"record {row['id']}: unknown task {row['task']!r}")
 
 
-def _score_group(rows: Sequence[dict[str, Any]], meteor: bool) -> dict[str, Any]:
+def _score_group(rows: Sequence[dict[str, Any]], meteor: bool, protocol: str) -> dict[str, Any]:
     closed = [r for r in rows if r["task"] == "vqa" and r["answer_type"] == "closed"]
     open_ = [r for r in rows if r["task"] == "vqa" and r["answer_type"] == "open"]
     reports = [r for r in rows if r["task"] == "report"]
     metrics: dict[str, Any] = {"n_closed": len(closed), "n_open": len(open_), "n_report": len(reports)}
+    metrics.update(llava_med.score_vqa(rows) if protocol == "llava-med" else _vqa_metrics(closed, open_))
+    if reports:
+        metrics.update(report_metrics([r["prediction"] for r in reports], [r["answer"] for r in reports], meteor))
+    return metrics
+
+
+def _vqa_metrics(closed: Sequence[dict[str, Any]], open_: Sequence[dict[str, Any]]) -> dict[str, float]:
+    metrics = {}
     if closed:
         metrics["closed_accuracy"] = closed_accuracy([r["prediction"] for r in closed], [r["answer"] for r in closed])
     if open_:
         metrics["open_recall"] = _mean(open_recall(r["prediction"], r["answer"]) for r in open_)
         metrics["open_exact"] = _mean(exact_match(r["prediction"], r["answer"]) for r in open_)
         metrics["open_f1"] = _mean(token_f1(r["prediction"], r["answer"]) for r in open_)
-    if reports:
-        metrics.update(report_metrics([r["prediction"] for r in reports], [r["answer"] for r in reports], meteor))
     return metrics
 
 

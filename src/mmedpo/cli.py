@@ -180,9 +180,16 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs
 def compare(
     inputs: Annotated[list[Path], typer.Argument(help="run folders or eval JSON files")],
     baseline: Annotated[str, typer.Option(help="variant the others are compared with")] = "base",
+    format: Annotated[str, typer.Option("--format", help="md | json | csv")] = "md",
+    plot: Annotated[Path | None, typer.Option(help="write metric plots (PNG) into this folder")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap and randomisation tests")] = 0,
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples")] = 1000,
+    permutations: Annotated[int, typer.Option(help="approximate-randomisation shuffles")] = 10000,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the table to this file")] = None,
 ) -> None:
-    """A table of variants with relative improvements over the baseline."""
-    from mmedpo.evaluation.compare import compare_table
+    """Variants side by side: relative improvements, paired bootstrap intervals and p-values."""
+    from mmedpo.evaluation.compare import compare_results, render
+    from mmedpo.evaluation.plots import plot_comparison
 
     results = {}
     for path in inputs:
@@ -192,9 +199,15 @@ def compare(
         for file in files:
             name = file.stem if len(inputs) == 1 or not path.is_dir() else f"{path.name}/{file.stem}"
             results[name] = json.loads(file.read_text(encoding="utf-8"))
-    if baseline not in results:
-        raise ValueError(f"baseline {baseline!r} not among {sorted(results)}")
-    print(compare_table(results, baseline=baseline))
+    comparison = compare_results(results, baseline, seed=seed, n_resamples=resamples, n_permutations=permutations)
+    text = render(comparison, format)
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        print(text, end="")
+    if plot:
+        for path in plot_comparison(comparison, plot):
+            console.print(f"plot: {path}")
 
 
 @app.command()

@@ -147,6 +147,19 @@ class EvalConfig(Section):
     batch_size: int = Field(32, ge=1, description="generation batch size")
     max_new_tokens_vqa: int = Field(8, ge=1, description="generation length for VQA answers")
     max_new_tokens_report: int = Field(64, ge=1, description="generation length for reports")
+    protocol: Literal["mmedpo", "llava-med"] = Field(
+        "mmedpo",
+        description="'mmedpo': every wrong closed answer counts; 'llava-med': LLaVA-Med's scorer, quirks included, "
+        "only to compare with published tables (docs/evaluation.md)",
+    )
+    meteor: bool = Field(False, description="also compute METEOR for reports (starts Java; slower)")
+    prompts: dict[str, str] = Field(
+        {}, description="per-task prompt templates with {question}, e.g. {vqa: '{question} Answer yes or no.'}"
+    )
+    visual_dependence: bool = Field(
+        True, description="also answer on the lesion-noised and on a blank image: does the model look at the lesion?"
+    )
+    vd_timestep: int = Field(999, ge=0, le=999, description="visual dependence: noise timestep hiding the lesion")
 
 
 class RunConfig(Section):
@@ -164,6 +177,10 @@ class RunConfig(Section):
         description="trained variants: name -> train settings that differ from the train section",
     )
     eval: EvalConfig = EvalConfig()
+    claim: list[str] = Field(
+        ["mmedpo", "base"],
+        description="the paper's claim as a chain of variants, best first; the run says whether it holds per metric",
+    )
 
     @field_validator("variants")
     @classmethod
@@ -179,6 +196,13 @@ class RunConfig(Section):
             if unknown:
                 raise ValueError(f"variant {name}: unknown train setting(s) {sorted(unknown)}")
         return variants
+
+    @model_validator(mode="after")
+    def _claim_names_variants(self) -> RunConfig:
+        unknown = [name for name in self.claim if name != "base" and name not in self.variants]
+        if unknown:
+            raise ValueError(f"claim names {unknown}, which are not variants ({', '.join(self.variants)}) or base")
+        return self
 
     @model_validator(mode="after")
     def _variants_merge(self) -> RunConfig:

@@ -221,15 +221,44 @@ def stage_eval(run: Run, variant: str, show_progress: bool) -> dict:
     from mmedpo.evaluation.evaluate import evaluate_model
 
     settings = run.config.eval
+    test = run.split("test")
+    max_new_tokens = {"vqa": settings.max_new_tokens_vqa, "report": settings.max_new_tokens_report}
     result = evaluate_model(
         run.model(variant),
-        run.split("test"),
+        test,
         run.image_roots,
         run.eval(variant),
         batch_size=settings.batch_size,
-        max_new_tokens={"vqa": settings.max_new_tokens_vqa, "report": settings.max_new_tokens_report},
+        max_new_tokens=max_new_tokens,
+        meteor=settings.meteor,
+        prompts=settings.prompts or None,
+        protocol=settings.protocol,
     )
+    if settings.visual_dependence:
+        result = add_visual_dependence(run, variant, result, test, max_new_tokens)
     return result["metrics"]
+
+
+def add_visual_dependence(run: Run, variant: str, result: dict, test: list[Sample], max_new_tokens: dict) -> dict:
+    """Answer the test questions again with the lesion hidden and on a blank image; store it in the result."""
+    from mmedpo.evaluation.compare import visual_metrics
+    from mmedpo.evaluation.visual_dependence import visual_dependence, vlm_answerer
+    from mmedpo.models.vlm import load_vlm
+
+    settings = run.config.eval
+    answerer = vlm_answerer(*load_vlm(run.model(variant)), max_new_tokens, batch_size=settings.batch_size)
+    dependence = visual_dependence(
+        answerer,
+        test,
+        run.image_roots,
+        timestep=settings.vd_timestep,
+        seed=run.config.seed,
+        prompts=settings.prompts or None,
+    )
+    result["visual_dependence"] = dependence
+    result["metrics"].update(visual_metrics(dependence))
+    dump_json(result, run.eval(variant))
+    return result
 
 
 def stage_report(run: Run, show_progress: bool) -> dict:

@@ -1,9 +1,13 @@
-"""The run report: RUN/report/index.html, one self-contained page (no CDN, works from a copy).
+"""The run report: RUN/report/index.html, one page that works offline and from a copied folder.
 
     mmedpo report runs/demo
 
-It shows the results table, the stage timings and the pair counts, and a small
-gallery of pairs with their images copied beside the page. All text is escaped.
+It shows the results table with confidence intervals and whether the run's
+claim ("MMedPO > DPO > base") holds per metric, metric plots, the weight
+distribution per pair kind, judge agreement, the localizer's IoU, a gallery of
+pairs (image, region, noised image, texts, every judge's score, weight) and
+the stage timings. Images and plots are copied or drawn into report/, no CDN,
+and every text is escaped.
 """
 
 from __future__ import annotations
@@ -12,88 +16,152 @@ import html
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from mmedpo.data.images import ImageError, resolve_image
 from mmedpo.records import PreferencePair, read_jsonl
+from mmedpo.report.ablation import chain_verdict, verdict_lines
+from mmedpo.report.figures import weight_histogram
 
 GALLERY_SIZE = 12
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
-table { border-collapse: collapse; margin: 1rem 0; }
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: .9rem; }
 th, td { border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
-.pair { display: inline-block; vertical-align: top; width: 300px; margin: .5rem; font-size: .85rem; }
-.pair img { width: 140px; image-rendering: pixelated; }
+.holds { color: #176117; } .fails { color: #a11; }
+.pair { display: inline-block; vertical-align: top; width: 360px; margin: .5rem; font-size: .85rem;
+        border: 1px solid #ddd; padding: .4rem; }
+.pair img { width: 110px; image-rendering: pixelated; margin-right: 4px; }
+img.plot { max-width: 560px; margin: .3rem; }
 """
 
 
 def _load_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
-def results_table(run_dir: Path) -> str:
-    evaluations = {p.stem: _load_json(p).get("metrics", {}) for p in sorted((run_dir / "eval").glob("*.json"))}
-    if not evaluations:
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _config(run_dir: Path) -> dict:
+    path = run_dir / "config.yaml"
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.exists() else {}
+
+
+def load_results(run_dir: Path) -> dict[str, dict]:
+    """Evaluation results by variant, base first."""
+    results = {p.stem: _load_json(p) for p in sorted((run_dir / "eval").glob("*.json"))}
+    results = {name: result for name, result in results.items() if "metrics" in result}
+    return dict(sorted(results.items(), key=lambda item: item[0] != "base"))
+
+
+def results_section(run_dir: Path, out_dir: Path) -> str:
+    from mmedpo.evaluation.compare import compare_results
+    from mmedpo.evaluation.plots import plot_comparison
+
+    results = load_results(run_dir)
+    if "base" not in results:
         return "<p>No evaluation yet.</p>"
-    names = sorted({k for m in evaluations.values() for k, v in m.items() if isinstance(v, (int, float))})
-    head = "".join(f"<th>{html.escape(v)}</th>" for v in evaluations)
-    rows = []
-    for name in names:
-        cells = "".join(
-            f"<td>{evaluations[v][name]:.4f}</td>" if isinstance(evaluations[v].get(name), float)
-            else f"<td>{html.escape(str(evaluations[v].get(name, '-')))}</td>"
-            for v in evaluations
+    seed = _config(run_dir).get("seed", 0)
+    comparison = compare_results(results, baseline="base", seed=seed)
+    table = _comparison_table(comparison)
+    claim = _config(run_dir).get("claim") or []
+    claim = [name for name in claim if name in results]
+    verdict = ""
+    if len(claim) > 1:
+        verdicts = chain_verdict(results, claim, seed=seed)
+        items = "".join(
+            f"<li class='{'holds' if v['holds'] else 'fails'}'>{_e(line)}</li>"
+            for v, line in zip(verdicts, verdict_lines(verdicts))
         )
-        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
-    return f'<table id="results"><tr><th>metric</th>{head}</tr>{"".join(rows)}</table>'
+        verdict = f"<h3>Does {_e(' > '.join(claim))} hold?</h3><ul id='claim'>{items}</ul>"
+    plots = "".join(
+        f"<img class='plot' src='{_e(p.name)}' alt='{_e(p.stem)}'>" for p in plot_comparison(comparison, out_dir)
+    )
+    return table + verdict + plots
 
 
-def timings_table(run_dir: Path) -> str:
+def _comparison_table(comparison: dict) -> str:
+    metrics = comparison["metrics"]
+    head = "".join(f"<th>{_e(m)}</th>" for m in metrics)
     rows = []
-    for path in sorted((run_dir / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime):
-        state = _load_json(path)
-        rows.append(
-            f"<tr><td>{html.escape(path.stem)}</td><td>{html.escape(str(state.get('status')))}</td>"
-            f"<td>{float(state.get('seconds', 0)):.1f}</td></tr>"
-        )
-    return f'<table id="timings"><tr><th>stage</th><th>status</th><th>seconds</th></tr>{"".join(rows)}</table>'
+    for variant in comparison["variants"]:
+        cells = []
+        for metric in metrics:
+            value, relative = variant["metrics"].get(metric), variant["relative"].get(metric)
+            text = "-" if value is None else f"{value:.4f}"
+            if value is not None and relative is not None and variant["name"] != comparison["baseline"]:
+                text += f" ({relative:+.1f}%)"
+            stats = variant["paired"].get(metric)
+            if stats:
+                text += f"<br><small>Δ {stats['difference']:+.3f} [{stats['low']:+.3f}, {stats['high']:+.3f}]</small>"
+            cells.append(f"<td>{text}</td>")
+        rows.append(f"<tr><td>{_e(variant['name'])}</td>{''.join(cells)}</tr>")
+    note = (
+        f"<p><small>Relative change against {_e(comparison['baseline'])}; Δ: paired difference with its "
+        f"{comparison['confidence']:.0%} bootstrap interval on the same test questions.</small></p>"
+    )
+    return f"<table id='results'><tr><th>variant</th>{head}</tr>{''.join(rows)}</table>{note}"
 
 
-def gallery(run_dir: Path, out_dir: Path) -> str:
-    """A few text and visual pairs, with their images copied next to the page."""
+def stages_section(run_dir: Path) -> tuple[str, dict[str, dict]]:
+    paths = sorted((run_dir / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    states = {p.stem: _load_json(p) for p in paths}
+    rows = "".join(
+        f"<tr><td>{_e(name)}</td><td>{_e(state.get('status'))}</td><td>{float(state.get('seconds', 0)):.1f}</td></tr>"
+        for name, state in states.items()
+    )
+    table = f"<table id='timings'><tr><th>stage</th><th>status</th><th>seconds</th></tr>{rows}</table>"
+    return table, {name: state.get("summary", {}) for name, state in states.items()}
+
+
+def pairs_section(run_dir: Path, out_dir: Path, summaries: dict[str, dict]) -> str:
     path = run_dir / "pairs.scored.jsonl"
     if not path.exists():
         return "<p>No scored pairs yet.</p>"
     pairs = read_jsonl(path, PreferencePair)
-    roots = image_roots(run_dir)
-    picked = [p for p in pairs if p.kind == "visual"][: GALLERY_SIZE // 2]
-    picked += [p for p in pairs if p.kind == "text"][: GALLERY_SIZE - len(picked)]
-    cards = []
-    for index, pair in enumerate(picked):
-        images = "".join(
-            _copy_image(name, roots, out_dir, f"{index}-{label}")
-            for label, name in (("image", pair.image), ("rejected", pair.rejected_image))
-            if name
-        )
-        scores = ", ".join(f"{html.escape(k)} {v:.2f}" for k, v in pair.scores.items())
-        cards.append(
-            f'<div class="pair">{images}<p><b>{html.escape(pair.kind)}</b> · '
-            f"weight {pair.weight or 0:.2f} ({scores})</p>"
-            f"<p>Q: {html.escape(pair.question)}</p><p>chosen: {html.escape(pair.chosen)}</p>"
-            f"<p>rejected: {html.escape(pair.rejected)}</p></div>"
-        )
-    return f'<div id="gallery">{"".join(cards)}</div>'
+    parts = []
+    histogram = weight_histogram(pairs, out_dir / "weights.png")
+    if histogram:
+        parts.append(f"<img class='plot' src='{_e(histogram.name)}' alt='weight distribution'>")
+    agreement = summaries.get("score", {}).get("agreement")
+    if agreement:
+        parts.append(f"<h3>Judge agreement</h3><pre id='agreement'>{_e(json.dumps(agreement, indent=1))}</pre>")
+    iou = summaries.get("curate_visual", {}).get("localizer_iou")
+    if iou:
+        parts.append(f"<h3>Localizer IoU against the true lesion masks</h3><pre id='iou'>{_e(json.dumps(iou))}</pre>")
+    parts.append(_gallery(pairs, image_roots(run_dir), out_dir))
+    return "".join(parts)
 
 
 def image_roots(run_dir: Path) -> list[Path]:
     """The run's image folder, and the dataset's image root from the run's config."""
-    config_path = run_dir / "config.yaml"
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else None
-    root = (config or {}).get("data", {}).get("image_root")
+    root = (_config(run_dir).get("data") or {}).get("image_root")
     return [run_dir / "images"] + ([Path(root)] if root else [])
+
+
+def _gallery(pairs: list[PreferencePair], roots: list[Path], out_dir: Path) -> str:
+    visual = [p for p in pairs if p.kind == "visual"][: GALLERY_SIZE // 2]
+    picked = visual + [p for p in pairs if p.kind == "text"][: GALLERY_SIZE - len(visual)]
+    cards = []
+    for index, pair in enumerate(picked):
+        names = [("image", pair.image), ("region", pair.provenance.get("mask")), ("noised", pair.rejected_image)]
+        images = "".join(_copy_image(name, roots, out_dir, f"{index}-{label}") for label, name in names if name)
+        scores = ", ".join(f"{_e(k)} {v:.2f}" for k, v in pair.scores.items())
+        weight = "-" if pair.weight is None else f"{pair.weight:.2f}"
+        cards.append(
+            f"<div class='pair'>{images}<p><b>{_e(pair.kind)}</b> · weight {weight} ({scores})</p>"
+            f"<p>Q: {_e(pair.question)}</p><p>chosen: {_e(pair.chosen)}</p><p>rejected: {_e(pair.rejected)}</p></div>"
+        )
+    return f"<h3>Gallery</h3><div id='gallery'>{''.join(cards)}</div>"
 
 
 def _copy_image(name: str, roots: list[Path], out_dir: Path, stem: str) -> str:
@@ -104,21 +172,25 @@ def _copy_image(name: str, roots: list[Path], out_dir: Path, stem: str) -> str:
     target = out_dir / "img" / f"{stem}{source.suffix}"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
-    return f'<img src="img/{html.escape(target.name)}" alt="{html.escape(stem)}">'
+    return f"<img src='img/{_e(target.name)}' alt='{_e(stem)}'>"
 
 
 def write_report(run_dir: Path | str) -> Path:
+    """Write RUN/report/index.html (and its images) from what the run folder holds."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"{run_dir}: not a run folder")
     out_dir = run_dir / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    timings, summaries = stages_section(run_dir)
     page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>mmedpo run {html.escape(run_dir.name)}</title>"
-        f"<style>{STYLE}</style></head><body><h1>mmedpo run {html.escape(run_dir.name)}</h1>"
-        f"<h2>Results on the test split</h2>{results_table(run_dir)}"
-        f"<h2>Stages</h2>{timings_table(run_dir)}"
-        f"<h2>Preference pairs</h2>{gallery(run_dir, out_dir)}</body></html>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>mmedpo run {_e(run_dir.name)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>mmedpo run {_e(run_dir.name)}</h1>"
+        f"<h2>Results on the test split</h2>{results_section(run_dir, out_dir)}"
+        f"<h2>Preference pairs</h2>{pairs_section(run_dir, out_dir, summaries)}"
+        f"<h2>Stages</h2>{timings}</body></html>"
     )
     target = out_dir / "index.html"
     target.write_text(page, encoding="utf-8")

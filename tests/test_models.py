@@ -10,12 +10,11 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, CLIPImageProcessorPil
 
+from conftest import CORPUS
 from mmedpo.models.sft import answer_loss, answer_only_batch, length_grouped_batches, rendered, supervised_finetune
 from mmedpo.models.tiny import build_tiny_llava, train_tokenizer
 from mmedpo.models.vlm import generate_answers, load_vlm, prompt_messages
 from mmedpo.records import Sample
-
-from conftest import CORPUS
 
 
 def logits_of(model, processor, image, question):
@@ -89,7 +88,12 @@ def test_prompt_messages_have_the_conversational_form():
 
 def test_greedy_generation_is_the_same_batched_and_one_by_one(tiny_vlm_dir, tiny_images):
     model, processor = load_vlm(tiny_vlm_dir, device="cpu")
-    questions = ["Is there a nodule?", "Write the radiology report for this image.", "Which side?", "Is the heart enlarged?"]
+    questions = [
+        "Is there a nodule?",
+        "Write the radiology report for this image.",
+        "Which side?",
+        "Is the heart enlarged?",
+    ]
     batched = generate_answers(model, processor, tiny_images, questions, max_new_tokens=6, batch_size=4)
     single = generate_answers(model, processor, tiny_images, questions, max_new_tokens=6, batch_size=1)
     assert batched == single

@@ -11,10 +11,20 @@ from mmedpo.pipeline import Run, run_pipeline
 from mmedpo.records import PreferencePair, Reject, read_jsonl, rejects_path
 
 SMALL = [
-    "data.n_sft=24", "data.n_pref=10", "data.n_test=8", "data.image_size=64",
-    "model.image_size=32", "model.text_hidden=32", "model.vision_hidden=32", "model.layers=1",
-    "model.sft_epochs=1", "curate_text.candidates=2", "train.epochs=1", "train.batch_size=4",
-    "eval.batch_size=16", "eval.max_new_tokens_report=16",
+    "data.n_sft=24",
+    "data.n_pref=10",
+    "data.n_test=8",
+    "data.image_size=64",
+    "model.image_size=32",
+    "model.text_hidden=32",
+    "model.vision_hidden=32",
+    "model.layers=1",
+    "model.sft_epochs=1",
+    "curate_text.candidates=2",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "eval.batch_size=16",
+    "eval.max_new_tokens_report=16",
 ]
 
 
@@ -30,12 +40,29 @@ def test_every_stage_runs_and_writes_the_run_folder(finished_run):
     config, results = finished_run
     run = Run(config)
     assert [r.name for r in results] == [
-        "samples", "base", "curate_text", "curate_visual", "score", "eval:base", "train:mmedpo", "eval:mmedpo", "report",
+        "samples",
+        "base",
+        "curate_text",
+        "curate_visual",
+        "score",
+        "eval:base",
+        "train:mmedpo",
+        "eval:mmedpo",
+        "report",
     ]
     assert all(r.status == "ran" for r in results)
-    for path in ["config.yaml", "samples.jsonl", "pairs.text.jsonl", "pairs.visual.jsonl", "pairs.scored.jsonl",
-                 "models/base/config.json", "models/mmedpo/config.json", "eval/base.json", "eval/mmedpo.json",
-                 "report/index.html"]:
+    for path in [
+        "config.yaml",
+        "samples.jsonl",
+        "pairs.text.jsonl",
+        "pairs.visual.jsonl",
+        "pairs.scored.jsonl",
+        "models/base/config.json",
+        "models/mmedpo/config.json",
+        "eval/base.json",
+        "eval/mmedpo.json",
+        "report/index.html",
+    ]:
         assert (run.dir / path).exists(), path
     assert any((run.images / "noised").rglob("*.png"))
 
@@ -77,8 +104,15 @@ def test_rerun_skips_finished_stages_and_a_change_reruns_only_what_follows(finis
     changed = config.model_copy(update={"train": config.train.model_copy(update={"beta": 0.3})})
     statuses = {r.name: r.status for r in run_pipeline(changed, show_progress=False)}
     assert statuses == {
-        "samples": "skipped", "base": "skipped", "curate_text": "skipped", "curate_visual": "skipped",
-        "score": "skipped", "eval:base": "skipped", "train:mmedpo": "ran", "eval:mmedpo": "ran", "report": "ran",
+        "samples": "skipped",
+        "base": "skipped",
+        "curate_text": "skipped",
+        "curate_visual": "skipped",
+        "score": "skipped",
+        "eval:base": "skipped",
+        "train:mmedpo": "ran",
+        "eval:mmedpo": "ran",
+        "report": "ran",
     }
 
 

@@ -14,8 +14,15 @@ FIXTURES = sorted((Path(__file__).parent / "data" / "mmedpo-released").glob("*.j
 
 def make_pair(index: int, **changes) -> PreferencePair:
     fields = dict(
-        id=f"p{index}", sample_id=f"s{index}", task="vqa", kind="text", image="a.png",
-        question="Is there a nodule?", chosen="yes", rejected="no", answer_type="closed",
+        id=f"p{index}",
+        sample_id=f"s{index}",
+        task="vqa",
+        kind="text",
+        image="a.png",
+        question="Is there a nodule?",
+        chosen="yes",
+        rejected="no",
+        answer_type="closed",
     )
     return PreferencePair(**{**fields, **changes})
 
@@ -93,7 +100,12 @@ def test_bad_records_are_rejected_with_a_reason_naming_the_record(tmp_path):
 
 def test_convert_writes_rejects_and_counts_add_up(tmp_path):
     source = tmp_path / "pairs.jsonl"
-    lines = [make_pair(1).model_dump_json(), '{"id": "x"}', "not json", make_pair(2).model_dump_json().replace('"weight":null', '"weight":-1')]
+    lines = [
+        make_pair(1).model_dump_json(),
+        '{"id": "x"}',
+        "not json",
+        make_pair(2).model_dump_json().replace('"weight":null', '"weight":-1'),
+    ]
     source.write_text("\n".join(lines) + "\n")
     summary = convert_pairs(source, tmp_path / "out.json")
     assert (summary["read"], summary["accepted"], summary["rejected"]) == (4, 1, 3)

@@ -13,8 +13,9 @@ from trl import DPOConfig, DPOTrainer
 
 from mmedpo.data.images import open_image
 from mmedpo.records import PreferencePair
-from mmedpo.training import DPOSettings, WeightedDPOConfig, WeightedDPOTrainer, pairs_to_dataset, train_weighted_dpo
-from mmedpo.training.dpo import PAIR_BATCH_KEYS, _reduce
+from mmedpo.training.dpo import PAIR_BATCH_KEYS, WeightedDPOTrainer, _reduce, pairs_to_dataset, train_weighted_dpo
+from mmedpo.training.dpo_config import WeightedDPOConfig, to_trl_config
+from mmedpo.training.settings import DPOSettings
 
 QUESTIONS = ["Is there a nodule in the left lung?", "Is the heart enlarged?", "Which side is the effusion on?"]
 ANSWERS = [("Yes", "No"), ("No", "Yes"), ("left", "right")]
@@ -50,12 +51,12 @@ def make_trainer(model_dir, dataset, out_dir, upstream=False, **overrides):
     return WeightedDPOTrainer(model=str(model_dir), args=WeightedDPOConfig(**common), train_dataset=dataset)
 
 
-def perturb(model, seed=0):
+def perturb(model, seed=0, scale=0.2):
     """Move the policy away from the reference (the same way for every model) so log-ratios are not 0."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
 
 
 def loss_and_grads(trainer, rows):
@@ -113,9 +114,8 @@ def test_pairs_to_dataset_names_the_bad_pair(image_root):
 
 
 def test_settings_map_to_trl_config(tmp_path):
-    config = DPOSettings(beta=0.2, reduction="normalized", weighted=False, batch_size=2, max_length=99).to_config(
-        tmp_path
-    )
+    settings = DPOSettings(beta=0.2, reduction="normalized", weighted=False, batch_size=2, max_length=99)
+    config = to_trl_config(settings, tmp_path)
     assert (config.beta, config.loss_type, config.weight_reduction, config.pair_weighting) == (
         0.2,
         ["sigmoid"],

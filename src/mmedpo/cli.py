@@ -159,6 +159,19 @@ def train(config: ConfigOption = None, override: OverrideOption = None, force: F
     _run_stages(config, override, ["train"], force)
 
 
+@app.command()
+@friendly_errors
+def merge(
+    base_dir: Annotated[Path, typer.Argument(help="the base model the adapter was trained on")],
+    adapter_dir: Annotated[Path, typer.Argument(help="the LoRA adapter (e.g. runs/NAME/models/VARIANT/adapter)")],
+    out_dir: Annotated[Path, typer.Argument(help="where the merged model and processor go")],
+) -> None:
+    """Merge a LoRA adapter into its base model, saved as a plain HF checkpoint."""
+    from mmedpo.training.lora import merge_adapter
+
+    console.print(f"merged: {merge_adapter(base_dir, adapter_dir, out_dir)}")
+
+
 @app.command("eval")
 @friendly_errors
 def evaluate(config: ConfigOption = None, override: OverrideOption = None, force: ForceOption = False) -> None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mmedpo.llm.chat import ChatConfig
 from mmedpo.records import describe_error
+from mmedpo.training.settings import DPOSettings
 
 
 class Section(BaseModel):
@@ -133,14 +134,17 @@ class ScoreConfig(Section):
         return self
 
 
-class TrainConfig(Section):
-    beta: float = Field(0.1, gt=0, description="DPO temperature beta")
-    loss_type: str = Field("sigmoid", description="DPO loss variant")
-    weighted: bool = Field(True, description="multiply each pair's loss by its clinical weight (MMedPO)")
+class TrainConfig(DPOSettings):
+    """Weighted DPO settings (see mmedpo.training.settings) and which pairs a variant trains on."""
+
     pair_kinds: list[Literal["text", "visual"]] = Field(["text", "visual"], description="which pairs to train on")
-    learning_rate: float = Field(5e-4, gt=0, description="learning rate")
-    epochs: int = Field(2, ge=1, description="epochs over the pairs")
-    batch_size: int = Field(8, ge=1, description="pairs per step")
+    epochs: float = Field(2, gt=0, description="passes over the pairs")
+    seed: int | None = Field(None, description="seed of training; empty: the run's seed")
+
+    def settings(self, run_seed: int) -> DPOSettings:
+        """What the trainer takes: these settings, with the run's seed unless one is set here."""
+        values = self.model_dump(exclude={"pair_kinds"})
+        return DPOSettings(**{**values, "seed": run_seed if self.seed is None else self.seed})
 
 
 class EvalConfig(Section):

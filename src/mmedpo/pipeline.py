@@ -198,21 +198,13 @@ def stage_score(run: Run, show_progress: bool) -> dict:
 
 
 def stage_train(run: Run, variant: str, show_progress: bool) -> dict:
-    from mmedpo.training.dpo import DPOSettings, train_weighted_dpo
+    from mmedpo.training.dpo import train_weighted_dpo
 
     train = run.config.variant(variant)
     pairs = [p for p in read_jsonl(run.scored_pairs, PreferencePair) if p.kind in train.pair_kinds]
     if not pairs:
         raise ValueError(f"variant {variant}: no {'/'.join(train.pair_kinds)} pairs in {run.scored_pairs}")
-    settings = DPOSettings(
-        beta=train.beta,
-        loss_type=train.loss_type,
-        weighted=train.weighted,
-        learning_rate=train.learning_rate,
-        epochs=train.epochs,
-        batch_size=train.batch_size,
-        seed=run.config.seed,
-    )
+    settings = train.settings(run.config.seed)
     train_weighted_dpo(run.model("base"), pairs, run.image_roots, run.model(variant), settings)
     return {"pairs": len(pairs), "by_kind": _count(p.kind for p in pairs)}
 

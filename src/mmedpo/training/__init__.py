@@ -1,13 +1,5 @@
-"""Clinical-aware weighted multimodal DPO on TRL (see docs/method.md)."""
+"""Clinical-aware weighted multimodal DPO on TRL (see docs/method.md and docs/training.md).
 
-from mmedpo.training.dpo import PairRoutingCollator, WeightedDPOTrainer, pairs_to_dataset, train_weighted_dpo
-from mmedpo.training.dpo_config import DPOSettings, WeightedDPOConfig
-
-__all__ = [
-    "DPOSettings",
-    "PairRoutingCollator",
-    "WeightedDPOConfig",
-    "WeightedDPOTrainer",
-    "pairs_to_dataset",
-    "train_weighted_dpo",
-]
+`settings` (what a config holds), `dpo_config` (TRL's configuration), `dpo` (the trainer),
+`ref_cache` (precomputed reference log-probs), `lora` (PEFT adapters).
+"""

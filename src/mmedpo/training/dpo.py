@@ -11,6 +11,10 @@ Both travel the way TRL already routes `ref_chosen_logps`: dataset columns kept 
 signature columns -> a collator that turns them into batch tensors -> the loss. With
 weighting off (or every w = 1) and no rejected images the loss, its gradient and the
 logged rewards are those of upstream DPOTrainer.
+
+Beyond upstream: DPO+NLL (`nll_weight`), length-normalised log-probs, and reference
+log-probs precomputed for image data and cached on disk (`precompute_ref_log_probs`, which
+upstream refuses for images), so that no reference model is held or run while training.
 """
 
 from __future__ import annotations
@@ -23,17 +27,29 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset, Features, Image, List, Value
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from transformers import TrainerCallback
+from transformers.core_model_loading import revert_weight_conversion
+from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOTrainer
+from trl.models import prepare_deepspeed
 
-from mmedpo.data.images import ImageError, open_image
+from mmedpo.data.images import ImageError, open_image, resolve_image
+from mmedpo.data.llava_json import read_mmedpo_json
 from mmedpo.models.vlm import prompt_messages
-from mmedpo.records import PreferencePair
-from mmedpo.training.dpo_config import SUPPORTED_LOSS_TYPES, DPOSettings, WeightedDPOConfig
+from mmedpo.records import PreferencePair, Reject, write_jsonl
+from mmedpo.training import ref_cache
+from mmedpo.training.dpo_config import WeightedDPOConfig, to_trl_config
+from mmedpo.training.lora import load_policy, lora_config, merge_adapter
+from mmedpo.training.settings import SUPPORTED_LOSS_TYPES, DPOSettings
 
 # The columns this module adds to TRL's preference format, and the batch keys they become.
 PAIR_COLUMNS = ["rejected_images", "weight", "kind"]
 PAIR_BATCH_KEYS = ("weight", "is_visual")
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 # Batch keys that are not model inputs (TRL's own list, as in DPOTrainer._compute_loss).
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
@@ -89,7 +105,8 @@ class PairRoutingCollator:
     The wrapped collator builds the batch as upstream does ([chosen..., rejected...],
     the rejected half reusing the chosen images); the rejected half's images are then
     replaced by each pair's own rejected image. The batch gains `weight` (float, one
-    per pair) and `is_visual` (bool, one per pair).
+    per pair) and `is_visual` (bool, one per pair), and, when the rows carry precomputed
+    reference log-probs, TRL's `ref_chosen_logps` and `ref_rejected_logps`.
     """
 
     collator: Callable[[list[dict[str, Any]]], dict[str, Any]]
@@ -100,8 +117,11 @@ class PairRoutingCollator:
         weights = [1.0 if weight is None else float(weight) for weight in weights]
         is_visual = [example.pop("kind", "text") == "visual" for example in examples]
         own_rejected = [example.pop("rejected_images", None) or [] for example in examples]
+        ref_logps = {key: [example.pop(key) for example in examples] for key in REF_COLUMNS if key in examples[0]}
         chosen_images = [example["images"] if "images" in example else [example["image"]] for example in examples]
         batch = self.collator(examples)
+        for key, values in ref_logps.items():
+            batch[key] = torch.tensor(values, dtype=torch.float32)
         if any(own_rejected):
             rejected = [own or chosen for own, chosen in zip(own_rejected, chosen_images)]
             _replace_rejected_images(batch, self.collator.processor, rejected)
@@ -135,6 +155,12 @@ class WeightedDPOTrainer(DPOTrainer):
     Needs a `WeightedDPOConfig`. The dataset may carry `weight`, `rejected_images` and
     `kind` columns (see `pairs_to_dataset`); rows without them behave as in DPOTrainer.
     Supported losses: see `SUPPORTED_LOSS_TYPES`, one at a time.
+
+    The reference: with `precompute_ref_log_probs`, log-probs cached on disk
+    (`mmedpo.training.ref_cache`), computed in one pass with the starting model (the
+    policy itself before its first step, adapters disabled under PEFT) and no reference
+    model at all; else, under PEFT, the policy with its adapter disabled; else TRL's
+    frozen copy.
     """
 
     _tag_names = ["trl", "dpo", "mmedpo"]
@@ -142,14 +168,90 @@ class WeightedDPOTrainer(DPOTrainer):
 
     def __init__(self, model, ref_model=None, args: WeightedDPOConfig | None = None, **kwargs):
         _check_supported(args)
-        super().__init__(model, ref_model, args, **kwargs)
-        self.data_collator = PairRoutingCollator(self.data_collator)
+        # TRL refuses precompute_ref_log_probs for image datasets, and without it loads a frozen copy as the
+        # reference. So the flag is hidden from TRL's image check and given back (in `_validate_args`, which
+        # Trainer.__init__ calls in between) before TRL decides about the copy; TRL then keeps no reference
+        # model and calls `_precompute_ref_logps`, which this class implements for images.
+        self._precompute_requested = args.precompute_ref_log_probs
+        args.precompute_ref_log_probs = False
+        try:
+            super().__init__(model, ref_model, args, **kwargs)
+        finally:
+            args.precompute_ref_log_probs = self._precompute_requested
+        self.precompute_ref_logps = self._precompute_requested
+        if self.precompute_ref_logps and ref_model is None and self.ref_model is not None:
+            raise RuntimeError("a reference model was loaded although its log-probs are precomputed")
+        self.data_collator = _routing(self.data_collator)
+
+    def _validate_args(self):
+        self.args.precompute_ref_log_probs = self._precompute_requested
+        super()._validate_args()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # transformers 5.23 saves a checkpoint in the model's original key format (save_pretrained reverts the
+        # model's key renames, e.g. LLaVA's) but resumes with a raw load_state_dict(strict=False), which then loads
+        # nothing, silently. For a plain single-process model, load it under the model's own names.
+        model = model if model is not None else self.model
+        files = _checkpoint_files(Path(resume_from_checkpoint))
+        if is_peft_model(model) or self.is_deepspeed_enabled or self.is_fsdp_enabled or not files:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        own = model.state_dict()
+        own_name = {id(tensor): name for name, tensor in own.items()}
+        saved_as = {name: own_name[id(t)] for name, t in revert_weight_conversion(model, dict(own)).items()}
+        state = {saved_as.get(name, name): tensor for file in files for name, tensor in load_file(file).items()}
+        model.load_state_dict(state, strict=True)
 
     def _set_signature_columns_if_needed(self):
         # Without this, Trainer drops our columns before the collator sees them.
         if self._signature_columns is None:
             super()._set_signature_columns_if_needed()
-            self._signature_columns = [*self._signature_columns, *PAIR_COLUMNS]
+            self._signature_columns = [*self._signature_columns, *PAIR_COLUMNS, *REF_COLUMNS]
+
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        """`dataset` with its reference log-probs as columns: read from the cache, or computed once and cached."""
+        settings = {
+            "max_length": self.args.max_length,
+            "truncation_mode": self.args.truncation_mode,
+            "chat_template": getattr(self.processing_class, "chat_template", None),
+            "precision": self.accelerator.mixed_precision,
+        }
+        # Under ZeRO-3 every rank hashes its own shard: all ranks use rank 0's file name.
+        path = [ref_cache.cache_path(self.args.reference_cache_dir, self._precompute_model_hash, dataset, settings)]
+        broadcast_object_list(path, from_process=0)
+        path = path[0]
+        if not path.exists():
+            chosen, rejected = self._reference_pass(dataset, name, batch_size)
+            if self.accelerator.is_main_process:
+                ref_cache.save_ref_logps(path, chosen, rejected)
+            self.accelerator.wait_for_everyone()
+        chosen, rejected = ref_cache.load_ref_logps(path, len(dataset))
+        return ref_cache.add_ref_columns(dataset, chosen, rejected)
+
+    def _reference_pass(self, dataset: Dataset, name: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of the reference over `dataset`, with each pair's rejected image (as TRL's, for images)."""
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            collate_fn=_routing(self.data_collator),
+            num_workers=self.args.dataloader_num_workers,
+            shuffle=False,
+        )
+        loader = self.accelerator.prepare(loader)
+        # Before `train`, DeepSpeed has not placed the parameters yet: TRL wraps the model in an inference engine.
+        if self.ref_model is None and self.is_deepspeed_enabled:
+            if self._precompute_engine is None:
+                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
+            model = self._precompute_engine
+        else:
+            model = self.ref_model or self.model
+        chosen, rejected = [], []
+        for batch in loader:
+            batch = {key: value for key, value in batch.items() if key not in PAIR_BATCH_KEYS}
+            batch_chosen, batch_rejected = self.compute_ref_log_probs(model, batch)
+            batch_chosen, batch_rejected = self.accelerator.gather_for_metrics((batch_chosen, batch_rejected))
+            chosen.append(batch_chosen.float().cpu())
+            rejected.append(batch_rejected.float().cpu())
+        return torch.cat(chosen), torch.cat(rejected)
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
@@ -172,10 +274,19 @@ class WeightedDPOTrainer(DPOTrainer):
         else:
             reference = self.ref_model if self.ref_model is not None else self.model  # PEFT: adapters disabled
             ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(reference, batch)
+        # Answer tokens of each sequence: the labelled positions, as the log-probs above count them.
+        chosen_tokens, rejected_tokens = completion_mask[:, 1:].sum(dim=1).clamp(min=1).chunk(2, dim=0)
+        nll = -chosen_logps / chosen_tokens  # the chosen answer's mean per-token NLL (DPO+NLL)
+        if self.args.length_normalize:
+            chosen_logps, ref_chosen_logps = chosen_logps / chosen_tokens, ref_chosen_logps / chosen_tokens
+            rejected_logps, ref_rejected_logps = rejected_logps / rejected_tokens, ref_rejected_logps / rejected_tokens
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
 
         losses = self._pair_losses(chosen_logratios, rejected_logratios, completion_mask)
+        if self.args.nll_weight:
+            # Per pair, so the clinical weight scales it too and a pair of weight 0 still contributes nothing.
+            losses = losses + self.args.nll_weight * nll
         weights = weights.to(losses.dtype) if self.args.pair_weighting else torch.ones_like(losses)
         loss = _reduce(losses, weights, self.args.weight_reduction)
         if self.aux_loss_enabled:
@@ -184,6 +295,8 @@ class WeightedDPOTrainer(DPOTrainer):
         self._log_pair_metrics(
             mode, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios, losses, weights, is_visual
         )
+        if self.args.nll_weight:
+            self._metrics[mode]["nll/chosen"].append(self.accelerator.gather(nll.detach()).mean().item())
         if return_outputs:
             # Like upstream: the fused head builds no logits, so prediction_step gets them from a plain forward.
             with torch.no_grad():
@@ -243,6 +356,20 @@ class WeightedDPOTrainer(DPOTrainer):
                 metrics[f"loss/unweighted/{kind}"].append(loss[mask].mean().item())
 
 
+def _checkpoint_files(checkpoint: Path) -> list[Path]:
+    """The safetensors weight files of a full-model checkpoint (one file or an index of shards)."""
+    index = checkpoint / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [checkpoint / shard for shard in shards]
+    single = checkpoint / "model.safetensors"
+    return [single] if single.exists() else []
+
+
+def _routing(collator) -> PairRoutingCollator:
+    return collator if isinstance(collator, PairRoutingCollator) else PairRoutingCollator(collator)
+
+
 def _reduce(losses: torch.Tensor, weights: torch.Tensor, reduction: str) -> torch.Tensor:
     """One number from per-pair losses and weights: 'mean' = mean(w*l), 'normalized' = sum(w*l)/sum(w)."""
     if reduction == "mean":
@@ -275,17 +402,74 @@ def train_weighted_dpo(
     image_roots: list[Path],
     out_dir: Path,
     settings: DPOSettings,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> Path:
     """Train the model in `model_dir` on `pairs` with weighted DPO; save it and its processor to `out_dir`.
 
-    The reference is a frozen copy of the starting model. `out_dir/train_log.json` holds
-    the logged entries (weighted and unweighted loss, rewards, split by pair kind).
+    Full fine-tuning saves the model in `out_dir`. LoRA saves the adapter in
+    `out_dir/adapter` (it reloads with `PeftModel.from_pretrained` on the base) and, with
+    `settings.merge_lora`, base + adapter merged in `out_dir`. A checkpoint left in
+    `out_dir` by an interrupted run (`settings.save_steps`) is resumed from.
+    `out_dir/train_log.json` holds the logged entries (weighted and unweighted loss,
+    rewards, split by pair kind).
     """
     out_dir = Path(out_dir)
     dataset = pairs_to_dataset(pairs, image_roots)
-    trainer = WeightedDPOTrainer(model=str(model_dir), args=settings.to_config(out_dir), train_dataset=dataset)
-    trainer.train()
-    trainer.save_model(str(out_dir))  # the model and the processor
+    model = load_policy(model_dir, settings)
+    trainer = WeightedDPOTrainer(
+        model=model,
+        args=to_trl_config(settings, out_dir),
+        train_dataset=dataset,
+        peft_config=lora_config(model, settings) if settings.lora else None,
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(out_dir) if out_dir.is_dir() else None)
+    if settings.lora:
+        trainer.save_model(str(out_dir / "adapter"))  # the adapter and the processor
+        if settings.merge_lora and trainer.is_world_process_zero():
+            merge_adapter(model_dir, out_dir / "adapter", out_dir)
+    else:
+        trainer.save_model(str(out_dir))  # the model and the processor
     if trainer.is_world_process_zero():
         (out_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=2), encoding="utf-8")
     return out_dir
+
+
+def train_from_mmedpo_json(
+    json_path: Path | str,
+    image_folder: Path | str,
+    model_dir: Path | str,
+    out_dir: Path | str,
+    settings: DPOSettings,
+) -> dict[str, Any]:
+    """Train on a released MMedPO preference JSON whose image paths are relative to `image_folder`.
+
+    Records that cannot be read, and pairs whose image or rejected image is missing, go to
+    `out_dir/pairs.rejects.jsonl` with the reason; the rest are trained on. Returns
+    {"read", "trained", "rejected", "rejects", "model"}, where read = trained + rejected.
+    """
+    out_dir = Path(out_dir)
+    result = read_mmedpo_json(json_path)
+    pairs, rejects = [], list(result.rejects)
+    for pair in result.pairs:
+        try:
+            for image in (pair.image, pair.rejected_image):
+                if image:
+                    resolve_image(image, [image_folder])
+        except ImageError as error:
+            rejects.append(Reject(id=pair.id, source=str(json_path), reason=str(error)))
+            continue
+        pairs.append(pair)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rejects_file = out_dir / "pairs.rejects.jsonl"
+    write_jsonl(rejects_file, rejects)
+    if not pairs:
+        raise ValueError(f"{json_path}: no usable pair ({len(rejects)} rejected, reasons in {rejects_file})")
+    train_weighted_dpo(Path(model_dir), pairs, [Path(image_folder)], out_dir, settings)
+    return {
+        "read": result.read,
+        "trained": len(pairs),
+        "rejected": len(rejects),
+        "rejects": str(rejects_file),
+        "model": str(out_dir),
+    }

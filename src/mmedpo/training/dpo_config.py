@@ -1,23 +1,20 @@
 """Configuration of clinical-aware weighted DPO.
 
-Two layers, as TRL does it: `WeightedDPOConfig` is TRL's `DPOConfig` plus the two
-MMedPO switches (the trainer reads it), and `DPOSettings` is the small validated
-model a run's YAML holds; `to_config` turns the latter into the former.
+Two layers, as TRL does it: `WeightedDPOConfig` is TRL's `DPOConfig` plus MMedPO's
+switches (the trainer reads it), and `DPOSettings` (in `mmedpo.training.settings`, light
+to import) is the small validated model a run's YAML holds; `to_trl_config` turns the
+latter into the former (its LoRA part goes to `mmedpo.training.lora`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from trl import DPOConfig
 
-# Losses whose per-pair value the weighted trainer computes (an explicit list, as TRL does).
-SUPPORTED_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "sigmoid_norm")
-REDUCTIONS = ("mean", "normalized")
+from mmedpo.training.settings import LENGTH_NORMALIZED, REDUCTIONS, DPOSettings
 
 
 @dataclass
@@ -38,65 +35,60 @@ class WeightedDPOConfig(DPOConfig):
         default="mean",
         metadata={"help": "'mean': mean of w*loss; 'normalized': sum(w*loss)/sum(w)."},
     )
+    nll_weight: float = field(
+        default=0.0,
+        metadata={"help": "Add this times the chosen answer's per-token NLL to each pair's loss (DPO+NLL)."},
+    )
+    length_normalize: bool = field(
+        default=False,
+        metadata={"help": "Divide every summed log-prob by its answer's token count before the loss."},
+    )
+    ref_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where precomputed reference log-probs are kept; None: `output_dir/ref_logps`."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.weight_reduction not in REDUCTIONS:
             raise ValueError(f"weight_reduction must be one of {list(REDUCTIONS)}, got {self.weight_reduction!r}")
+        if self.nll_weight < 0:
+            raise ValueError(f"nll_weight must be >= 0, got {self.nll_weight}")
+        if self.length_normalize and set(self.loss_type) & LENGTH_NORMALIZED:
+            raise ValueError(f"loss_type {self.loss_type} is already length-normalised; leave length_normalize off")
+
+    @property
+    def reference_cache_dir(self) -> str:
+        return self.ref_cache_dir or str(Path(self.output_dir) / "ref_logps")
 
 
-class DPOSettings(BaseModel):
-    """The training settings a run's configuration gives the weighted DPO stage."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may move from the reference")
-    loss_type: Literal[SUPPORTED_LOSS_TYPES] = Field(  # type: ignore[valid-type]
-        "sigmoid", description="per-pair preference loss; 'sigmoid' is the DPO loss of the paper"
+def to_trl_config(settings: DPOSettings, out_dir: Path) -> WeightedDPOConfig:
+    """The TRL configuration these settings stand for, writing under `out_dir`."""
+    bf16 = settings.bf16
+    if bf16 is None:
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return WeightedDPOConfig(
+        output_dir=str(out_dir),
+        beta=settings.beta,
+        loss_type=[settings.loss_type],
+        pair_weighting=settings.weighted,
+        weight_reduction=settings.reduction,
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        max_length=settings.max_length,
+        seed=settings.seed,
+        logging_steps=settings.logging_steps,
+        bf16=bf16,
+        activation_checkpointing=settings.gradient_checkpointing,
+        nll_weight=settings.nll_weight,
+        length_normalize=settings.length_normalize,
+        precompute_ref_log_probs=settings.precompute_ref,
+        ref_cache_dir=None if settings.ref_cache_dir is None else str(settings.ref_cache_dir),
+        max_steps=settings.max_steps or -1,
+        # The final model is saved by the caller; checkpoints are only for resuming.
+        save_strategy="no" if settings.save_steps is None else "steps",
+        save_steps=settings.save_steps or 500,
+        report_to="none",
     )
-    weighted: bool = Field(
-        True, description="multiply each pair's loss by its clinical weight (MMedPO); off = plain DPO"
-    )
-    reduction: Literal[REDUCTIONS] = Field(  # type: ignore[valid-type]
-        "mean", description="'mean': mean of w*loss over the batch; 'normalized': sum(w*loss)/sum(w)"
-    )
-    learning_rate: float = Field(5e-4, gt=0, description="peak learning rate of the optimiser")
-    epochs: float = Field(1, gt=0, description="passes over the pairs")
-    batch_size: int = Field(8, ge=1, description="pairs per device per step")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimiser step")
-    max_length: int | None = Field(
-        None, ge=1, description="truncate prompt+answer to this many tokens (image tokens included); None: no limit"
-    )
-    seed: int = Field(0, description="seed of initialisation, shuffling and dropout")
-    logging_steps: int = Field(10, ge=1, description="optimiser steps between two logged entries")
-    bf16: bool | None = Field(
-        None, description="bf16 mixed precision; None: on where a CUDA GPU supports it, else fp32"
-    )
-    gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass to save memory (for large models)"
-    )
-
-    def to_config(self, out_dir: Path) -> WeightedDPOConfig:
-        """The TRL configuration these settings stand for, writing under `out_dir`."""
-        bf16 = self.bf16
-        if bf16 is None:
-            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return WeightedDPOConfig(
-            output_dir=str(out_dir),
-            beta=self.beta,
-            loss_type=[self.loss_type],
-            pair_weighting=self.weighted,
-            weight_reduction=self.reduction,
-            learning_rate=self.learning_rate,
-            num_train_epochs=self.epochs,
-            per_device_train_batch_size=self.batch_size,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            max_length=self.max_length,
-            seed=self.seed,
-            logging_steps=self.logging_steps,
-            bf16=bf16,
-            activation_checkpointing=self.gradient_checkpointing,
-            # The stage saves the final model itself; intermediate checkpoints only cost disk.
-            save_strategy="no",
-            report_to="none",
-        )

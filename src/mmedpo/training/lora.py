@@ -1,0 +1,102 @@
+"""The policy to train: full fine-tuning, LoRA or QLoRA (PEFT), and merging an adapter back.
+
+LoRA adapters go on the language model only: the vision tower stays frozen, and the
+vision-to-text projector is trained fully when asked (PEFT's `modules_to_save`). The
+model is wrapped once, by the trainer, so the saved adapter reloads on a fresh base:
+
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), adapter_dir)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from trl.trainer.utils import create_model_from_path
+
+from mmedpo.training.settings import DPOSettings
+
+# Submodule names under which HF VLMs keep their image encoder (llava-hf, LLaVA-Med converted, Qwen2-VL...)
+# and their vision-to-text projector.
+VISION_MODULES = ("vision_tower", "visual", "vision_model")
+PROJECTOR_MODULES = ("multi_modal_projector", "mm_projector", "merger")
+# Every module inside the vision tower or the projector, and the LM head (TRL reads lm_head.weight directly).
+_NOT_ADAPTED = r".*\b(?:{})\b.*|(?:.*\.)?lm_head".format("|".join(VISION_MODULES + PROJECTOR_MODULES))
+
+
+def load_policy(model_dir: Path | str, settings: DPOSettings) -> PreTrainedModel:
+    """The starting model; 4-bit for QLoRA; vision tower frozen for full fine-tuning when asked."""
+    kwargs = {}
+    if settings.qlora:
+        kwargs["quantization_config"] = _four_bit_config()
+    model = create_model_from_path(str(model_dir), **kwargs)
+    if not settings.lora and settings.freeze_vision_tower:
+        freeze_vision_tower(model)
+    return model
+
+
+def _four_bit_config():
+    from transformers import BitsAndBytesConfig
+
+    if not torch.cuda.is_available():
+        raise ValueError("qlora needs a CUDA GPU (bitsandbytes 4-bit); use lora: true, qlora: false on this machine")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def freeze_vision_tower(model: torch.nn.Module) -> int:
+    """Stop gradients into the image encoder (not the projector); returns how many tensors were frozen."""
+    frozen = 0
+    for name, parameter in model.named_parameters():
+        if _in_module(name, VISION_MODULES) and not _in_module(name, PROJECTOR_MODULES):
+            parameter.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+def _in_module(name: str, modules: tuple[str, ...]) -> bool:
+    return any(part in modules for part in name.split("."))
+
+
+def lora_config(model: torch.nn.Module, settings: DPOSettings) -> LoraConfig:
+    """LoRA on the language model's `settings.lora_targets`, the projector fully trained if asked."""
+    targets = "all-linear" if settings.lora_targets == ["all-linear"] else list(settings.lora_targets)
+    adapted = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and not re.fullmatch(_NOT_ADAPTED, name)
+        and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets)
+    ]
+    if not adapted:
+        raise ValueError(f"no linear layer of the language model is named {settings.lora_targets}")
+    names = {part for name, _ in model.named_modules() for part in name.split(".")}
+    projector = sorted(names & set(PROJECTOR_MODULES))
+    if settings.train_projector and not projector:
+        raise ValueError(f"train_projector: the model has no module named one of {list(PROJECTOR_MODULES)}")
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=targets,
+        exclude_modules=_NOT_ADAPTED,
+        modules_to_save=projector if settings.train_projector else None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def merge_adapter(base_dir: Path | str, adapter_dir: Path | str, out_dir: Path | str) -> Path:
+    """Save base + adapter as one plain model (with the processor) in `out_dir`; returns `out_dir`."""
+    out_dir = Path(out_dir)
+    base = AutoModelForImageTextToText.from_pretrained(base_dir, local_files_only=True)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    AutoProcessor.from_pretrained(base_dir, local_files_only=True).save_pretrained(out_dir)  # training leaves it as is
+    return out_dir

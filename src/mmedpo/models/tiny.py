@@ -8,8 +8,8 @@ LLaVA-Med: `AutoProcessor` / `AutoModelForImageTextToText`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

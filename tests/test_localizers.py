@@ -167,14 +167,21 @@ def test_load_classifier_refuses_foreign_files_and_calls_a_factory(tmp_path):
 
 @pytest.mark.slow
 def test_gradcam_median_iou_on_synthmed_is_at_least_0_3(tmp_path):
+    # Trained on 400 SFT images (15 epochs: the pipeline's 600 images x 10 epochs in steps), measured
+    # on 120 separate test images (80 with a lesion), whose lung findings sit on either side (SFT's
+    # are 90% on one). Measured when written: median 0.347, mean 0.366, none refused; with 600 SFT
+    # images x 10 epochs, median 0.354 on 200 test images and 0.371 on 200 pref images.
     from mmedpo.synth.synthmed import generate_synthmed
 
-    samples = generate_synthmed(tmp_path, {"sft": 300, "test": 60}, seed=0)
+    samples = generate_synthmed(tmp_path, {"sft": 400, "test": 120}, seed=0)
     sft = [s for s in samples if s.split == "sft"]
-    path = train_default_classifier(sft, [tmp_path], tmp_path / "cnn.pt", seed=0)
+    path = train_default_classifier(sft, [tmp_path], tmp_path / "cnn.pt", seed=0, epochs=15)
     mtime = path.stat().st_mtime_ns
-    assert train_default_classifier(sft, [tmp_path], tmp_path / "cnn.pt", seed=0).stat().st_mtime_ns == mtime  # cached
-    iou = localizer_iou([s for s in samples if s.split == "test"], [tmp_path], GradCamLocalizer(path))
+    cached = train_default_classifier(sft, [tmp_path], tmp_path / "cnn.pt", seed=0, epochs=15)
+    assert cached.stat().st_mtime_ns == mtime
+    localizer = build_localizer("gradcam", {"classifier": str(path), "factory": None})  # as the pipeline does
+    iou = localizer_iou([s for s in samples if s.split == "test"], [tmp_path], localizer)
     print(f"Grad-CAM on SynthMed test: {iou}")
-    assert iou["n"] >= 30
+    assert iou["n"] >= 70
+    assert iou["refused"] <= iou["n"] // 10
     assert iou["median"] >= 0.3

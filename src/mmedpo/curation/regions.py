@@ -50,7 +50,7 @@ class RegionOptions:
     smoothing: float = 1.0  # Gaussian sigma applied to the map, pixels (0: none)
     quantile: float = 0.8  # keep pixels above this quantile of the map
     relative: float = 0.5  # ... and above this fraction of the peak
-    components: int = 2  # keep the k components with the highest peaks (0: all)
+    components: int = 1  # keep the k components with the highest peaks (0: all); Grad-CAM: per finding
     dilation: int = 1  # grow the region by a disk of this radius, pixels
     shape: Literal["mask", "box"] = "mask"  # the thresholded shape, or each component's bounding box
     min_area: float = 0.0005  # refuse regions smaller than this fraction of the image

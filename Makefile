@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mmedpo run
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
+
+
+def pytest_configure(config):
+    # Tiny models run faster on one thread; the suite uses the cores through
+    # pytest-xdist workers instead (see the Makefile).
+    torch.set_num_threads(1)
 
 CORPUS = [
     "Is there a pleural effusion?",

@@ -49,7 +49,12 @@ def friendly_errors(command):
 def _config(config: Path | None, overrides: list[str] | None):
     if config is None and DEFAULT_CONFIG.exists():
         config = DEFAULT_CONFIG
-    return load_config(config, overrides or [])
+    loaded = load_config(config, overrides or [])
+    if loaded.threads:
+        import torch
+
+        torch.set_num_threads(loaded.threads)
+    return loaded
 
 
 def _print_stage(result: StageResult) -> None:

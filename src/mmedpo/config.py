@@ -170,6 +170,12 @@ class RunConfig(Section):
     name: str = Field("demo", description="run name: the run folder is RUNS_DIR/NAME")
     runs_dir: str = Field("runs", description="where run folders live")
     seed: int = Field(0, description="one seed for data, models and sampling")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for torch (the command line applies it); empty: torch's default. A tiny model "
+        "runs faster on one thread: its matrices are too small to repay splitting work between threads",
+    )
     data: DataConfig = DataConfig()
     model: BaseModelConfig = BaseModelConfig()
     curate_text: CurateTextConfig = CurateTextConfig()

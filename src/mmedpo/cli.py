@@ -266,6 +266,7 @@ def print_results(run: Run, results: list[StageResult]) -> None:
         for name in names:
             table.add_row(name, *(_number(evaluations[v].get(name)) for v in evaluations))
         Console().print(table)
+    print_claim(run, evaluations)
     timings = Table(title="stage wall time")
     timings.add_column("stage")
     timings.add_column("status")
@@ -274,6 +275,19 @@ def print_results(run: Run, results: list[StageResult]) -> None:
         timings.add_row(result.name, result.status, f"{result.seconds:.1f}")
     timings.add_row("total", "", f"{sum(r.seconds for r in results if r.status == 'ran'):.1f}")
     Console().print(timings)
+
+
+def print_claim(run: Run, evaluations: dict) -> None:
+    """Say plainly, metric by metric, whether the configured claim holds on this run."""
+    from mmedpo.report.ablation import chain_verdict, verdict_lines
+
+    claim = [name for name in run.config.claim if name in evaluations]
+    if len(claim) < 2:
+        return
+    results = {name: json.loads(run.eval(name).read_text(encoding="utf-8")) for name in claim}
+    console.print(f"[bold]Does {' > '.join(claim)} hold on the test split?[/]")
+    for line in verdict_lines(chain_verdict(results, claim, seed=run.config.seed)):
+        console.print("  " + line, highlight=False, markup=False)
 
 
 def _number(value) -> str:

@@ -65,10 +65,17 @@ def _value(results: Mapping[str, Mapping[str, Any]], name: str, metric: str) -> 
 
 
 def verdict_lines(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Plain sentences, one per metric, e.g. 'closed_accuracy: mmedpo 0.71 > base 0.55: holds'."""
+    """Plain sentences, one per metric, e.g. 'closed_accuracy: mmedpo 0.71 > base 0.55: HOLDS'.
+
+    Each step shows the relation measured (>, = or <), not the one claimed.
+    """
     lines = []
     for verdict in verdicts:
-        chain = " > ".join(f"{name} {value:.4f}" for name, value in verdict["values"].items())
+        names = list(verdict["values"])
+        chain = f"{names[0]} {verdict['values'][names[0]]:.4f}"
+        for step, name in zip(verdict["steps"], names[1:]):
+            relation = ">" if step["difference"] > 0 else "=" if step["difference"] == 0 else "<"
+            chain += f" {relation} {name} {verdict['values'][name]:.4f}"
         notes = []
         for step in verdict["steps"]:
             if "low" in step:

@@ -51,7 +51,8 @@ PAIR_FEATURES = Features(
 )
 _JSON_COLUMNS = ("provenance", "scores")
 _MESSAGES = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
-TRL_FEATURES = Features(
+# TRL's conversational preference columns plus our weight and rejected image: what the trainer reads.
+TRL_PAIR_FEATURES = Features(
     {
         "id": Value("string"),
         "prompt": _MESSAGES,
@@ -61,9 +62,10 @@ TRL_FEATURES = Features(
         "rejected_images": List(Image()),
         "weight": Value("float64"),
         "kind": Value("string"),
-        "pair": Value("string"),
     }
 )
+# On disk the whole record rides along as JSON, so the round trip is lossless.
+TRL_FEATURES = Features({**TRL_PAIR_FEATURES, "pair": Value("string")})
 
 _IMAGE_STORAGE = List({"bytes": Value("binary"), "path": Value("string")})
 _TRL_STORAGE = Features({**TRL_FEATURES, "images": _IMAGE_STORAGE, "rejected_images": _IMAGE_STORAGE})

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate.utils import broadcast_object_list, is_peft_model
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Dataset
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
@@ -37,6 +37,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOTrainer
 from trl.models import prepare_deepspeed
 
+from mmedpo.data.hf_formats import TRL_PAIR_FEATURES
 from mmedpo.data.images import ImageError, open_image, resolve_image
 from mmedpo.data.llava_json import read_mmedpo_json
 from mmedpo.models.vlm import prompt_messages
@@ -53,19 +54,6 @@ REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 # Batch keys that are not model inputs (TRL's own list, as in DPOTrainer._compute_loss).
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
-_MESSAGES = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
-PAIR_FEATURES = Features(
-    {
-        "id": Value("string"),
-        "prompt": _MESSAGES,
-        "chosen": _MESSAGES,
-        "rejected": _MESSAGES,
-        "images": List(Image()),
-        "rejected_images": List(Image()),
-        "weight": Value("float64"),
-        "kind": Value("string"),
-    }
-)
 
 
 def pairs_to_dataset(pairs: Sequence[PreferencePair], image_roots: Sequence[Path | str]) -> Dataset:
@@ -77,7 +65,7 @@ def pairs_to_dataset(pairs: Sequence[PreferencePair], image_roots: Sequence[Path
     """
     if not pairs:
         raise ValueError("no preference pairs to train on")
-    return Dataset.from_list([_pair_row(pair, image_roots) for pair in pairs], features=PAIR_FEATURES)
+    return Dataset.from_list([_pair_row(pair, image_roots) for pair in pairs], features=TRL_PAIR_FEATURES)
 
 
 def _pair_row(pair: PreferencePair, image_roots: Sequence[Path | str]) -> dict[str, Any]:

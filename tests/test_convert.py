@@ -7,27 +7,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers import make_pair
 from mmedpo.data.convert import convert_pairs, pair_format, read_pairs
 from mmedpo.data.hf_formats import read_dataset_pairs, save_dataset, trl_dataset
-from mmedpo.records import PreferencePair
 
 FIXTURES = sorted((Path(__file__).parent / "data" / "mmedpo-released").glob("*.json"))
 TARGETS = ["p.jsonl", "p.parquet", "p.trl.parquet", "p.trl", "p.hf"]
-
-
-def make_pair(index: int, **changes) -> PreferencePair:
-    fields = dict(
-        id=f"p{index}",
-        sample_id=f"s{index}",
-        task="vqa",
-        kind="text",
-        image="a.png",
-        question="Is there a nodule?",
-        chosen="yes",
-        rejected="no",
-        answer_type="closed",
-    )
-    return PreferencePair(**{**fields, **changes})
 
 
 def test_format_follows_the_name_or_the_flag():

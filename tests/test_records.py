@@ -5,26 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import make_pair
 from mmedpo.data.convert import convert_pairs, read_pairs
 from mmedpo.data.llava_json import read_mmedpo_json, write_mmedpo_json
 from mmedpo.records import JsonlStore, PreferencePair, Sample, read_jsonl, rejects_path
 
 FIXTURES = sorted((Path(__file__).parent / "data" / "mmedpo-released").glob("*.json"))
-
-
-def make_pair(index: int, **changes) -> PreferencePair:
-    fields = dict(
-        id=f"p{index}",
-        sample_id=f"s{index}",
-        task="vqa",
-        kind="text",
-        image="a.png",
-        question="Is there a nodule?",
-        chosen="yes",
-        rejected="no",
-        answer_type="closed",
-    )
-    return PreferencePair(**{**fields, **changes})
 
 
 def test_there_are_three_fixture_files():

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mmedpo.config import load_config
@@ -40,7 +41,7 @@ def friendly_errors(command):
         try:
             return command(*args, **kwargs)
         except (ValueError, FileNotFoundError) as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, markup=False)
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper

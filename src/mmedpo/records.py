@@ -113,6 +113,8 @@ def describe_error(error: Exception) -> str:
             message = item["msg"].removeprefix("Value error, ")
             parts.append(f"{where}: {message}" if where else message)
         return "; ".join(parts)
+    if type(error) is ValueError:  # our own messages already say what is wrong
+        return str(error)
     return f"{type(error).__name__}: {error}"
 
 

@@ -17,3 +17,12 @@ def make_pair(index: int, **changes) -> PreferencePair:
         answer_type="closed",
     )
     return PreferencePair(**{**fields, **changes})
+
+
+# Three generated reports and their references: punctuation, case and word order differ.
+REPORT_PREDICTIONS = ["No acute disease. Heart size normal.", "Small left effusion!", "lungs are clear"]
+REPORT_REFERENCES = [
+    "Heart size is normal; no acute disease.",
+    "There is a small LEFT pleural effusion.",
+    "The lungs are clear.",
+]

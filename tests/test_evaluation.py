@@ -12,6 +12,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
+from helpers import REPORT_PREDICTIONS, REPORT_REFERENCES
 from mmedpo.evaluation.compare import compare_table, paired_bootstrap, per_sample_scores
 from mmedpo.evaluation.evaluate import evaluate_model, partial_path, rescore_file
 from mmedpo.evaluation.metrics import (
@@ -96,12 +97,7 @@ def test_bleu_and_rouge_by_hand():
 
 
 def test_report_metrics_equal_pycocoevalcap_called_directly():
-    predictions = ["No acute disease. Heart size normal.", "Small left effusion!", "lungs are clear"]
-    references = [
-        "Heart size is normal; no acute disease.",
-        "There is a small LEFT pleural effusion.",
-        "The lungs are clear.",
-    ]
+    predictions, references = REPORT_PREDICTIONS, REPORT_REFERENCES
     gts = {i: [normalize_report(text)] for i, text in enumerate(references)}
     res = {i: [normalize_report(text)] for i, text in enumerate(predictions)}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)

@@ -9,6 +9,7 @@ import types
 import pytest
 from pycocoevalcap.meteor.meteor import Meteor
 
+from helpers import REPORT_PREDICTIONS, REPORT_REFERENCES
 from mmedpo.evaluation import llava_med
 from mmedpo.evaluation.clinical import clinical_metrics, positive_findings
 from mmedpo.evaluation.meteor import meteor_scorer
@@ -103,12 +104,7 @@ def test_clinical_metrics_with_negation_and_hedges():
 
 @pytest.mark.slow
 def test_persistent_meteor_equals_pycocoevalcap_and_is_reused():
-    predictions = ["No acute disease. Heart size normal.", "Small left effusion!", "lungs are clear"]
-    references = [
-        "Heart size is normal; no acute disease.",
-        "There is a small LEFT pleural effusion.",
-        "The lungs are clear.",
-    ]
+    predictions, references = REPORT_PREDICTIONS, REPORT_REFERENCES
     gts = {i: [normalize_report(text)] for i, text in enumerate(references)}
     res = {i: [normalize_report(text)] for i, text in enumerate(predictions)}
     reference_scorer = Meteor()

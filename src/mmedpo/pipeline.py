@@ -215,6 +215,11 @@ def stage_eval(run: Run, variant: str, show_progress: bool) -> dict:
     settings = run.config.eval
     test = run.split("test")
     max_new_tokens = {"vqa": settings.max_new_tokens_vqa, "report": settings.max_new_tokens_report}
+    loaded = None
+    if settings.visual_dependence:  # both passes use the model: load it once
+        from mmedpo.models.vlm import load_vlm
+
+        loaded = load_vlm(run.model(variant))
     result = evaluate_model(
         run.model(variant),
         test,
@@ -225,20 +230,22 @@ def stage_eval(run: Run, variant: str, show_progress: bool) -> dict:
         meteor=settings.meteor,
         prompts=settings.prompts or None,
         protocol=settings.protocol,
+        loaded=loaded,
     )
-    if settings.visual_dependence:
-        result = add_visual_dependence(run, variant, result, test, max_new_tokens)
+    if loaded is not None:
+        result = add_visual_dependence(run, variant, result, test, max_new_tokens, loaded)
     return result["metrics"]
 
 
-def add_visual_dependence(run: Run, variant: str, result: dict, test: list[Sample], max_new_tokens: dict) -> dict:
+def add_visual_dependence(
+    run: Run, variant: str, result: dict, test: list[Sample], max_new_tokens: dict, loaded: tuple
+) -> dict:
     """Answer the test questions again with the lesion hidden and on a blank image; store it in the result."""
     from mmedpo.evaluation.compare import visual_metrics
     from mmedpo.evaluation.visual_dependence import visual_dependence, vlm_answerer
-    from mmedpo.models.vlm import load_vlm
 
     settings = run.config.eval
-    answerer = vlm_answerer(*load_vlm(run.model(variant)), max_new_tokens, batch_size=settings.batch_size)
+    answerer = vlm_answerer(*loaded, max_new_tokens, batch_size=settings.batch_size)
     dependence = visual_dependence(
         answerer,
         test,

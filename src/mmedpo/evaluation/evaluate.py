@@ -74,12 +74,15 @@ def evaluate_model(
     meteor: bool = False,
     prompts: Mapping[str, str] | None = None,
     protocol: str = "mmedpo",
+    loaded: tuple | None = None,
 ) -> dict[str, Any]:
     """Answer every sample greedily with the model in `model_dir`, score, and write `out_path`.
 
     Writes and returns {"model", "metrics", "predictions"}; predictions follow
     the order of `samples`. `max_new_tokens` overrides the defaults per task;
     `prompts` maps a task to its prompt template (see `render_prompt`).
+    `loaded` is the (model, processor) of `model_dir` when the caller already
+    holds it, so a large model is not loaded twice.
     """
     # Imported here so that scoring and comparing stored results never pays for loading torch/transformers.
     from mmedpo.models.vlm import generate_answers, load_vlm
@@ -93,7 +96,7 @@ def evaluate_model(
     done = {prediction.id: prediction for prediction in store}
     _check_same_prompts(done.values(), asked, store.path)
     todo = [sample for sample in samples if sample.id not in done]
-    model, processor = load_vlm(model_dir) if todo else (None, None)
+    model, processor = loaded or (load_vlm(model_dir) if todo else (None, None))
     for task in ("vqa", "report"):
         task_samples = [sample for sample in todo if sample.task == task]
         for start in range(0, len(task_samples), batch_size):

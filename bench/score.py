@@ -2,22 +2,21 @@
 
     .venv/bin/python bench/score.py [LATENCY_S]
 
-A loopback OpenAI-compatible server (tests/fake_openai.py, in its own process)
-answers every request after LATENCY_S (default 0.05) with a valid verdict. At
-concurrency c the ceiling is c / latency pairs per second (goal: 80% of it).
-Each concurrency then scores the same pairs again through the cache, which must
-send zero requests.
+A loopback OpenAI-compatible server (bench/loopback.py) answers every request
+after LATENCY_S (default 0.05) with a valid verdict. At concurrency c the
+ceiling is c / latency pairs per second (goal: 80% of it). Each concurrency
+then scores the same pairs again through the cache, which must send zero
+requests.
 """
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fake_openai import requests_served, serve_in_subprocess  # noqa: E402
-from mmedpo.scoring.cache import JudgeCache, cache_key  # noqa: E402
-from mmedpo.scoring.chat_judge import ChatJudge  # noqa: E402
+from loopback import CONCURRENCIES, latency_arg, loopback_server, request_count, requests_served
+
+from mmedpo.scoring.cache import JudgeCache, cache_key
+from mmedpo.scoring.chat_judge import ChatJudge
 
 
 def score_with_cache(judge: ChatJudge, cache: JudgeCache, items: list[tuple[str, str, str]]) -> None:
@@ -29,13 +28,11 @@ def score_with_cache(judge: ChatJudge, cache: JudgeCache, items: list[tuple[str,
 
 
 def main(latency: float) -> None:
-    process, url = serve_in_subprocess(latency, reply_text='{"score": 4, "reason": "invented effusion"}')
-    try:
-        print(f"loopback server, {latency * 1000:.0f} ms per request; ceiling = concurrency / latency")
+    with loopback_server(latency, reply_text='{"score": 4, "reason": "invented effusion"}') as url:
         print("concurrency pairs pairs/s ceiling ratio | cached run: requests pairs/s")
-        for concurrency in (1, 8, 32):
+        for concurrency in CONCURRENCIES:
             judge = ChatJudge(base_url=url, model="fake", api_key_env=None, concurrency=concurrency)
-            count = max(40, 16 * concurrency)
+            count = request_count(concurrency)
             items = [(f"Question {i}?", "No pleural effusion.", "Large pleural effusion.") for i in range(count)]
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "judge_cache.jsonl"
@@ -52,10 +49,7 @@ def main(latency: float) -> None:
                 f"{concurrency:>11} {count:>5} {rate:>7.1f} {ceiling:>7.0f} {rate / ceiling:>5.0%}"
                 f" | {cached_requests:>20} {cached_rate:>7.0f}"
             )
-    finally:
-        process.stdin.close()
-        process.wait()
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[1]) if len(sys.argv) > 1 else 0.05)
+    main(latency_arg())

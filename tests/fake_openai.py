@@ -3,7 +3,7 @@
     with FakeOpenAI(reply=lambda body: "No.", latency=0.05) as server:
         server.fail("429:0.2", "500", "hang:2", "garbage", "wrong_json")  # the next five requests, in order
         ... ChatConfig(base_url=server.url, api_key_env=None) ...
-        server.requests  # every request body received
+        server.requests  # every request body received (server.connections: connections opened)
 
 Faults: "429:SECONDS" (with Retry-After), "400", "500", "hang:SECONDS" (reply only after that long),
 "garbage" (200 with a body that is not JSON), "wrong_json" (200 with JSON that is not a chat completion).
@@ -43,6 +43,7 @@ class FakeOpenAI:
         self.headers: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections = 0
         self.lock = threading.Lock()
 
     def fail(self, *faults: str) -> None:
@@ -58,6 +59,11 @@ class FakeOpenAI:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):  # one handler per connection: count them
+                super().setup()
+                with server.lock:
+                    server.connections += 1
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -76,7 +82,7 @@ class FakeOpenAI:
                     with server.lock:
                         server.in_flight -= 1
 
-            def do_GET(self):  # /stats: how many requests so far (for a server in another process)
+            def do_GET(self):  # /stats: how many requests so far (for a server in another process: bench/)
                 self._send(200, json.dumps({"requests": len(server.requests)}))
 
             def _answer(self, body, fault):
@@ -115,37 +121,11 @@ class FakeOpenAI:
 
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits up to one interval, 0.5 s by default, in every test.
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def serve_in_subprocess(latency: float, reply_text: str = "No.") -> tuple[Any, str]:
-    """(process, base URL) of a FakeOpenAI in its own process, so it does not share the caller's GIL.
-
-    Benchmarks use it: in one process the server's threads and the client's event loop take turns
-    on one interpreter lock and the client measures that, not itself.
-    """
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, time; sys.path.insert(0, {here!r}); from fake_openai import FakeOpenAI\n"
-        "with FakeOpenAI(reply=lambda body: {reply!r}, latency={latency}) as server:\n"
-        "    print(server.url, flush=True)\n"
-        "    sys.stdin.read()\n"
-    ).format(here=str(__import__("pathlib").Path(__file__).parent), reply=reply_text, latency=latency)
-    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    return process, process.stdout.readline().strip()
-
-
-def requests_served(url: str) -> int:
-    """Requests a (subprocess) FakeOpenAI has received so far."""
-    import urllib.request
-
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats") as response:
-        return json.load(response)["requests"]

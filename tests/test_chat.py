@@ -8,8 +8,11 @@ import pytest
 from PIL import Image
 
 from fake_openai import FakeOpenAI, prompt_text
-from mmedpo.llm.chat import ChatConfig, ChatError, chat_many, retry_after_seconds, user_message
+from mmedpo.config import CurateTextConfig
+from mmedpo.curation.generators import ChatGenerator, GeneratorContext
+from mmedpo.llm.chat import ChatConfig, ChatError, ChatSession, chat_many, retry_after_seconds, user_message
 from mmedpo.prompts import load_prompt
+from mmedpo.records import Sample
 from mmedpo.scoring.cache import JudgeCache, cache_key
 from mmedpo.scoring.chat_judge import ChatJudge, parse_judge_reply
 from mmedpo.scoring.judges import JUDGES
@@ -80,6 +83,25 @@ def test_concurrency_is_bounded_and_results_keep_input_order():
         assert server.max_in_flight == 3
 
 
+def test_a_session_reuses_its_connections_batch_after_batch():
+    with FakeOpenAI(latency=0.02) as server, ChatSession(config(server, concurrency=4)) as session:
+        for _ in range(3):
+            assert session.chat_many([([user_message("q")], {})] * 8) == [["No."]] * 8
+        assert server.connections == 4
+
+
+def test_the_chat_generator_sends_the_next_chunk_before_the_last_reply_of_this_one():
+    chunks = [
+        [Sample(id=f"s{c}-{i}", task="vqa", image="x.png", question="Q?", answer="No") for i in range(4)]
+        for c in range(3)
+    ]
+    with FakeOpenAI(latency=0.2) as server:
+        settings = CurateTextConfig(generators=["chat"], chat=config(server, concurrency=6))
+        stream = ChatGenerator(settings, GeneratorContext()).generate_chunks(chunks)
+        assert [len(results) for results in stream] == [4, 4, 4]
+        assert server.max_in_flight == 6  # chunk by chunk it would be 4
+
+
 def test_rate_limit_spaces_requests():
     with FakeOpenAI() as server:
         start = time.monotonic()
@@ -97,6 +119,15 @@ def test_image_goes_as_a_png_data_url():
         url = image_part["image_url"]["url"]
         assert url.startswith("data:image/png;base64,")
         assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (8, 6)
+
+
+def test_requests_go_through_the_proxy_the_environment_names(monkeypatch):
+    for name in ("HTTP_PROXY", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with FakeOpenAI(reply=lambda body: "via proxy") as proxy:  # answers the proxied POST itself
+        monkeypatch.setenv("http_proxy", proxy.url.removesuffix("/v1"))
+        cfg = ChatConfig(base_url="http://endpoint.invalid/v1", model="fake", api_key_env=None, max_retries=0)
+        assert ask(cfg) == ["via proxy"]
 
 
 def test_retry_after_forms():

@@ -10,6 +10,8 @@
 A generator is built as `cls(settings, context)` and `generate(samples)` returns,
 per sample, a list of `Candidate`s or a `Failure` saying why it has none. Every
 candidate carries its provenance: generator, model, prompt version, seed.
+`generate_chunks(chunks)` does the same chunk after chunk, as an iterator (the
+chat generator overlaps the chunks' requests); close it if you stop early.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 import random
 import re
 import zlib
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -52,6 +55,20 @@ class GeneratorContext:
 Generated = list[Candidate] | Failure
 
 
+class Generator:
+    """Proposes candidates; a subclass sets `name` and defines `generate(samples)`."""
+
+    name: str
+
+    def generate(self, samples: Sequence[Sample]) -> list[Generated]:
+        raise NotImplementedError
+
+    def generate_chunks(self, chunks: Iterable[Sequence[Sample]]) -> Iterator[list[Generated]]:
+        """`generate` of each chunk in turn, as the caller asks for them."""
+        for chunk in chunks:
+            yield self.generate(chunk)
+
+
 def sample_seed(seed: int, sample_id: str) -> int:
     """A seed of its own per sample, so a resumed or sharded run draws what a whole run draws."""
     return seed * 1_000_003 + zlib.crc32(sample_id.encode())
@@ -68,7 +85,7 @@ def _open_images(samples: Sequence[Sample], image_roots: Sequence[Path]) -> list
     return images
 
 
-class PerturbGenerator:
+class PerturbGenerator(Generator):
     """Clinical perturbations of the ground truth: offline and deterministic per sample."""
 
     name = "perturb"
@@ -86,7 +103,7 @@ class PerturbGenerator:
         return results
 
 
-class TargetGenerator:
+class TargetGenerator(Generator):
     """The target VLM's own sampled answers: the hallucinations worth unlearning most."""
 
     name = "target"
@@ -124,7 +141,7 @@ class TargetGenerator:
         return results
 
 
-class ChatGenerator:
+class ChatGenerator(Generator):
     """An OpenAI-compatible chat endpoint asked for a plausible, clinically wrong answer."""
 
     name = "chat"
@@ -138,22 +155,50 @@ class ChatGenerator:
         self.settings, self.context = settings, context
 
     def generate(self, samples: Sequence[Sample]) -> list[Generated]:
-        from mmedpo.llm.chat import ChatError, chat_many, user_message
+        (results,) = self.generate_chunks([samples])
+        return results
+
+    def generate_chunks(self, chunks: Iterable[Sequence[Sample]]) -> Iterator[list[Generated]]:
+        """Each chunk's results, in order; later chunks' requests go out before earlier replies are in.
+
+        Chunk by chunk, the endpoint would idle at the end of every chunk while its
+        slowest reply came back: a third of the time at concurrency 32. One session
+        serves every chunk, so they reuse its open connections; closing this
+        iterator closes it.
+        """
+        from mmedpo.llm.chat import ChatSession
+
+        with ChatSession(self.chat) as session:
+            pending: deque = deque()
+            for chunk in chunks:
+                pending.append(self._send(session, chunk))
+                # The oldest chunk is collected once the newer ones alone can fill every connection.
+                while sum(len(sent) for _, sent in pending) - len(pending[0][1]) >= self.chat.concurrency:
+                    yield self._collect(*pending.popleft())
+            while pending:
+                yield self._collect(*pending.popleft())
+
+    def _send(self, session, samples: Sequence[Sample]) -> tuple[list, list]:
+        """Each sample's image (or Failure), and (position, seed, future) of every request sent."""
+        from mmedpo.llm.chat import user_message
 
         images = _open_images(samples, self.context.image_roots) if self.chat.send_images else [None] * len(samples)
-        asked = [i for i, image in enumerate(images) if not isinstance(image, Failure)]
-        requests = []
-        for i in asked:
+        sent = []
+        for i, image in enumerate(images):
+            if isinstance(image, Failure):
+                continue
             prompt = self.template.substitute(question=samples[i].question, answer=samples[i].answer)
-            params = {
-                "n": self.settings.candidates,
-                "temperature": self.settings.temperature,
-                "seed": sample_seed(self.context.seed, samples[i].id) % 2**31,
-            }
-            requests.append(([user_message(prompt, images[i])], params))
-        replies = chat_many(self.chat, requests)
+            seed = sample_seed(self.context.seed, samples[i].id) % 2**31
+            params = {"n": self.settings.candidates, "temperature": self.settings.temperature, "seed": seed}
+            sent.append((i, seed, session.submit([user_message(prompt, image)], **params)))
+        return images, sent
+
+    def _collect(self, images: list, sent: list) -> list[Generated]:
+        from mmedpo.llm.chat import ChatError, reply_or_error
+
         results: list[Generated] = list(images)
-        for i, (_, params), reply in zip(asked, requests, replies):
+        for i, seed, future in sent:
+            reply = reply_or_error(future)
             if isinstance(reply, ChatError):
                 results[i] = Failure("request_failed", f"chat: {reply}")
                 continue
@@ -161,7 +206,7 @@ class ChatGenerator:
                 "generator": self.name,
                 "model": self.chat.model,
                 "prompt_version": self.prompt_version,
-                "seed": params["seed"],
+                "seed": seed,
             }
             results[i] = [Candidate(clean_reply(text), provenance) for text in reply]
         return results

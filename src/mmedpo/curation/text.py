@@ -131,22 +131,32 @@ def curate_text(
         return summary
     context = GeneratorContext(image_roots=image_roots, seed=seed, model_dir=model_dir)
     generators = make_generators(settings.generators, settings, context)
-    with progress_bar("curate text", len(todo), show_progress) as advance:
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start : start + CHUNK]
-            generated = [(generator.name, generator.generate(chunk)) for generator in generators]
-            pairs, rejects = [], []
-            for index, sample in enumerate(chunk):
-                results = [(name, per_sample[index]) for name, per_sample in generated]
-                reject = _pair_sample(sample, results, settings, summary, pairs)
-                if reject is not None:
-                    rejects.append(Reject(id=sample.id, source=f"sample {sample.id}", reason=reject))
-            store.extend(pairs)
-            reject_store.extend(rejects)
-            summary.paired += len({p.sample_id for p in pairs})
-            summary.rejected += len(rejects)
-            advance(len(chunk))
+    chunks = [todo[start : start + CHUNK] for start in range(0, len(todo), CHUNK)]
+    streams = [generator.generate_chunks(chunks) for generator in generators]
+    try:
+        with progress_bar("curate text", len(todo), show_progress) as advance:
+            for chunk, *results in zip(chunks, *streams):
+                generated = [(generator.name, per_sample) for generator, per_sample in zip(generators, results)]
+                _write_chunk(chunk, generated, settings, summary, store, reject_store)
+                advance(len(chunk))
+    finally:
+        for stream in streams:  # the chat generator's stream holds its connections open
+            stream.close()
     return summary
+
+
+def _write_chunk(chunk, generated: list, settings, summary: CurationSummary, store, reject_store) -> None:
+    """Pair every sample of a chunk from (generator name, per-sample results); write its pairs and rejects."""
+    pairs, rejects = [], []
+    for index, sample in enumerate(chunk):
+        results = [(name, per_sample[index]) for name, per_sample in generated]
+        reject = _pair_sample(sample, results, settings, summary, pairs)
+        if reject is not None:
+            rejects.append(Reject(id=sample.id, source=f"sample {sample.id}", reason=reject))
+    store.extend(pairs)
+    reject_store.extend(rejects)
+    summary.paired += len({p.sample_id for p in pairs})
+    summary.rejected += len(rejects)
 
 
 def _pair_sample(sample: Sample, results: list, settings, summary: CurationSummary, pairs: list) -> str | None:

@@ -43,6 +43,7 @@ class JudgeCache:
         self.hits = 0
         self.misses = 0
         self._entries: dict[str, tuple[float, str]] = {}
+        self._handle = None
         self._load()
 
     def _load(self) -> None:
@@ -77,10 +78,18 @@ class JudgeCache:
 
     def put(self, key: str, score: float, reason: str) -> None:
         """Store a verdict, on disk at once."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"key": key, "score": score, "reason": reason}, ensure_ascii=False) + "\n"
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line)
-            # A flush survives a killed process; no fsync, which would cost a disk sync per verdict.
-            handle.flush()
+        if self._handle is None:
+            # One append handle for the cache's life: opening the file per verdict costs more CPU
+            # than a fast endpoint's whole reply.
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("a", encoding="utf-8")
+        self._handle.write(json.dumps({"key": key, "score": score, "reason": reason}, ensure_ascii=False) + "\n")
+        # A flush survives a killed process; no fsync, which would cost a disk sync per verdict.
+        self._handle.flush()
         self._entries[key] = (score, reason)
+
+    def close(self) -> None:
+        """Close the file (every verdict is on disk already); a later `put` opens it again."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

@@ -26,6 +26,10 @@ def test_demo_trains_the_ablation_and_states_the_claim():
     assert config.variant("mmedpo").weighted and config.variant("mmedpo").pair_kinds == ["text", "visual"]
     assert config.variant("mmedpo").beta == config.train.beta  # shared settings come from the train section
     assert config.claim == ["mmedpo", "dpo-text-visual", "dpo-text", "base"]
+    # The paper's further ablations: one judge against the panel, whole-image noise against the lesion's.
+    assert config.variant("mmedpo-one-judge").judges == ["findings"] and len(config.score.judges) > 1
+    assert config.variant("mmedpo-whole-image").visual_region == "whole"
+    assert config.ablations == [["mmedpo", "mmedpo-one-judge"], ["mmedpo", "mmedpo-whole-image"]]
 
 
 def test_overrides_win_and_are_parsed_as_yaml():
@@ -49,6 +53,11 @@ def test_a_setting_changes_only_its_stage_and_the_ones_after_it():
         ("data.source=dataset", "data.dataset"),
         ("variants={a: {nonsense: 1}}", "unknown train setting"),
         ("claim=[missing, base]", "missing"),
+        ("ablations=[[mmedpo, nowhere]]", "nowhere"),
+        ("ablations=[[mmedpo]]", "at least two names"),
+        ("variants={mmedpo: {visual_region: whole}}", r"visual_region 'whole' is not in curate_visual.regions \['lesion'\]"),
+        ("variants={mmedpo: {judges: [gpt4o]}}", r"judges \['gpt4o'\] must be members of score.judges \['findings'\]"),
+        ("curate_visual.regions=[]", "curate_visual.regions"),
     ],
 )
 def test_bad_values_name_the_field(override, message):

@@ -7,12 +7,13 @@ import random
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText, AutoProcessor, CLIPImageProcessorPil
 
 from conftest import CORPUS
 from mmedpo.models.sft import answer_loss, answer_only_batch, length_grouped_batches, rendered, supervised_finetune
 from mmedpo.models.tiny import build_tiny_llava, train_tokenizer
+from mmedpo.models.vision_pretrain import finding_labels, pretrain_vision_tower
 from mmedpo.models.vlm import generate_answers, load_vlm, prompt_messages
 from mmedpo.records import Sample
 
@@ -175,3 +176,73 @@ def test_sft_learns_an_answer_that_depends_on_the_image(tiny_vlm_dir, tmp_path):
     answers = generate_answers(model, processor, images, ["Is the image bright?"] * len(images), max_new_tokens=4)
     accuracy = np.mean([candidates[0] == answer for candidates, (_, answer) in zip(answers, held_out)])
     assert accuracy > 0.9
+
+
+def blob_report_samples(folder, count, seed):
+    """Report samples on dark 32 px images; half carry a bright blob, and their report names a nodule."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    samples = []
+    for i in range(count):
+        image = Image.new("RGB", (32, 32), (20, 20, 20))
+        has_blob = i % 2 == 0
+        if has_blob:
+            x, y = rng.randint(2, 18), rng.randint(2, 18)
+            ImageDraw.Draw(image).ellipse((x, y, x + 12, y + 12), fill=(240, 240, 240))
+        image.save(folder / f"{i}.png")
+        report = "There is a large nodule in the left lung." if has_blob else "The lungs are clear."
+        samples.append(Sample(id=f"r{i}", task="report", image=f"{i}.png", question="Describe.", answer=report))
+    return samples
+
+
+def test_finding_labels_read_present_findings_from_reports_only():
+    samples = [
+        Sample(
+            id="a",
+            task="report",
+            image="1.png",
+            question="Describe.",
+            answer="Small right nodule. No pleural effusion. Possible pneumothorax.",
+        ),
+        Sample(id="b", task="vqa", image="1.png", question="Is there an effusion?", answer="yes"),
+        Sample(id="c", task="report", image="2.png", question="Describe.", answer="The lungs are clear."),
+    ]
+    assert finding_labels(samples) == {"1.png": {"nodule"}, "2.png": set()}
+
+
+def test_vision_pretraining_teaches_the_tower_and_touches_nothing_else(tiny_vlm_dir, tmp_path):
+    samples = blob_report_samples(tmp_path / "img", 32, seed=0)
+    model, processor = load_vlm(tiny_vlm_dir, device="cpu")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    summary = pretrain_vision_tower(model, processor, samples, [tmp_path / "img"], epochs=30, progress=False)
+    assert summary["images"] == 32 and summary["findings"] == ["nodule"]
+    # Chance (predicting 0.5) costs ln 2 = 0.693; the tower must have learnt to see the blob.
+    assert summary["final_loss"] < 0.2
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(".vision_tower." in f".{name}" for name in changed)
+
+
+def test_vision_pretraining_without_findings_says_what_to_set(tiny_vlm_dir, tmp_path):
+    samples = [s for s in blob_report_samples(tmp_path / "img", 4, seed=0) if "clear" in s.answer]
+    model, processor = load_vlm(tiny_vlm_dir, device="cpu")
+    with pytest.raises(ValueError, match="vision_pretrain_epochs=0"):
+        pretrain_vision_tower(model, processor, samples, [tmp_path / "img"], epochs=1, progress=False)
+
+
+def test_sft_with_a_frozen_vision_tower_trains_only_the_rest(tiny_vlm_dir, tmp_path):
+    samples = blob_report_samples(tmp_path / "img", 8, seed=0)
+    out = supervised_finetune(
+        tiny_vlm_dir,
+        samples,
+        [tmp_path / "img"],
+        tmp_path / "sft",
+        epochs=1,
+        batch_size=4,
+        progress=False,
+        freeze_vision=True,
+    )
+    start = dict(load_vlm(tiny_vlm_dir, device="cpu")[0].named_parameters())
+    tuned = dict(load_vlm(out, device="cpu")[0].named_parameters())
+    same = {name for name in start if torch.equal(start[name], tuned[name])}
+    vision = {name for name in start if ".vision_tower." in f".{name}"}
+    assert vision and same == vision

@@ -10,7 +10,7 @@ from mmedpo.config import ScoreConfig
 from mmedpo.data.llava_json import read_mmedpo_json
 from mmedpo.records import PreferencePair, read_jsonl
 from mmedpo.scoring.judges import JUDGES, Judge, Verdict
-from mmedpo.scoring.panel import aggregate, export_mmedpo_json, score_pairs
+from mmedpo.scoring.panel import aggregate, export_mmedpo_json, reweight, score_pairs
 
 
 class TableJudge(Judge):
@@ -178,3 +178,30 @@ def test_export_mmedpo_json_carries_the_clinical_scores(tmp_path):
     unscored.write_text(PAIRS[0].model_dump_json() + "\n")
     with pytest.raises(ValueError, match=r"1 pair\(s\) have no clinical score \(first: '1'\)"):
         export_mmedpo_json(unscored, tmp_path / "x.json")
+
+
+def test_reweight_by_one_judge_or_the_panel_from_the_stored_scores(tmp_path):
+    out = tmp_path / "pairs.scored.jsonl"
+    score_pairs(PAIRS, out, ScoreConfig(**PANEL), show_progress=False)
+    scored = read_jsonl(out, PreferencePair)
+    TableJudge.calls.clear()
+    # Judge a alone: raws 0.2, 0.8 and the visual pair's confidence 0.5 (mean 0.5).
+    one = reweight(scored, ScoreConfig(**PANEL), ["a"])
+    assert [p.weight for p in one] == pytest.approx([0.4, 1.6, 1.0])
+    assert TableJudge.calls == []  # nothing is judged again
+    # The whole panel over the text pairs only: raws 0.4, 0.9, normalised over these two (mean 0.65).
+    panel = reweight(scored[:2], ScoreConfig(**PANEL))
+    assert [p.weight for p in panel] == pytest.approx([0.4 / 0.65, 0.9 / 0.65])
+    # Under confidence+judges, visual pairs follow the kept judges too: median(0.3, 0.5) = 0.4 beside
+    # the text pair's 0.2 (mean 0.3); with the whole panel median(0.3, 0.9, 0.5) = 0.5 beside 0.4.
+    settings = ScoreConfig(**PANEL, visual_mode="confidence+judges", aggregate="median")
+    both = [scored[2].model_copy(update={"scores": {"a": 0.3, "b": 0.9, "localizer": 0.5}}), scored[0]]
+    assert [p.weight for p in reweight(both, settings, ["a"])] == pytest.approx([0.4 / 0.3, 0.2 / 0.3])
+    assert [p.weight for p in reweight(both, settings)] == pytest.approx([0.5 / 0.45, 0.4 / 0.45])
+
+
+def test_reweight_names_an_unknown_judge_and_a_missing_score():
+    with pytest.raises(ValueError, match=r"judges \['c'\] are not members of the panel \['a', 'b'\]"):
+        reweight(PAIRS, ScoreConfig(**PANEL), ["c"])
+    with pytest.raises(ValueError, match=r"pair 1: no score from \['a'\]"):
+        reweight(PAIRS, ScoreConfig(**PANEL), ["a"])

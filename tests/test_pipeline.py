@@ -19,12 +19,18 @@ SMALL = [
     "model.text_hidden=32",
     "model.vision_hidden=32",
     "model.layers=1",
-    "model.sft_epochs=1",
+    "model.sft_epochs=12",  # enough for answers that are words, so that there are visual pairs
+    "model.sft_learning_rate=3e-3",
     "curate_text.candidates=2",
     "train.epochs=1",
     "train.batch_size=4",
     "eval.batch_size=16",
     "eval.max_new_tokens_report=16",
+    # The paper's further ablations, both in one extra variant to keep the test short.
+    "curate_visual.regions=[lesion, whole]",
+    "score.judges=[findings, embedding]",
+    "variants={mmedpo: {}, ablated: {visual_region: whole, judges: [findings]}}",
+    "ablations=[[mmedpo, ablated]]",
 ]
 
 
@@ -48,6 +54,8 @@ def test_every_stage_runs_and_writes_the_run_folder(finished_run):
         "eval:base",
         "train:mmedpo",
         "eval:mmedpo",
+        "train:ablated",
+        "eval:ablated",
         "report",
     ]
     assert all(r.status == "ran" for r in results)
@@ -72,17 +80,24 @@ def test_curation_counts_add_up(finished_run):
     config, _ = finished_run
     run = Run(config)
     pref = {s.id for s in run.split("pref")}
-    for path in (run.text_pairs, run.visual_pairs):
+    for path in (run.text_pairs, run.visual_pairs, run.region_pairs("whole")):
         paired = {p.sample_id for p in read_jsonl(path, PreferencePair)}
         rejected = {r.id for r in read_jsonl(rejects_path(path), Reject)}
         assert paired | rejected == pref and not paired & rejected
     visual = read_jsonl(run.visual_pairs, PreferencePair)
-    assert all(p.rejected_image and p.rejected_image.startswith("noised/") for p in visual)
+    whole = read_jsonl(run.region_pairs("whole"), PreferencePair)
+    assert visual and whole  # the untrained tiny model gets some answers wrong on the noised images
+    assert all(p.rejected_image and p.rejected_image.startswith("noised/") for p in visual + whole)
     scored = read_jsonl(run.scored_pairs, PreferencePair)
-    assert len(scored) == len(read_jsonl(run.text_pairs, PreferencePair)) + len(visual)
+    assert len(scored) == len(read_jsonl(run.text_pairs, PreferencePair)) + len(visual) + len(whole)
     weights = [p.weight for p in scored]
     assert all(w is not None and w >= 0 for w in weights)
     assert sum(weights) / len(weights) == pytest.approx(1.0)  # mean-one normalisation
+    assert all(set(p.scores) == {"findings", "embedding"} for p in scored if p.kind == "text")
+    # Each variant trains on its own visual pairs: the lesion's, or the whole image's.
+    trained = {name: json.loads(run.stage_state(f"train:{name}").read_text()) for name in ("mmedpo", "ablated")}
+    assert trained["mmedpo"]["summary"]["by_kind"].get("visual", 0) == len(visual)
+    assert trained["ablated"]["summary"]["by_kind"].get("visual", 0) == len(whole)
 
 
 @pytest.mark.slow
@@ -112,6 +127,8 @@ def test_rerun_skips_finished_stages_and_a_change_reruns_only_what_follows(finis
         "eval:base": "skipped",
         "train:mmedpo": "ran",
         "eval:mmedpo": "ran",
+        "train:ablated": "ran",
+        "eval:ablated": "ran",
         "report": "ran",
     }
 

@@ -94,6 +94,37 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(synth, tmp_path, tin
     assert not list(killed.rglob("*.partial"))
 
 
+def test_whole_image_ablation_pairs_the_same_samples_with_noise_everywhere(synth, tmp_path, tiny_vlm_dir):
+    root, samples = synth
+    lesion = run_stage(root, samples, tmp_path, tiny_vlm_dir)
+    summary = curate_visual(
+        samples,
+        tmp_path / "pairs.visual-whole.jsonl",
+        SETTINGS,
+        [root, tmp_path / "images"],
+        tmp_path / "images",
+        tiny_vlm_dir,
+        seed=0,
+        show_progress=False,
+        noise_region="whole",
+    )
+    pairs = read_jsonl(tmp_path / "pairs.visual-whole.jsonl", PreferencePair)
+    rejects = read_jsonl(rejects_path(tmp_path / "pairs.visual-whole.jsonl"), Reject)
+    assert summary.read == len(pairs) + len(rejects) == lesion.read
+    # The same images are noised (the localizer decides which), each once, under its own name.
+    assert len(list((tmp_path / "images" / "noised").rglob("*_whole_t500.png"))) == len(
+        list((tmp_path / "images" / "noised").rglob("*_lesion_t500.png"))
+    )
+    for pair in pairs:
+        assert pair.id == f"{pair.sample_id}-visual-whole" and pair.rejected_image.endswith("_whole_t500.png")
+        assert pair.provenance["region"] == "whole" and pair.provenance["area_fraction"] == 1.0
+        clean = np.asarray(Image.open(root / pair.image), dtype=float)
+        noised = np.asarray(Image.open(tmp_path / "images" / pair.rejected_image), dtype=float)
+        assert np.mean(np.abs(noised - clean) > 0) > 0.9  # nearly every pixel changed, not just the lesion's
+    with pytest.raises(ValueError, match="noise_region must be 'lesion' or 'whole'"):
+        run_stage(root, samples, tmp_path, tiny_vlm_dir, noise_region="border")
+
+
 def lesion_case(tmp_path, pixels: np.ndarray, name: str) -> tuple[Sample, np.ndarray]:
     mask = np.zeros(pixels.shape[:2], dtype=np.uint8)
     mask[8:20, 10:24] = 255

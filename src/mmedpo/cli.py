@@ -102,7 +102,12 @@ def curate_text(
     finished(cfg, ["samples", "base"])
     run = Run(cfg)
     summary = curate(
-        run.split("pref"), run.text_pairs, cfg.curate_text, run.image_roots, cfg.seed, run.model("base"),
+        run.split("pref"),
+        run.text_pairs,
+        cfg.curate_text,
+        run.image_roots,
+        cfg.seed,
+        run.model("base"),
         shard=parse_shard(shard),
     )
     console.print(f"shard {shard}: {_short(summary.as_dict())}")
@@ -279,16 +284,17 @@ def print_results(run: Run, results: list[StageResult]) -> None:
 
 
 def print_claim(run: Run, evaluations: dict) -> None:
-    """Say plainly, metric by metric, whether the configured claim holds on this run."""
+    """Say plainly, metric by metric, whether the configured claim and ablations hold on this run."""
     from mmedpo.report.ablation import chain_verdict, verdict_lines
 
-    claim = [name for name in run.config.claim if name in evaluations]
-    if len(claim) < 2:
-        return
-    results = {name: json.loads(run.eval(name).read_text(encoding="utf-8")) for name in claim}
-    console.print(f"[bold]Does {' > '.join(claim)} hold on the test split?[/]")
-    for line in verdict_lines(chain_verdict(results, claim, seed=run.config.seed)):
-        console.print("  " + line, highlight=False, markup=False)
+    for chain in run.config.chains():
+        chain = [name for name in chain if name in evaluations]
+        if len(chain) < 2:
+            continue
+        results = {name: json.loads(run.eval(name).read_text(encoding="utf-8")) for name in chain}
+        console.print(f"[bold]Does {' > '.join(chain)} hold on the test split?[/]")
+        for line in verdict_lines(chain_verdict(results, chain, seed=run.config.seed)):
+            console.print("  " + line, highlight=False, markup=False)
 
 
 def _number(value) -> str:

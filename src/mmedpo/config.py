@@ -59,7 +59,11 @@ class BaseModelConfig(Section):
     text_hidden: int = Field(128, ge=16, description="tiny LLaVA: Llama hidden size")
     vision_hidden: int = Field(64, ge=16, description="tiny LLaVA: CLIP vision hidden size")
     layers: int = Field(2, ge=1, description="tiny LLaVA: layers of each tower")
+    vision_pretrain_epochs: int = Field(
+        30, ge=0, description="tiny LLaVA: epochs pretraining its vision tower on the SFT reports' findings (0: none)"
+    )
     sft_epochs: int = Field(3, ge=0, description="supervised fine-tuning epochs on the SFT split (0: no SFT)")
+    sft_freeze_vision: bool = Field(True, description="keep the vision tower frozen during SFT, as LLaVA-Med does")
     sft_learning_rate: float = Field(1e-3, gt=0, description="supervised fine-tuning learning rate")
     sft_batch_size: int = Field(16, ge=1, description="supervised fine-tuning batch size")
 
@@ -93,7 +97,12 @@ class CurateVisualConfig(Section):
     preview: int = Field(0, ge=0, description="write a panel PNG (image, heat map, region, noised) for N images")
     timestep: int = Field(500, ge=0, le=999, description="DDPM forward-noise timestep (of 1000)")
     edge_sigma: float = Field(2.0, ge=0, description="soft edge of the noised region, in pixels")
-    whole_image: bool = Field(False, description="noise the whole image instead of the lesion (paper's ablation)")
+    regions: list[Literal["lesion", "whole"]] = Field(
+        ["lesion"],
+        min_length=1,
+        description="what gets noised: the lesion region (MMedPO), and/or the whole image (the paper's ablation; "
+        "pairs.visual-whole.jsonl, trained on by variants with visual_region: whole)",
+    )
 
 
 class ScoreConfig(Section):
@@ -138,12 +147,20 @@ class TrainConfig(DPOSettings):
     """Weighted DPO settings (see mmedpo.training.settings) and which pairs a variant trains on."""
 
     pair_kinds: list[Literal["text", "visual"]] = Field(["text", "visual"], description="which pairs to train on")
+    visual_region: Literal["lesion", "whole"] = Field(
+        "lesion", description="visual pairs whose noise covers the lesion, or the whole image (curate_visual.regions)"
+    )
+    judges: list[str] | None = Field(
+        None,
+        description="weight textual pairs by these panel members only (the single-judge ablation); "
+        "empty: the whole panel's weights",
+    )
     epochs: float = Field(2, gt=0, description="passes over the pairs")
     seed: int | None = Field(None, description="seed of training; empty: the run's seed")
 
     def settings(self, run_seed: int) -> DPOSettings:
         """What the trainer takes: these settings, with the run's seed unless one is set here."""
-        values = self.model_dump(exclude={"pair_kinds"})
+        values = self.model_dump(exclude={"pair_kinds", "visual_region", "judges"})
         return DPOSettings(**{**values, "seed": run_seed if self.seed is None else self.seed})
 
 
@@ -192,6 +209,12 @@ class RunConfig(Section):
         description="the paper's claim as a chain of variants, best first; the run says whether it holds per metric",
     )
 
+    ablations: list[list[str]] = Field(
+        [],
+        description="further chains checked like the claim, e.g. [[mmedpo, mmedpo-one-judge]]: "
+        "the judge panel over one judge, lesion over whole-image noise",
+    )
+
     @field_validator("variants")
     @classmethod
     def _valid_variants(cls, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -209,19 +232,40 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _claim_names_variants(self) -> RunConfig:
-        unknown = [name for name in self.claim if name != "base" and name not in self.variants]
-        if unknown:
-            raise ValueError(f"claim names {unknown}, which are not variants ({', '.join(self.variants)}) or base")
+        for chain in self.chains():
+            unknown = [name for name in chain if name != "base" and name not in self.variants]
+            if unknown:
+                raise ValueError(f"claim names {unknown}, which are not variants ({', '.join(self.variants)}) or base")
+            if len(chain) < 2:
+                raise ValueError(f"claim/ablation chain {chain} needs at least two names, best first")
         return self
+
+    def chains(self) -> list[list[str]]:
+        """The claim, then each ablation: chains of variants, best first."""
+        return [self.claim, *self.ablations] if self.claim else list(self.ablations)
 
     @model_validator(mode="after")
     def _variants_merge(self) -> RunConfig:
         for name in self.variants:
             try:
-                self.variant(name)
+                train = self.variant(name)
             except ValidationError as error:
                 raise ValueError(f"variant {name}: {describe_error(error)}") from None
+            self._check_variant_inputs(name, train)
         return self
+
+    def _check_variant_inputs(self, name: str, train: TrainConfig) -> None:
+        """What a variant trains on must be made by the stages before it: fail now, not after curation."""
+        if "visual" in train.pair_kinds and train.visual_region not in self.curate_visual.regions:
+            raise ValueError(
+                f"variant {name}: visual_region {train.visual_region!r} is not in curate_visual.regions "
+                f"{self.curate_visual.regions}"
+            )
+        outside = sorted(set(train.judges or []) - set(self.score.judges))
+        if outside or train.judges == []:
+            raise ValueError(
+                f"variant {name}: judges {outside or '[]'} must be members of score.judges {self.score.judges}"
+            )
 
     def variant(self, name: str) -> TrainConfig:
         """The train settings of one variant: the train section with its changes."""

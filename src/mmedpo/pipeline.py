@@ -56,6 +56,10 @@ class Run:
     def visual_pairs(self) -> Path:
         return self.dir / "pairs.visual.jsonl"
 
+    def region_pairs(self, region: str) -> Path:
+        """Visual pairs noised on the lesion (`visual_pairs`) or on the whole image."""
+        return self.visual_pairs if region == "lesion" else self.dir / "pairs.visual-whole.jsonl"
+
     @property
     def scored_pairs(self) -> Path:
         return self.dir / "pairs.scored.jsonl"
@@ -115,6 +119,7 @@ def stage_base(run: Run, show_progress: bool) -> dict:
     if model.sft_epochs and not sft:
         raise ValueError("no samples in the 'sft' split: set model.sft_epochs=0 or map a split to sft (data.split_map)")
     start_dir = Path(model.path) if model.path else None
+    summary: dict = {}
     if start_dir is None:
         corpus = [text for s in read_jsonl(run.samples, Sample) for text in (s.question, s.answer)]
         start_dir = build_tiny_llava(
@@ -126,9 +131,10 @@ def stage_base(run: Run, show_progress: bool) -> dict:
             text_hidden=model.text_hidden,
             layers=model.layers,
         )
+        summary["vision_pretrain"] = _pretrain_tiny_vision(run, start_dir, sft, show_progress)
     if model.sft_epochs == 0:
         shutil.copytree(start_dir, run.model("base"), dirs_exist_ok=True)
-        return {"sft_samples": 0}
+        return {**summary, "sft_samples": 0}
     supervised_finetune(
         start_dir,
         sft,
@@ -139,8 +145,25 @@ def stage_base(run: Run, show_progress: bool) -> dict:
         batch_size=model.sft_batch_size,
         seed=run.config.seed,
         progress=show_progress,
+        freeze_vision=model.sft_freeze_vision,
     )
-    return {"sft_samples": len(sft)}
+    return {**summary, "sft_samples": len(sft)}
+
+
+def _pretrain_tiny_vision(run: Run, model_dir: Path, sft: list[Sample], show_progress: bool) -> dict | None:
+    """Pretrain the freshly built tiny model's vision tower in place (see models.vision_pretrain)."""
+    from mmedpo.models.vision_pretrain import pretrain_vision_tower
+    from mmedpo.models.vlm import load_vlm
+
+    epochs = run.config.model.vision_pretrain_epochs
+    if not epochs:
+        return None
+    model, processor = load_vlm(model_dir)
+    summary = pretrain_vision_tower(
+        model, processor, sft, run.image_roots, epochs, seed=run.config.seed, progress=show_progress
+    )
+    model.save_pretrained(model_dir)
+    return summary
 
 
 def stage_curate_text(run: Run, show_progress: bool) -> dict:
@@ -173,40 +196,59 @@ def stage_curate_visual(run: Run, show_progress: bool) -> dict:
         options.update(classifier=str(classifier), factory=settings.classifier_factory)
     localizer = build_localizer(settings.localizer, options)
     pref = run.split("pref")
-    summary = curate_visual(
-        pref,
-        run.visual_pairs,
-        settings,
-        run.image_roots,
-        run.images,
-        run.model("base"),
-        seed=run.config.seed,
-        show_progress=show_progress,
-        localizer=localizer,
-        preview=settings.preview,
-    )
+    summaries = {}
+    for region in settings.regions:
+        summaries[region] = curate_visual(
+            pref,
+            run.region_pairs(region),
+            settings,
+            run.image_roots,
+            run.images,
+            run.model("base"),
+            seed=run.config.seed,
+            show_progress=show_progress,
+            localizer=localizer,
+            preview=settings.preview if region == "lesion" else 0,
+            noise_region=region,
+        ).as_dict()
     # How well the regions match the true lesions, where the data has them (SynthMed does).
     iou = localizer_iou(pref, run.image_roots, localizer) if settings.localizer != "annotation" else None
-    return {**summary.as_dict(), "localizer_iou": iou}
+    first = summaries[settings.regions[0]]
+    return {**first, "by_region": summaries if len(summaries) > 1 else None, "localizer_iou": iou}
 
 
 def stage_score(run: Run, show_progress: bool) -> dict:
     from mmedpo.scoring.panel import score_pairs
 
-    pairs = read_jsonl(run.text_pairs, PreferencePair) + read_jsonl(run.visual_pairs, PreferencePair)
+    pairs = read_jsonl(run.text_pairs, PreferencePair)
+    for region in run.config.curate_visual.regions:
+        pairs += read_jsonl(run.region_pairs(region), PreferencePair)
     return score_pairs(pairs, run.scored_pairs, run.config.score, show_progress).as_dict()
 
 
 def stage_train(run: Run, variant: str, show_progress: bool) -> dict:
+    from mmedpo.scoring.panel import reweight
     from mmedpo.training.dpo import train_weighted_dpo
 
     train = run.config.variant(variant)
-    pairs = [p for p in read_jsonl(run.scored_pairs, PreferencePair) if p.kind in train.pair_kinds]
+    pairs = [p for p in read_jsonl(run.scored_pairs, PreferencePair) if _trains_on(train, p)]
     if not pairs:
-        raise ValueError(f"variant {variant}: no {'/'.join(train.pair_kinds)} pairs in {run.scored_pairs}")
+        raise ValueError(
+            f"variant {variant}: no {'/'.join(train.pair_kinds)} pairs in {run.scored_pairs} "
+            f"(visual_region {train.visual_region}; curate_visual.regions makes {run.config.curate_visual.regions})"
+        )
+    # Weights are normalised over the pairs a variant trains on, so variants that train on
+    # different pairs, or weight them by different judges, are weighted the same way.
+    pairs = reweight(pairs, run.config.score, train.judges)
     settings = train.settings(run.config.seed)
     train_weighted_dpo(run.model("base"), pairs, run.image_roots, run.model(variant), settings)
     return {"pairs": len(pairs), "by_kind": _count(p.kind for p in pairs)}
+
+
+def _trains_on(train, pair: PreferencePair) -> bool:
+    if pair.kind not in train.pair_kinds:
+        return False
+    return pair.kind == "text" or pair.provenance.get("region", "lesion") == train.visual_region
 
 
 def stage_eval(run: Run, variant: str, show_progress: bool) -> dict:
@@ -302,7 +344,14 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
             _section("curate_visual"),
             ("samples", "base"),
             lambda r: [
-                r.visual_pairs, rejects_path(r.visual_pairs), r.images / "noised", r.dir / "preview", r.localizer_cnn
+                *(
+                    path
+                    for region in ("lesion", "whole")
+                    for path in (r.region_pairs(region), rejects_path(r.region_pairs(region)))
+                ),
+                r.images / "noised",
+                r.dir / "preview",
+                r.localizer_cnn,
             ],
             stage_curate_visual,
         ),

@@ -39,10 +39,9 @@ from mmedpo.progress import progress_bar
 from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, rejects_path
 
 
-def noised_name(image: str, settings: CurateVisualConfig) -> str:
+def noised_name(image: str, region: str, timestep: int) -> str:
     """Where the noised copy of `image` goes, relative to the run's image folder."""
-    mode = "whole" if settings.whole_image else "lesion"
-    return f"noised/{Path(image).with_suffix('')}_{mode}_t{settings.timestep}.png"
+    return f"noised/{Path(image).with_suffix('')}_{region}_t{timestep}.png"
 
 
 def image_seed(seed: int, image: str) -> int:
@@ -50,17 +49,25 @@ def image_seed(seed: int, image: str) -> int:
 
 
 def make_noised_image(
-    sample: Sample, settings: CurateVisualConfig, image_roots: Sequence[Path], noised_root: Path, seed: int, localizer
+    sample: Sample,
+    settings: CurateVisualConfig,
+    image_roots: Sequence[Path],
+    noised_root: Path,
+    seed: int,
+    localizer,
+    noise_region: str = "lesion",
 ) -> tuple[str, dict, Region]:
-    """Noise the lesion of the sample's image (once: an existing file is reused).
+    """Noise the lesion of the sample's image, or (`noise_region="whole"`) all of it; once: a file is reused.
 
     Returns the noised image's relative path, the provenance of the pair and the region.
-    Raises ValueError when the image has no usable lesion region.
+    Raises ValueError when the image has no usable lesion region, also for the whole
+    image: the whole-image ablation pairs exactly the images MMedPO pairs, with the
+    same localizer confidence, so only where the noise goes differs.
     """
     region = localizer.localize(sample, image_roots)
-    relative = noised_name(sample.image, settings)
+    relative = noised_name(sample.image, noise_region, settings.timestep)
     target = noised_root / relative
-    mask = np.ones_like(region.mask) if settings.whole_image else region.mask
+    mask = np.ones_like(region.mask) if noise_region == "whole" else region.mask
     mask_path = target.with_name(target.stem + "_mask.png")
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +80,7 @@ def make_noised_image(
         "label": region.label,
         "area_fraction": float(mask.mean()),
         "timestep": settings.timestep,
-        "whole_image": settings.whole_image,
+        "region": noise_region,
         "mask": str(Path(relative).with_name(mask_path.name)),
         "seed": image_seed(seed, sample.image),
     }
@@ -91,13 +98,17 @@ def curate_visual(
     show_progress: bool = True,
     localizer=None,
     preview: int = 0,
+    noise_region: str = "lesion",
 ) -> CurationSummary:
     """Write visual pairs for `samples` to `out_path`, resuming what is already there.
 
     `noised_root` is the run's image folder; it must be one of `image_roots` so
     the trainer finds the noised images. `localizer` defaults to the one
-    `settings.localizer` names, with its default options.
+    `settings.localizer` names, with its default options. `noise_region` is
+    "lesion" (MMedPO) or "whole" (the ablation; pair ids end in "-visual-whole").
     """
+    if noise_region not in ("lesion", "whole"):
+        raise ValueError(f"noise_region must be 'lesion' or 'whole', got {noise_region!r}")
     store = JsonlStore(out_path, PreferencePair)
     reject_store = JsonlStore(rejects_path(out_path), Reject)
     done = {pair.sample_id for pair in store} | {reject.id for reject in reject_store}
@@ -111,15 +122,15 @@ def curate_visual(
     localizer = localizer or build_localizer(settings.localizer)
     noised: dict[str, tuple[str, dict] | str] = {}  # image -> (noised image, provenance) or why there is none
     previews = Previews(out_path.parent / "preview", preview, image_roots, noised_root)
-    with progress_bar("curate visual", len(todo), show_progress) as advance:
+    with progress_bar(f"curate visual ({noise_region})", len(todo), show_progress) as advance:
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
             for sample in chunk:
                 if sample.image not in noised:
                     noised[sample.image] = _noise_once(
-                        sample, settings, image_roots, noised_root, seed, localizer, previews
+                        sample, settings, image_roots, noised_root, seed, localizer, previews, noise_region
                     )
-            pairs, rejects = _curate_chunk(chunk, noised, noised_root, model, processor)
+            pairs, rejects = _curate_chunk(chunk, noised, noised_root, model, processor, noise_region)
             store.extend(pairs)
             reject_store.extend(rejects)
             summary.paired += len(pairs)
@@ -130,16 +141,20 @@ def curate_visual(
     return summary
 
 
-def _noise_once(sample, settings, image_roots, noised_root, seed, localizer, previews) -> tuple[str, dict] | str:
+def _noise_once(
+    sample, settings, image_roots, noised_root, seed, localizer, previews, noise_region
+) -> tuple[str, dict] | str:
     try:
-        relative, provenance, region = make_noised_image(sample, settings, image_roots, noised_root, seed, localizer)
+        relative, provenance, region = make_noised_image(
+            sample, settings, image_roots, noised_root, seed, localizer, noise_region
+        )
     except (ValueError, OSError) as error:
         return f"no lesion region: {error}"
     previews.add(sample, region, relative)
     return relative, provenance
 
 
-def _curate_chunk(chunk, noised, noised_root, model, processor):
+def _curate_chunk(chunk, noised, noised_root, model, processor, noise_region):
     rejects, jobs = [], []
     for sample in chunk:
         made = noised[sample.image]
@@ -157,7 +172,7 @@ def _curate_chunk(chunk, noised, noised_root, model, processor):
             continue
         pairs.append(
             PreferencePair(
-                id=f"{sample.id}-visual",
+                id=f"{sample.id}-visual" if noise_region == "lesion" else f"{sample.id}-visual-whole",
                 sample_id=sample.id,
                 task=sample.task,
                 kind="visual",

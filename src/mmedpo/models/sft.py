@@ -23,6 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 from mmedpo.data.images import open_image
 from mmedpo.models.vlm import encode, load_vlm, prompt_messages
 from mmedpo.records import Sample
+from mmedpo.training.lora import freeze_vision_tower
 
 IGNORE = -100
 # Batches are formed inside windows of this many batches, sorted by length.
@@ -39,11 +40,13 @@ def supervised_finetune(
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = True,
+    freeze_vision: bool = False,
 ) -> Path:
     """Fine-tune the model in `model_dir` to answer each sample's question with its answer.
 
     Prompt and image tokens are masked out of the loss. Batches are shuffled per epoch
-    from `seed`. Model and processor are saved to `out_dir`, loadable with `load_vlm`.
+    from `seed`. `freeze_vision` keeps the image encoder (not the projector) as it is.
+    Model and processor are saved to `out_dir`, loadable with `load_vlm`.
     """
     if not samples:
         raise ValueError("supervised_finetune needs at least one sample")
@@ -51,8 +54,11 @@ def supervised_finetune(
     rng = random.Random(seed)
     model, processor = load_vlm(model_dir)
     model.train()
+    if freeze_vision:
+        freeze_vision_tower(model)
     texts = {sample.id: rendered(processor, sample) for sample in samples}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0, foreach=True)
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0, foreach=True)
     steps = epochs * -(-len(samples) // batch_size)
     scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=steps // 20, num_training_steps=steps)
     bar = tqdm(total=steps, desc="sft", disable=not progress)

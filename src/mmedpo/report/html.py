@@ -73,20 +73,27 @@ def results_section(run_dir: Path, out_dir: Path) -> str:
     seed = _config(run_dir).get("seed", 0)
     comparison = compare_results(results, baseline="base", seed=seed)
     table = _comparison_table(comparison)
-    claim = _config(run_dir).get("claim") or []
-    claim = [name for name in claim if name in results]
-    verdict = ""
-    if len(claim) > 1:
-        verdicts = chain_verdict(results, claim, seed=seed)
-        items = "".join(
-            f"<li class='{'holds' if v['holds'] else 'fails'}'>{_e(line)}</li>"
-            for v, line in zip(verdicts, verdict_lines(verdicts))
-        )
-        verdict = f"<h3>Does {_e(' > '.join(claim))} hold?</h3><ul id='claim'>{items}</ul>"
+    config = _config(run_dir)
+    chains = [config.get("claim") or [], *(config.get("ablations") or [])]
+    verdict = "".join(_chain_section(results, chain, seed, is_claim=index == 0) for index, chain in enumerate(chains))
     plots = "".join(
         f"<img class='plot' src='{_e(p.name)}' alt='{_e(p.stem)}'>" for p in plot_comparison(comparison, out_dir)
     )
     return table + verdict + plots
+
+
+def _chain_section(results: dict, chain: list[str], seed: int, is_claim: bool) -> str:
+    """Whether one chain (the claim, or an ablation) holds, metric by metric; empty if under two were evaluated."""
+    chain = [name for name in chain if name in results]
+    if len(chain) < 2:
+        return ""
+    verdicts = chain_verdict(results, chain, seed=seed)
+    items = "".join(
+        f"<li class='{'holds' if v['holds'] else 'fails'}'>{_e(line)}</li>"
+        for v, line in zip(verdicts, verdict_lines(verdicts))
+    )
+    kind = "id='claim'" if is_claim else "class='ablation'"
+    return f"<h3>Does {_e(' > '.join(chain))} hold?</h3><ul {kind}>{items}</ul>"
 
 
 def _comparison_table(comparison: dict) -> str:

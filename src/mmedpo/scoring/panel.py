@@ -175,11 +175,15 @@ def score_pairs(
     judge_visual = settings.visual_mode == "confidence+judges"
     judged = [index for index, pair in enumerate(pairs) if pair.kind == "text" or judge_visual]
     verdicts: list[dict[str, Verdict]] = [{} for _ in pairs]  # per pair: member -> verdict
-    with progress_bar("score", len(judged) * len(panel), show_progress) as advance:
-        for member, judge in panel.items():
-            member_verdicts = judge_pairs([pairs[i] for i in judged], judge, member, cache, advance)
-            for index, verdict in zip(judged, member_verdicts):
-                verdicts[index][member] = verdict
+    try:
+        with progress_bar("score", len(judged) * len(panel), show_progress) as advance:
+            for member, judge in panel.items():
+                member_verdicts = judge_pairs([pairs[i] for i in judged], judge, member, cache, advance)
+                for index, verdict in zip(judged, member_verdicts):
+                    verdicts[index][member] = verdict
+    finally:
+        if cache is not None:
+            cache.close()
     scored, raws, rejects = [], [], []
     for pair, pair_verdicts in zip(pairs, verdicts):
         if pair.kind == "visual":
@@ -199,6 +203,32 @@ def score_pairs(
     write_jsonl(out_path, scored)
     write_jsonl(rejects_path(Path(out_path)), rejects)
     return _summary(pairs, scored, raws, weights, list(panel), cache)
+
+
+def reweight(
+    pairs: Sequence[PreferencePair], settings: ScoreConfig, members: Sequence[str] | None = None
+) -> list[PreferencePair]:
+    """The scored pairs with weights remade from their stored scores, normalised over these pairs alone.
+
+    `members` keeps only those panel members' scores (the single-judge ablation);
+    None keeps the whole panel. Visual pairs keep the localizer's score, and the
+    members' too under `visual_mode: confidence+judges`. Nothing is judged again.
+    A pair without a score of a kept member raises a ValueError naming it.
+    """
+    members = list(settings.judges if members is None else members)
+    unknown = sorted(set(members) - set(settings.judges))
+    if unknown or not members:
+        raise ValueError(f"judges {unknown or members} are not members of the panel {settings.judges}")
+    raws = []
+    for pair in pairs:
+        kept = members if pair.kind == "text" or settings.visual_mode == "confidence+judges" else []
+        kept = kept + ([LOCALIZER] if pair.kind == "visual" else [])
+        missing = [member for member in kept if member not in pair.scores]
+        if missing:
+            raise ValueError(f"pair {pair.id}: no score from {missing}; score it first (mmedpo score)")
+        raws.append(aggregate({m: pair.scores[m] for m in kept}, settings.aggregate, settings.trim, settings.weights))
+    weights = normalise(raws, settings.normaliser)
+    return [pair.model_copy(update={"weight": float(w)}) for pair, w in zip(pairs, weights)]
 
 
 def _summary(pairs, scored, raws, weights, members, cache) -> ScoreSummary:

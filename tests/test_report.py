@@ -72,7 +72,7 @@ def fake_run(tmp_path: Path) -> Path:
     (run / "eval" / "mmedpo.json").write_text(json.dumps(result([1, 1, 0, 1], 0.3)))
     (run / "stages").mkdir()
     (run / "stages" / "train.mmedpo.json").write_text(json.dumps({"status": "done", "seconds": 12.5, "summary": {}}))
-    (run / "config.yaml").write_text("seed: 0\nclaim: [mmedpo, base]\n")
+    (run / "config.yaml").write_text("seed: 0\nclaim: [mmedpo, base]\nablations: [[base, mmedpo]]\n")
     return run
 
 
@@ -82,6 +82,9 @@ def test_report_escapes_text_and_copies_its_images(tmp_path):
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;b&gt;nodule&lt;/b&gt;" in page
     assert "closed_accuracy: mmedpo 0.7500 &gt; base 0.5000: HOLDS" in page
+    # An ablation chain is checked and shown like the claim, failing here.
+    assert "Does base &gt; mmedpo hold?" in page
+    assert "closed_accuracy: base 0.5000 &lt; mmedpo 0.7500: does NOT hold" in page
     for name in ("0-image.png", "0-region.png", "0-noised.png"):
         assert (index.parent / "img" / name).exists()
     assert "http://" not in page and "https://" not in page  # nothing from a CDN

@@ -24,10 +24,10 @@ def synth(tmp_path_factory):
     return root, generate_synthmed(root, {"pref": 10}, seed=0, image_size=64)
 
 
-def run_stage(root, samples, out, model_dir, **kwargs):
+def run_stage(root, samples, out, model_dir, pairs_name="pairs.visual.jsonl", **kwargs):
     return curate_visual(
         samples,
-        out / "pairs.visual.jsonl",
+        out / pairs_name,
         SETTINGS,
         [root, out / "images"],
         out / "images",
@@ -97,17 +97,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(synth, tmp_path, tin
 def test_whole_image_ablation_pairs_the_same_samples_with_noise_everywhere(synth, tmp_path, tiny_vlm_dir):
     root, samples = synth
     lesion = run_stage(root, samples, tmp_path, tiny_vlm_dir)
-    summary = curate_visual(
-        samples,
-        tmp_path / "pairs.visual-whole.jsonl",
-        SETTINGS,
-        [root, tmp_path / "images"],
-        tmp_path / "images",
-        tiny_vlm_dir,
-        seed=0,
-        show_progress=False,
-        noise_region="whole",
-    )
+    summary = run_stage(root, samples, tmp_path, tiny_vlm_dir, "pairs.visual-whole.jsonl", noise_region="whole")
     pairs = read_jsonl(tmp_path / "pairs.visual-whole.jsonl", PreferencePair)
     rejects = read_jsonl(rejects_path(tmp_path / "pairs.visual-whole.jsonl"), Reject)
     assert summary.read == len(pairs) + len(rejects) == lesion.read

@@ -55,7 +55,7 @@ def test_a_setting_changes_only_its_stage_and_the_ones_after_it():
         ("claim=[missing, base]", "missing"),
         ("ablations=[[mmedpo, nowhere]]", "nowhere"),
         ("ablations=[[mmedpo]]", "at least two names"),
-        ("variants={mmedpo: {visual_region: whole}}", r"visual_region 'whole' is not in curate_visual.regions \['lesion'\]"),
+        ("variants={mmedpo: {visual_region: whole}}", r"visual_region 'whole' is not in curate_visual.regions"),
         ("variants={mmedpo: {judges: [gpt4o]}}", r"judges \['gpt4o'\] must be members of score.judges \['findings'\]"),
         ("curate_visual.regions=[]", "curate_visual.regions"),
     ],

@@ -55,7 +55,6 @@ REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
 
-
 def pairs_to_dataset(pairs: Sequence[PreferencePair], image_roots: Sequence[Path | str]) -> Dataset:
     """Pairs in TRL's conversational vision preference format, plus MMedPO's columns.
 
@@ -411,6 +410,9 @@ def train_weighted_dpo(
         peft_config=lora_config(model, settings) if settings.lora else None,
         callbacks=callbacks,
     )
+    # The model is loaded before the configuration exists, so under ZeRO-3 each process loads it whole and DeepSpeed
+    # partitions it afterwards (as TRL does). Loading under zero.Init instead (configuration first) was tried: with
+    # transformers 5.23 the saved LLaVA then has its language model under doubled keys ("language_model.model.model.").
     trainer.train(resume_from_checkpoint=get_last_checkpoint(out_dir) if out_dir.is_dir() else None)
     if settings.lora:
         trainer.save_model(str(out_dir / "adapter"))  # the adapter and the processor

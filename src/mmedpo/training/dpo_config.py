@@ -66,7 +66,12 @@ def to_trl_config(settings: DPOSettings, out_dir: Path) -> WeightedDPOConfig:
     """The TRL configuration these settings stand for, writing under `out_dir`."""
     bf16 = settings.bf16
     if bf16 is None:
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # QLoRA computes in bf16 (TRL casts the adapters to bf16): it needs autocast, on CPU too.
+        bf16 = settings.qlora or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    # On a machine without an accelerator, say so explicitly: transformers then (a) allows bf16 as CPU autocast,
+    # and (b) under a multi-process launch (accelerate launch / torchrun) sets up gloo data parallelism. Without
+    # it, each launched CPU process silently trains alone on all the data and they all write the outputs.
+    use_cpu = not torch.accelerator.is_available()
     return WeightedDPOConfig(
         output_dir=str(out_dir),
         beta=settings.beta,
@@ -81,6 +86,7 @@ def to_trl_config(settings: DPOSettings, out_dir: Path) -> WeightedDPOConfig:
         seed=settings.seed,
         logging_steps=settings.logging_steps,
         bf16=bf16,
+        use_cpu=use_cpu,
         activation_checkpointing=settings.gradient_checkpointing,
         nll_weight=settings.nll_weight,
         length_normalize=settings.length_normalize,

@@ -39,15 +39,23 @@ def load_policy(model_dir: Path | str, settings: DPOSettings) -> PreTrainedModel
 
 
 def _four_bit_config():
+    """NF4 with double quantisation for the language model; the image encoder, the projector and the LM head stay
+    in full precision (as LLaVA's QLoRA recipe: the projector may be trained fully, which a 4-bit layer cannot)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "qlora needs bitsandbytes (pip install -e '.[qlora]'); or use lora: true, qlora: false"
+        ) from None
     from transformers import BitsAndBytesConfig
 
-    if not torch.cuda.is_available():
-        raise ValueError("qlora needs a CUDA GPU (bitsandbytes 4-bit); use lora: true, qlora: false on this machine")
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
+        # Patterns matched from the start of a module's name (regex) or as its suffix.
+        llm_int8_skip_modules=[r".*\b(?:{})".format("|".join(VISION_MODULES + PROJECTOR_MODULES)), "lm_head"],
     )
 
 

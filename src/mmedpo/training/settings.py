@@ -43,7 +43,8 @@ class DPOSettings(BaseModel):
     seed: int = Field(0, description="seed of initialisation, shuffling and dropout")
     logging_steps: int = Field(10, ge=1, description="optimiser steps between two logged entries")
     bf16: bool | None = Field(
-        None, description="bf16 mixed precision; None: on where a CUDA GPU supports it, else fp32"
+        None,
+        description="bf16 mixed precision (CPU autocast without a GPU); None: on for qlora or a bf16 CUDA GPU",
     )
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass to save memory (for large models)"
@@ -69,7 +70,9 @@ class DPOSettings(BaseModel):
         description="names of the language model's linear layers given adapters, or ['all-linear']",
     )
     train_projector: bool = Field(False, description="also train the vision-to-text projector (fully)")
-    qlora: bool = Field(False, description="load the base in 4-bit NF4 for LoRA (needs CUDA and bitsandbytes)")
+    qlora: bool = Field(
+        False, description="load the language model in 4-bit NF4 for LoRA (needs bitsandbytes; runs on CPU too)"
+    )
     freeze_vision_tower: bool = Field(True, description="full fine-tuning: keep the vision encoder frozen")
     merge_lora: bool = Field(
         True, description="LoRA: also save base+adapter merged in OUT_DIR (the adapter goes to OUT_DIR/adapter)"

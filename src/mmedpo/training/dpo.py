@@ -122,18 +122,30 @@ def _replace_rejected_images(batch: dict[str, Any], processor, rejected: list[li
 
     The prompt text already holds one run of image tokens per image, sized for the chosen
     image; a rejected image of another size would need another run, so it is refused.
+    Both layouts work: one row per image (LLaVA's pixel_values) and the patches of all
+    images in one flat tensor plus per-image sizes (Qwen2-VL's pixel_values and
+    image_grid_thw). The integer tensors (grids, image sizes) must be equal, not only of
+    equal shape: a flat tensor keeps its shape when two pairs swap image sizes.
     """
     processed = processor.image_processor(rejected, return_tensors="pt")
     for key, value in processed.items():
         if key not in batch:
             continue
         half = batch[key].shape[0] // 2
-        if batch[key][half:].shape != value.shape:
+        expected = batch[key][half:]
+        if expected.shape != value.shape or (
+            not expected.is_floating_point() and not torch.equal(expected, value.to(expected.dtype))
+        ):
             raise ValueError(
-                f"rejected images must match their chosen images in size: {key} of shape {tuple(value.shape)}, "
-                f"expected {tuple(batch[key][half:].shape)}"
+                f"rejected images must match their chosen images in size: {key} "
+                f"{_describe(value)}, expected {_describe(expected)}"
             )
         batch[key] = torch.cat([batch[key][:half], value.to(batch[key].dtype)])
+
+
+def _describe(tensor: torch.Tensor) -> str:
+    """Sizes (integer tensors) by value, pixels by shape."""
+    return f"of shape {tuple(tensor.shape)}" if tensor.is_floating_point() else str(tensor.tolist())
 
 
 class WeightedDPOTrainer(DPOTrainer):

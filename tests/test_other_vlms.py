@@ -43,13 +43,11 @@ from transformers.utils import is_torchvision_available
 
 from mmedpo.models.tiny import train_tokenizer
 from mmedpo.models.vlm import generate_answers, load_vlm
-from mmedpo.records import PreferencePair
 from mmedpo.training.dpo import PAIR_BATCH_KEYS, WeightedDPOTrainer, pairs_to_dataset, train_weighted_dpo
 from mmedpo.training.dpo_config import WeightedDPOConfig
 from mmedpo.training.settings import DEFAULT_LORA_TARGETS, DPOSettings
+from test_training import ANSWERS, QUESTIONS, make_pair
 
-QUESTIONS = ["Is there a nodule in the left lung?", "Is the heart enlarged?", "Which side is the effusion on?"]
-ANSWERS = [("Yes", "No"), ("No", "Yes"), ("left", "right")]
 CORPUS = [*QUESTIONS, *(answer for pair in ANSWERS for answer in pair), "The lungs are clear."]
 
 # --- LLaVA-Med v1.5, llava-hf format -------------------------------------------------------------------------------
@@ -278,22 +276,6 @@ def image_root(tmp_path_factory):
     Image.new("RGB", (96, 40), (20, 20, 20)).save(root / "wide.png")
     Image.new("RGB", (48, 24), (20, 20, 20)).save(root / "half.png")
     return root
-
-
-def make_pair(index, weight=None, rejected_image=None, image="left.png"):
-    chosen, rejected = ANSWERS[index % 3]
-    return PreferencePair(
-        id=f"p{index}",
-        sample_id=f"s{index}",
-        task="vqa",
-        kind="visual" if rejected_image else "text",
-        image=image,
-        rejected_image=rejected_image,
-        question=QUESTIONS[index % 3],
-        chosen=chosen,
-        rejected=rejected,
-        weight=weight,
-    )
 
 
 def training_pairs():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmedpo.report.ablation import chain_verdict, verdict_lines
-from mmedpo.report.html import write_report
+from mmedpo.report.html import load_results, write_report
 
 
 def result(closed: list[int], bleu: float) -> dict:
@@ -119,3 +119,11 @@ def test_report_renders_in_headless_chromium_from_a_copied_folder(tmp_path):
     rendered = json.loads(probe_json)
     assert rendered["rows"] == 3  # header, base, mmedpo
     assert rendered["gallery"] == 3  # image, region and noised image all decoded
+
+
+def test_results_follow_the_configs_variant_order(tmp_path):
+    (tmp_path / "eval").mkdir()
+    for name in ("alpha", "base", "zeta", "extra"):
+        (tmp_path / "eval" / f"{name}.json").write_text(json.dumps(result([1, 0], 0.1)))
+    (tmp_path / "config.yaml").write_text("variants: {zeta: {}, alpha: {}}\n")
+    assert list(load_results(tmp_path)) == ["base", "zeta", "alpha", "extra"]

@@ -57,10 +57,12 @@ def _config(run_dir: Path) -> dict:
 
 
 def load_results(run_dir: Path) -> dict[str, dict]:
-    """Evaluation results by variant, base first."""
+    """Evaluation results by variant: base first, then the config's variants in their order, then any others."""
     results = {p.stem: _load_json(p) for p in sorted((run_dir / "eval").glob("*.json"))}
     results = {name: result for name, result in results.items() if "metrics" in result}
-    return dict(sorted(results.items(), key=lambda item: item[0] != "base"))
+    order = ["base", *(_config(run_dir).get("variants") or {})]
+    rank = {name: index for index, name in enumerate(order)}
+    return dict(sorted(results.items(), key=lambda item: rank.get(item[0], len(order))))
 
 
 def results_section(run_dir: Path, out_dir: Path) -> str:

@@ -50,6 +50,10 @@ def test_counts_add_up_and_each_image_is_noised_once(synth, tmp_path, tiny_vlm_d
     assert len(noised) == len(lesion_images)  # one per source image, whatever its number of questions
     no_lesion = [s for s in samples if not s.meta["lesion_mask"]]
     assert {r.id for r in rejects if r.reason.startswith("no lesion region")} == {s.id for s in no_lesion}
+    assert summary.drops["no lesion region"] == len(no_lesion)  # counted under one reason, not per image
+    for sample in no_lesion:  # each of an image's samples gets the image's reason, naming no other sample
+        reason = next(r.reason for r in rejects if r.id == sample.id)
+        assert reason == f"no lesion region: image {sample.image}: no lesion_mask or lesion_boxes annotation"
     for pair in pairs:
         assert pair.kind == "visual" and pair.rejected_image == f"noised/{pair.image[:-4]}_lesion_t500.png"
         assert pair.rejected != pair.chosen

@@ -149,7 +149,8 @@ def _noise_once(
             sample, settings, image_roots, noised_root, seed, localizer, noise_region
         )
     except (ValueError, OSError) as error:
-        return f"no lesion region: {error}"
+        # The reason is shared by every sample of this image: name the image, not the sample asked first.
+        return f"no lesion region: image {sample.image}: {str(error).removeprefix(f'sample {sample.id}: ')}"
     previews.add(sample, region, relative)
     return relative, provenance
 

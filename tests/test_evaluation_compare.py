@@ -109,3 +109,28 @@ def test_plots_are_written_as_png(tmp_path):
     assert [p.name for p in paths] == ["metrics_vqa.png"]  # no report metrics, no report chart
     with Image.open(paths[0]) as image:
         assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_cli_compare_lists_a_runs_variants_in_config_order_and_prefixes_several_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmedpo.cli import app
+
+    for run in ("one", "two"):
+        (tmp_path / run / "eval").mkdir(parents=True)
+        (tmp_path / run / "config.yaml").write_text("variants: {zeta: {}, alpha: {}}\n")
+        for name, closed in (("base", ["no", "no"]), ("alpha", ["yes", "no"]), ("zeta", ["yes", "yes"])):
+            (tmp_path / run / "eval" / f"{name}.json").write_text(json.dumps(_result(closed, "effusion")))
+    single = CliRunner().invoke(app, ["compare", str(tmp_path / "one"), "--format", "csv"])
+    assert single.exit_code == 0, single.output
+    assert _variants(single.output) == ["base", "zeta", "alpha"]
+    both = CliRunner().invoke(
+        app, ["compare", str(tmp_path / "one"), str(tmp_path / "two"), "--baseline", "one/base", "--format", "csv"]
+    )
+    assert both.exit_code == 0, both.output
+    assert _variants(both.output) == ["one/base", "one/zeta", "one/alpha", "two/base", "two/zeta", "two/alpha"]
+
+
+def _variants(table_csv: str) -> list[str]:
+    """The variants of a CSV comparison (a row per variant and metric), in order."""
+    return list(dict.fromkeys(row["variant"] for row in csv.DictReader(io.StringIO(table_csv))))

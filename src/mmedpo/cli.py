@@ -214,15 +214,18 @@ def compare(
     """Variants side by side: relative improvements, paired bootstrap intervals and p-values."""
     from mmedpo.evaluation.compare import compare_results, render
     from mmedpo.evaluation.plots import plot_comparison
+    from mmedpo.report.html import load_results
 
     results = {}
     for path in inputs:
-        files = sorted((path / "eval").glob("*.json")) if path.is_dir() else [path]
-        if not files:
+        if not path.is_dir():
+            results[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+            continue
+        found = load_results(path)  # base first, then the run's variants in its config's order
+        if not found:
             raise ValueError(f"{path}: no eval/*.json in this folder")
-        for file in files:
-            name = file.stem if len(inputs) == 1 or not path.is_dir() else f"{path.name}/{file.stem}"
-            results[name] = json.loads(file.read_text(encoding="utf-8"))
+        for variant, result in found.items():
+            results[variant if len(inputs) == 1 else f"{path.name}/{variant}"] = result
     comparison = compare_results(results, baseline, seed=seed, n_resamples=resamples, n_permutations=permutations)
     text = render(comparison, format)
     if output:

@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from mmedpo.models.tiny import train_tokenizer
 from mmedpo.prompts import load_prompt
 from mmedpo.scoring.agreement import krippendorff_alpha, spearman, spearman_matrix
-from mmedpo.scoring.cache import JudgeCache, cache_key
+from mmedpo.scoring.cache import JudgeCache, cache_key, folder_fingerprint
 from mmedpo.scoring.hf_judge import HFJudge, rating_token_ids
 from mmedpo.scoring.judges import JUDGES, Verdict
 
@@ -76,6 +76,7 @@ def test_hf_judge_scores_the_expected_rating(tiny_judge_dir):
 
 def test_hf_judge_leaves_a_non_answer_unscored(tiny_judge_dir):
     judge = HFJudge(model=str(tiny_judge_dir), min_mass=0.5)
+    assert judge.weights == folder_fingerprint(tiny_judge_dir) != ""  # in the cache key: new weights, new verdicts
     three = judge.rating_ids[2]
     other = judge.tokenizer.eos_token_id
     set_next_token_logits(judge, {three: 0.0, other: math.log(9)})  # the ratings hold 10%
@@ -106,6 +107,7 @@ def test_rating_tokens_must_exist():
 @pytest.mark.slow
 def test_embedding_judge_on_the_shipped_minilm():
     judge = JUDGES["embedding"]()
+    assert len(judge.weights) == 16  # the shipped model folder's fingerprint
     normal = "The lungs are clear."
     verdicts = dict(
         judge.score_many(

@@ -9,6 +9,7 @@ import pytest
 from mmedpo.config import ScoreConfig
 from mmedpo.data.llava_json import read_mmedpo_json
 from mmedpo.records import PreferencePair, read_jsonl
+from mmedpo.scoring.cache import folder_fingerprint
 from mmedpo.scoring.judges import JUDGES, Judge, Verdict
 from mmedpo.scoring.panel import aggregate, export_mmedpo_json, reweight, score_pairs
 
@@ -19,9 +20,10 @@ class TableJudge(Judge):
     name = "table"
     calls: list[str] = []  # every rejected answer asked, across instances
 
-    def __init__(self, table: dict[str, float | None], model: str = "m"):
+    def __init__(self, table: dict[str, float | None], model: str = "m", weights: str = ""):
         self.table = table
         self.model = model
+        self.weights = weights
 
     def score(self, question, chosen, rejected):
         TableJudge.calls.append(rejected)
@@ -205,3 +207,22 @@ def test_reweight_names_an_unknown_judge_and_a_missing_score():
         reweight(PAIRS, ScoreConfig(**PANEL), ["c"])
     with pytest.raises(ValueError, match=r"pair 1: no score from \['a'\]"):
         reweight(PAIRS, ScoreConfig(**PANEL), ["a"])
+
+
+def test_new_local_weights_under_the_same_path_are_judged_again(tmp_path):
+    folder = tmp_path / "judge-model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"old weights")
+    before = folder_fingerprint(folder)
+    assert len(before) == 16 and folder_fingerprint(folder) == before and folder_fingerprint(tmp_path / "no") == ""
+    (folder / "model.safetensors").write_bytes(b"new weights, longer")
+    after = folder_fingerprint(folder)
+    assert after != before
+    out = tmp_path / "pairs.scored.jsonl"
+    for weights, asked in ((before, 2), (before, 0), (after, 2)):
+        options = {
+            "a": {"judge": "table", "model": str(folder), "weights": weights, "table": {"Yes": 0.2, "Maybe": 0.8}}
+        }
+        TableJudge.calls.clear()
+        score_pairs(PAIRS[:2], out, ScoreConfig(judges=["a"], judge_options=options), show_progress=False)
+        assert len(TableJudge.calls) == asked

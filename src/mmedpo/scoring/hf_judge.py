@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from string import Template
 
 from mmedpo.prompts import load_prompt
+from mmedpo.scoring.cache import folder_fingerprint
 from mmedpo.scoring.judges import Judge, Verdict, register
 
 RATINGS = ("1", "2", "3", "4", "5")
@@ -74,6 +75,7 @@ class HFJudge(Judge):
         text, self.version = load_prompt("judge", prompt_version)
         self.template = Template(text)
         self.model = str(model)
+        self.weights = folder_fingerprint(self.model)
         self.batch_size = batch_size
         self.min_mass = min_mass
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -40,6 +40,7 @@ class Judge:
     name = ""
     version = "1"
     model = ""  # what the judge runs on, e.g. an endpoint's model name or a local path
+    weights = ""  # a fingerprint of local weights (cache.folder_fingerprint); part of the cache key
     cached = True  # go through the judge cache (worth it for anything slower than a lookup)
 
     def score(self, question: str, chosen: str, rejected: str) -> Verdict | tuple[float | None, str]:

@@ -129,7 +129,8 @@ def judge_pairs(
     """The judge's verdict on every pair, from the cache where it has one."""
     items = [(p.question, p.chosen, p.rejected) for p in pairs]
     use_cache = cache is not None and judge.cached
-    keys = [cache_key(judge.name, judge.version, judge.model, *item) for item in items] if use_cache else []
+    model = f"{judge.model}@{judge.weights}" if judge.weights else judge.model
+    keys = [cache_key(judge.name, judge.version, model, *item) for item in items] if use_cache else []
     verdicts: list[Verdict | None] = [None] * len(items)
     todo = []
     for index in range(len(items)):

@@ -15,6 +15,7 @@ from PIL import Image
 
 from mmedpo.curation.localizers import LOCALIZERS, AnnotationLocalizer, NoRegion, mask_iou
 from mmedpo.curation.noise import add_regional_noise, alphas_cumprod, noise_batch, noise_image_file
+from mmedpo.data.images import load_image
 from mmedpo.records import Sample
 
 
@@ -220,10 +221,10 @@ def test_bad_input_is_refused_with_a_clear_message():
     [
         ("RGB", random_image((30, 30, 3), np.uint8), ".png"),
         ("L", random_image((30, 30), np.uint8), ".png"),
-        ("I;16", random_image((30, 30), np.uint16), ".png"),
+        ("I;16", random_image((30, 30), np.uint16) // 4 + 1000, ".png"),
     ],
 )
-def test_noise_image_file_keeps_mode_and_bit_depth(tmp_path, mode, pixels, suffix):
+def test_noise_image_file_keeps_8_bit_files_and_noises_what_the_model_sees_of_16_bit(tmp_path, mode, pixels, suffix):
     src = tmp_path / f"in{suffix}"
     Image.fromarray(pixels).save(src)
     mask = square_mask(30, 5, 15, 5, 15)
@@ -231,9 +232,11 @@ def test_noise_image_file_keeps_mode_and_bit_depth(tmp_path, mode, pixels, suffi
     with Image.open(out) as written:
         assert written.format == "PNG"
         back = np.asarray(written)
-    assert back.dtype == pixels.dtype and back.shape == pixels.shape
-    assert np.array_equal(back, add_regional_noise(pixels, mask, 500, seed=1))
-    assert np.array_equal(back[~mask], pixels[~mask])
+    # A 16-bit file becomes its 8-bit rendering (stretched over its own range), as load_image shows it.
+    source = pixels if mode != "I;16" else np.asarray(load_image(src))[..., 0]
+    assert back.dtype == np.uint8 and back.shape == source.shape
+    assert np.array_equal(back, add_regional_noise(source, mask, 500, seed=1))
+    assert np.array_equal(back[~mask], source[~mask])
     assert not list((tmp_path / "out").glob("*.partial"))
 
 

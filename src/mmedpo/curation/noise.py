@@ -24,6 +24,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from mmedpo.data.dicom import is_dicom
+from mmedpo.data.images import load_image
+
 # DDPMScheduler's defaults (Ho et al. 2020): linear betas over 1000 steps.
 BETA_START = 1e-4
 BETA_END = 0.02
@@ -121,12 +124,15 @@ def noise_image_file(
 ) -> Path:
     """Noise the region of the image file `src` and write it as a PNG to `out_path`.
 
-    Reads 8-bit L/RGB and 16-bit grayscale PNG or JPEG, and DICOM; writes the
-    same mode and bit depth (a DICOM as 8- or 16-bit grayscale PNG, its stored
-    values unchanged outside the region). The file appears whole or not at all
-    (written beside, then renamed).
+    An 8-bit L or RGB file is noised as stored and keeps its mode. A 16-bit or
+    DICOM file is noised as the 8-bit picture a model is shown (`load_image`: its
+    range stretch, its window): noised as stored, the noised file would be
+    rendered with a range or window of its own, and the rejected image would
+    differ from the chosen one outside the lesion too. Either way every pixel
+    outside the region is the model's view of the clean image. The file appears
+    whole or not at all (written beside, then renamed).
     """
-    pixels, max_value = read_pixels(src)
+    pixels, max_value = pixels_to_noise(Path(src))
     noised = add_regional_noise(pixels, np.asarray(mask), timestep, seed, edge_sigma, max_value=max_value)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +140,17 @@ def noise_image_file(
     Image.fromarray(noised).save(partial, format="PNG")
     os.replace(partial, out_path)
     return out_path
+
+
+def pixels_to_noise(src: Path) -> tuple[np.ndarray, float]:
+    """An 8-bit file's own pixels, or the model's 8-bit view of a 16-bit or DICOM file (L where it is gray)."""
+    if not is_dicom(src):
+        pixels, max_value = read_pixels(src)
+        if pixels.dtype == np.uint8:
+            return pixels, max_value
+    picture = np.asarray(load_image(src))
+    gray = np.array_equal(picture[..., 0], picture[..., 1]) and np.array_equal(picture[..., 1], picture[..., 2])
+    return (picture[..., 0].copy() if gray else picture), 255.0
 
 
 def read_pixels(src: Path | str) -> tuple[np.ndarray, float]:
@@ -156,14 +173,6 @@ def read_pixels(src: Path | str) -> tuple[np.ndarray, float]:
     if mode not in ("L", "RGB", "I;16"):  # Pillow opens 16-bit grayscale PNG as I;16
         raise ValueError(f"{src}: cannot noise image mode {mode!r}; supported: 8-bit L or RGB, 16-bit grayscale")
     return pixels, _MAX_VALUE[pixels.dtype]
-
-
-def is_dicom(path: Path) -> bool:
-    """A DICOM file by its suffix or its 'DICM' marker at byte 128."""
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
-    with open(path, "rb") as handle:
-        return handle.read(132)[128:] == b"DICM"
 
 
 def _dicom_pixels(src: Path) -> tuple[np.ndarray, float]:

@@ -14,9 +14,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
-from mmedpo.curation.noise import read_pixels
 from mmedpo.curation.regions import Region
-from mmedpo.data.images import resolve_image
+from mmedpo.data.images import load_image, open_image
 from mmedpo.records import Sample
 
 TILE = 192  # pixels per panel tile
@@ -56,8 +55,9 @@ class Previews:
         if self.left <= 0:
             return
         self.left -= 1
-        clean, _ = read_pixels(resolve_image(sample.image, self.image_roots))
-        noised, _ = read_pixels(self.noised_root / noised_relative)
+        # What the model is shown, clean and noised, so the panel compares like with like.
+        clean = np.asarray(open_image(sample.image, self.image_roots))
+        noised = np.asarray(load_image(self.noised_root / noised_relative))
         heat = region.heat if region.heat is not None else region.mask
         title = f"{sample.image}: {region.label} (confidence {region.confidence:.2f}, area {region.area_fraction:.1%})"
         write_panel(self.folder / f"{Path(sample.image).with_suffix('')}.png", clean, heat, region.mask, noised, title)

@@ -15,16 +15,17 @@ from pathlib import Path
 
 from loopback import CONCURRENCIES, latency_arg, loopback_server, request_count, requests_served
 
-from mmedpo.scoring.cache import JudgeCache, cache_key
+from mmedpo.records import PreferencePair
+from mmedpo.scoring.cache import JudgeCache
 from mmedpo.scoring.chat_judge import ChatJudge
+from mmedpo.scoring.panel import judge_pairs
 
 
-def score_with_cache(judge: ChatJudge, cache: JudgeCache, items: list[tuple[str, str, str]]) -> None:
-    keys = [cache_key(judge.name, judge.version, judge.model, *item) for item in items]
-    todo = [i for i, key in enumerate(keys) if cache.get(key) is None]
-    for position, verdict in judge.score_many([items[i] for i in todo]):
-        assert verdict.score is not None, verdict.reason
-        cache.put(keys[todo[position]], verdict.score, verdict.reason)
+def score_with_cache(judge: ChatJudge, cache: JudgeCache, pairs: list[PreferencePair]) -> None:
+    """The panel's own path for one judge: cache lookups, requests for the misses, cache writes."""
+    verdicts = judge_pairs(pairs, judge, "chat", cache, advance=lambda done: None)
+    cache.close()
+    assert all(verdict.score is not None for verdict in verdicts), verdicts[0].reason
 
 
 def main(latency: float) -> None:
@@ -33,7 +34,19 @@ def main(latency: float) -> None:
         for concurrency in CONCURRENCIES:
             judge = ChatJudge(base_url=url, model="fake", api_key_env=None, concurrency=concurrency)
             count = request_count(concurrency)
-            items = [(f"Question {i}?", "No pleural effusion.", "Large pleural effusion.") for i in range(count)]
+            items = [
+                PreferencePair(
+                    id=f"p{i}",
+                    sample_id=f"s{i}",
+                    task="vqa",
+                    kind="text",
+                    image="a.png",
+                    question=f"Question {i}?",
+                    chosen="No pleural effusion.",
+                    rejected="Large pleural effusion.",
+                )
+                for i in range(count)
+            ]
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "judge_cache.jsonl"
                 start = time.perf_counter()

@@ -246,38 +246,33 @@ def assert_same_training(one_process_run, work: Path, ranks: list[dict], distrib
 @pytest.mark.slow
 def test_two_processes_data_parallel_match_one_process(tiny_vlm_dir, one_process_run, tmp_path):
     # The shipped multi-GPU file, on CPU: torchrun starts 2 processes, which join with gloo (MULTI_CPU).
-    root, _ = one_process_run
-    ranks = launch(
+    ranks = launch_shipped(tmp_path, tiny_vlm_dir, one_process_run[0], "ddp")
+    assert_same_training(one_process_run, tmp_path, ranks, "MULTI_CPU")
+
+
+def launch_shipped(tmp_path, tiny_vlm_dir, root, config: str, **kwargs) -> list[dict]:
+    """Two ranks launched with the shipped accelerate file `config` (fp32, as the 1-process run)."""
+    return launch(
         tmp_path,
         tiny_vlm_dir,
         root,
         scale_settings(batch_size=2),
         "--config_file",
-        str(ACCELERATE_CONFIGS / "ddp.yaml"),
+        str(ACCELERATE_CONFIGS / f"{config}.yaml"),
         "--mixed_precision",
         "no",
+        **kwargs,
     )
-    assert_same_training(one_process_run, tmp_path, ranks, "MULTI_CPU")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_on_cpu_matches_one_process(tiny_vlm_dir, one_process_run, tmp_path, stage):
     pytest.importorskip("deepspeed")
-    root, _ = one_process_run
     # DeepSpeed's CPU backend JIT-compiles a small C++ op (shared-memory comm) on its first use on a machine
     # (~2 min on 2 cores, cached in ~/.cache/torch_extensions): hence the long timeout.
-    ranks = launch(
-        tmp_path,
-        tiny_vlm_dir,
-        root,
-        scale_settings(batch_size=2),
-        "--config_file",
-        str(ACCELERATE_CONFIGS / f"zero{stage}.yaml"),
-        "--mixed_precision",
-        "no",
-        timeout=600,
-        env={"DS_ACCELERATOR": "cpu"},
+    ranks = launch_shipped(
+        tmp_path, tiny_vlm_dir, one_process_run[0], f"zero{stage}", timeout=600, env={"DS_ACCELERATOR": "cpu"}
     )
     assert_same_training(one_process_run, tmp_path, ranks, "DEEPSPEED")
     assert [r["zero_stage"] for r in ranks] == [stage, stage]

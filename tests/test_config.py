@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from mmedpo.config import load_config
-from mmedpo.pipeline import build_stages, fingerprints
+from mmedpo.pipeline.engine import fingerprints
+from mmedpo.pipeline.stages import build_stages
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 

@@ -7,11 +7,13 @@ import json
 import pytest
 
 from mmedpo.config import ScoreConfig
+from mmedpo.data.convert import convert_pairs
 from mmedpo.data.llava_json import read_mmedpo_json
 from mmedpo.records import PreferencePair, read_jsonl
 from mmedpo.scoring.cache import folder_fingerprint
 from mmedpo.scoring.judges import JUDGES, Judge, Verdict
-from mmedpo.scoring.panel import aggregate, export_mmedpo_json, reweight, score_pairs
+from mmedpo.scoring.panel import aggregate, score_pairs
+from mmedpo.scoring.variant_pairs import reweight
 
 
 class TableJudge(Judge):
@@ -69,10 +71,14 @@ def test_mean_panel_and_mean_one_weights(tmp_path):
     assert scored["1"].scores == {"a": 0.2, "b": 0.6}
     assert scored["3"].scores == {"localizer": 0.5}  # visual: the localizer alone, no judge asked
     assert scored["1"].provenance["score_reasons"] == {"a": "from the table", "b": "from the table"}
-    # raw 0.4, 0.9, 0.5 (mean 0.6) -> weights raw / 0.6
-    assert [scored[i].weight for i in "123"] == pytest.approx([0.4 / 0.6, 1.5, 0.5 / 0.6])
+    # The panel's mean is each pair's clinical score; training weights are made per variant.
+    assert [scored[i].clinical_score for i in "123"] == pytest.approx([0.4, 0.9, 0.5])
+    assert all(scored[i].weight is None for i in "123")
+    # raw 0.4, 0.9, 0.5 (mean 0.6) -> mean-one weights raw / 0.6
+    weights = [p.weight for p in reweight(list(scored.values()), ScoreConfig(**PANEL))]
+    assert weights == pytest.approx([0.4 / 0.6, 1.5, 0.5 / 0.6])
     assert (summary.pairs, summary.scored, summary.unscored, summary.by_kind) == (3, 3, 0, {"text": 2, "visual": 1})
-    assert summary.mean_raw == pytest.approx(0.6) and summary.mean_weight == pytest.approx(1.0)
+    assert summary.mean_raw == pytest.approx(0.6)
     assert summary.judge_means == pytest.approx({"a": 0.5, "b": 0.8})
     assert sorted(TableJudge.calls) == ["Maybe", "Maybe", "Yes", "Yes"]
     assert json.loads(json.dumps(summary.as_dict()))  # the stage summary is valid JSON
@@ -102,7 +108,7 @@ def test_a_pair_a_judge_cannot_score_is_rejected_not_weighted(tmp_path):
     no_confidence = pair("4", "Yes, large", kind="visual")
     summary = score_pairs(PAIRS + [no_confidence], out, settings, show_progress=False)
     assert [p.id for p in read_jsonl(out, PreferencePair)] == ["3"]
-    assert read_jsonl(out, PreferencePair)[0].weight == 1.0  # mean-one over the one scored pair
+    assert read_jsonl(out, PreferencePair)[0].clinical_score == 0.5  # the localizer's confidence
     rejects = [json.loads(line) for line in (tmp_path / "pairs.scored.rejects.jsonl").read_text().splitlines()]
     assert [(r["id"], r["reason"]) for r in rejects] == [
         ("1", "a: score 1.7 is not in [0, 1] (from the table)"),
@@ -123,7 +129,8 @@ def test_visual_pairs_can_join_the_judges(tmp_path):
     visual = read_jsonl(out, PreferencePair)[2]
     assert visual.scores == {"a": 0.3, "b": 0.9, "localizer": 0.5}
     # raws: median(0.2, 0.6) = 0.4, median(0.8, 1.0) = 0.9, median(0.3, 0.9, 0.5) = 0.5 -> mean 0.6
-    assert visual.weight == pytest.approx(0.5 / 0.6)
+    assert visual.clinical_score == pytest.approx(0.5)
+    assert reweight(read_jsonl(out, PreferencePair), settings)[2].weight == pytest.approx(0.5 / 0.6)
 
 
 def test_aggregates_on_hand_computed_numbers():
@@ -166,20 +173,17 @@ def test_bad_panel_members_are_named(tmp_path):
         score_pairs(PAIRS, tmp_path / "s.jsonl", bad, show_progress=False)
 
 
-def test_export_mmedpo_json_carries_the_clinical_scores(tmp_path):
+def test_scored_pairs_export_their_clinical_scores_as_weighted_score(tmp_path):
     out = tmp_path / "pairs.scored.jsonl"
     score_pairs(PAIRS, out, ScoreConfig(**PANEL), show_progress=False)
-    assert export_mmedpo_json(out, tmp_path / "mmedpo.json") == 3
+    assert convert_pairs(out, tmp_path / "mmedpo.json")["accepted"] == 3
     records = json.loads((tmp_path / "mmedpo.json").read_text())
-    # The panel's raw scores (0.4, 0.9, 0.5), not the mean-one weights: the released format is in [0, 1].
+    # The panel's scores (0.4, 0.9, 0.5) in [0, 1], as in the released files; never a training weight.
     assert [r["weighted_score"] for r in records] == pytest.approx([0.4, 0.9, 0.5])
     assert records[2]["rejected_image"] == "noised/a.png"
     back = read_mmedpo_json(tmp_path / "mmedpo.json", task="vqa")
-    assert not back.rejects and [p.weight for p in back.pairs] == pytest.approx([0.4, 0.9, 0.5])
-    unscored = tmp_path / "unscored.jsonl"
-    unscored.write_text(PAIRS[0].model_dump_json() + "\n")
-    with pytest.raises(ValueError, match=r"1 pair\(s\) have no clinical score \(first: '1'\)"):
-        export_mmedpo_json(unscored, tmp_path / "x.json")
+    assert not back.rejects and [p.clinical_score for p in back.pairs] == pytest.approx([0.4, 0.9, 0.5])
+    assert all(p.weight is None for p in back.pairs)
 
 
 def test_reweight_by_one_judge_or_the_panel_from_the_stored_scores(tmp_path):
@@ -190,6 +194,7 @@ def test_reweight_by_one_judge_or_the_panel_from_the_stored_scores(tmp_path):
     # Judge a alone: raws 0.2, 0.8 and the visual pair's confidence 0.5 (mean 0.5).
     one = reweight(scored, ScoreConfig(**PANEL), ["a"])
     assert [p.weight for p in one] == pytest.approx([0.4, 1.6, 1.0])
+    assert [p.clinical_score for p in one] == pytest.approx([0.2, 0.8, 0.5])  # judge a's own scores
     assert TableJudge.calls == []  # nothing is judged again
     # The whole panel over the text pairs only: raws 0.4, 0.9, normalised over these two (mean 0.65).
     panel = reweight(scored[:2], ScoreConfig(**PANEL))

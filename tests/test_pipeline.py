@@ -7,7 +7,9 @@ from typer.testing import CliRunner
 
 from mmedpo.cli import app
 from mmedpo.config import load_config
-from mmedpo.pipeline import Run, run_pipeline
+from mmedpo.layout import RunLayout
+from mmedpo.pipeline import run_pipeline
+from mmedpo.pipeline.stages import split
 from mmedpo.records import PreferencePair, Reject, read_jsonl, rejects_path
 
 SMALL = [
@@ -44,7 +46,7 @@ def finished_run(tmp_path_factory):
 @pytest.mark.slow
 def test_every_stage_runs_and_writes_the_run_folder(finished_run):
     config, results = finished_run
-    run = Run(config)
+    run = RunLayout.of(config)
     assert [r.name for r in results] == [
         "samples",
         "base",
@@ -52,8 +54,10 @@ def test_every_stage_runs_and_writes_the_run_folder(finished_run):
         "curate_visual",
         "score",
         "eval:base",
+        "pairs:mmedpo",
         "train:mmedpo",
         "eval:mmedpo",
+        "pairs:ablated",
         "train:ablated",
         "eval:ablated",
         "report",
@@ -65,6 +69,8 @@ def test_every_stage_runs_and_writes_the_run_folder(finished_run):
         "pairs.text.jsonl",
         "pairs.visual.jsonl",
         "pairs.scored.jsonl",
+        "pairs.mmedpo.jsonl",
+        "pairs.ablated.jsonl",
         "models/base/config.json",
         "models/mmedpo/config.json",
         "eval/base.json",
@@ -72,43 +78,57 @@ def test_every_stage_runs_and_writes_the_run_folder(finished_run):
         "report/index.html",
     ]:
         assert (run.dir / path).exists(), path
-    assert any((run.images / "noised").rglob("*.png"))
+    assert any(run.noised_images.rglob("*.png"))
 
 
 @pytest.mark.slow
 def test_curation_counts_add_up(finished_run):
     config, _ = finished_run
-    run = Run(config)
-    pref = {s.id for s in run.split("pref")}
-    for path in (run.text_pairs, run.visual_pairs, run.region_pairs("whole")):
+    run = RunLayout.of(config)
+    pref = {s.id for s in split(run, "pref")}
+    for path in (run.text_pairs, run.visual_pairs("lesion"), run.visual_pairs("whole")):
         paired = {p.sample_id for p in read_jsonl(path, PreferencePair)}
         rejected = {r.id for r in read_jsonl(rejects_path(path), Reject)}
         assert paired | rejected == pref and not paired & rejected
-    visual = read_jsonl(run.visual_pairs, PreferencePair)
-    whole = read_jsonl(run.region_pairs("whole"), PreferencePair)
+    visual = read_jsonl(run.visual_pairs("lesion"), PreferencePair)
+    whole = read_jsonl(run.visual_pairs("whole"), PreferencePair)
     assert visual and whole  # the untrained tiny model gets some answers wrong on the noised images
     assert all(p.rejected_image and p.rejected_image.startswith("noised/") for p in visual + whole)
     scored = read_jsonl(run.scored_pairs, PreferencePair)
     assert len(scored) == len(read_jsonl(run.text_pairs, PreferencePair)) + len(visual) + len(whole)
-    weights = [p.weight for p in scored]
-    assert all(w is not None and w >= 0 for w in weights)
-    assert sum(weights) / len(weights) == pytest.approx(1.0)  # mean-one normalisation
+    assert all(0 <= p.clinical_score <= 1 and p.weight is None for p in scored)
     assert all(set(p.scores) == {"findings", "embedding"} for p in scored if p.kind == "text")
-    # Each variant trains on its own visual pairs: the lesion's, or the whole image's.
-    trained = {name: json.loads(run.stage_state(f"train:{name}").read_text()) for name in ("mmedpo", "ablated")}
-    assert trained["mmedpo"]["summary"]["by_kind"].get("visual", 0) == len(visual)
-    assert trained["ablated"]["summary"]["by_kind"].get("visual", 0) == len(whole)
+
+
+@pytest.mark.slow
+def test_each_variant_trains_on_exactly_its_pairs_file(finished_run):
+    config, _ = finished_run
+    run = RunLayout.of(config)
+    scored = read_jsonl(run.scored_pairs, PreferencePair)
+    text = [p.id for p in scored if p.kind == "text"]
+    regions = {"mmedpo": "lesion", "ablated": "whole"}
+    for variant, region in regions.items():
+        pairs = read_jsonl(run.variant_pairs(variant), PreferencePair)
+        visual = [p.id for p in scored if p.kind == "visual" and p.region == region]
+        assert sorted(p.id for p in pairs) == sorted(text + visual)
+        weights = [p.weight for p in pairs]
+        assert sum(weights) / len(weights) == pytest.approx(1.0)  # mean-one over the variant's own pairs
+        trained = json.loads(run.stage_state(f"train:{variant}").read_text())["summary"]
+        assert trained["pairs"] == len(pairs) and trained["by_kind"]["visual"] == len(visual)
+    # The one-judge variant's clinical scores are the findings judge's alone.
+    ablated = {p.id: p for p in read_jsonl(run.variant_pairs("ablated"), PreferencePair)}
+    assert all(ablated[p.id].clinical_score == p.scores["findings"] for p in scored if p.kind == "text")
 
 
 @pytest.mark.slow
 def test_eval_has_the_metrics_of_every_task(finished_run):
     config, _ = finished_run
     for variant in ("base", "mmedpo"):
-        result = json.loads(Run(config).eval(variant).read_text())
+        result = json.loads(RunLayout.of(config).eval(variant).read_text())
         metrics = result["metrics"]
         for name in ("closed_accuracy", "open_recall", "bleu_1", "bleu_4", "rouge_l"):
             assert 0.0 <= metrics[name] <= 1.0, name
-        assert len(result["predictions"]) == len(Run(config).split("test"))
+        assert len(result["predictions"]) == len(split(RunLayout.of(config), "test"))
 
 
 @pytest.mark.slow
@@ -125,8 +145,10 @@ def test_rerun_skips_finished_stages_and_a_change_reruns_only_what_follows(finis
         "curate_visual": "skipped",
         "score": "skipped",
         "eval:base": "skipped",
+        "pairs:mmedpo": "skipped",
         "train:mmedpo": "ran",
         "eval:mmedpo": "ran",
+        "pairs:ablated": "skipped",
         "train:ablated": "ran",
         "eval:ablated": "ran",
         "report": "ran",

@@ -41,7 +41,7 @@ def test_released_texts_are_cleaned_for_training():
     pair = pairs["761"]
     assert pair.question == "What is the organ on the left side of this image?"
     assert pair.chosen == "Right Lung"
-    assert pair.weight == 0.0
+    assert pair.clinical_score == 0.0 and pair.weight is None  # weighted_score is the clinical score
     assert pair.kind == "text" and pair.rejected_image is None
     assert read_mmedpo_json(FIXTURES[0]).pairs[0].task == "report"
     assert {p.task for p in read_mmedpo_json(FIXTURES[2]).pairs} == {"vqa"}
@@ -57,11 +57,18 @@ def test_edited_text_is_written_fresh_not_from_the_raw_copy(tmp_path):
 
 
 def test_visual_pairs_keep_their_rejected_image(tmp_path):
-    pair = make_pair(1, kind="visual", rejected_image="noised/a.png", weight=0.5)
+    pair = make_pair(1, kind="visual", rejected_image="noised/a.png", region="lesion", clinical_score=0.5, weight=1.7)
     write_mmedpo_json([pair], tmp_path / "v.json")
-    assert json.loads((tmp_path / "v.json").read_text())[0]["rejected_image"] == "noised/a.png"
+    record = json.loads((tmp_path / "v.json").read_text())[0]
+    # weighted_score is the clinical score in [0, 1], never the training weight.
+    assert record["rejected_image"] == "noised/a.png" and record["weighted_score"] == 0.5
     back = read_mmedpo_json(tmp_path / "v.json").pairs[0]
-    assert back.kind == "visual" and back.rejected_image == "noised/a.png" and back.weight == 0.5
+    assert (back.kind, back.rejected_image, back.region, back.clinical_score) == (
+        "visual",
+        "noised/a.png",
+        "lesion",
+        0.5,
+    )
 
 
 def test_bad_records_are_rejected_with_a_reason_naming_the_record(tmp_path):

@@ -112,7 +112,7 @@ def test_whole_image_ablation_pairs_the_same_samples_with_noise_everywhere(synth
     )
     for pair in pairs:
         assert pair.id == f"{pair.sample_id}-visual-whole" and pair.rejected_image.endswith("_whole_t500.png")
-        assert pair.provenance["region"] == "whole" and pair.provenance["area_fraction"] == 1.0
+        assert pair.region == "whole" and pair.provenance["area_fraction"] == 1.0
         clean = np.asarray(Image.open(root / pair.image), dtype=float)
         noised = np.asarray(Image.open(tmp_path / "images" / pair.rejected_image), dtype=float)
         assert np.mean(np.abs(noised - clean) > 0) > 0.9  # nearly every pixel changed, not just the lesion's

@@ -15,10 +15,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from mmedpo.config import load_config
-from mmedpo.pipeline import Run, StageResult, run_pipeline
+from mmedpo.errors import StageIncomplete
+from mmedpo.layout import RunLayout
+from mmedpo.pipeline import StageResult, run_pipeline
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 curate_app = typer.Typer(help="Make preference pairs from samples.", no_args_is_help=True)
@@ -40,7 +41,7 @@ def friendly_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as error:
+        except (ValueError, OSError, StageIncomplete) as error:
             console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             raise typer.Exit(2) from None
 
@@ -77,7 +78,7 @@ def run(config: ConfigOption = None, override: OverrideOption = None, force: For
     """Run every stage of the config (default: the SynthMed demo), skipping finished ones."""
     cfg = _config(config, override)
     results = run_pipeline(cfg, force=force, on_stage=_print_stage)
-    print_results(Run(cfg), results)
+    print_results(RunLayout.of(cfg), results)
 
 
 @curate_app.command("text")
@@ -94,23 +95,11 @@ def curate_text(
     if shard is None:
         _run_stages(config, override, ["curate_text"], force)
         return
-    from mmedpo.curation.text import curate_text as curate
     from mmedpo.curation.text import parse_shard
-    from mmedpo.pipeline import finished
+    from mmedpo.pipeline import curate_shard
 
-    cfg = _config(config, override)
-    finished(cfg, ["samples", "base"])
-    run = Run(cfg)
-    summary = curate(
-        run.split("pref"),
-        run.text_pairs,
-        cfg.curate_text,
-        run.image_roots,
-        cfg.seed,
-        run.model("base"),
-        shard=parse_shard(shard),
-    )
-    console.print(f"shard {shard}: {_short(summary.as_dict())}")
+    summary = curate_shard(_config(config, override), parse_shard(shard))
+    console.print(f"shard {shard}: {_short(summary)}")
 
 
 @curate_app.command("merge")
@@ -121,13 +110,9 @@ def curate_merge(
     override: OverrideOption = None,
 ) -> None:
     """Join finished text-curation shards into pairs.text.jsonl; `mmedpo run` then goes on from there."""
-    from mmedpo.curation.text import merge_shards
-    from mmedpo.pipeline import mark_done
+    from mmedpo.pipeline import merge_curate_shards
 
-    cfg = _config(config, override)
-    run = Run(cfg)
-    summary = merge_shards(run.split("pref"), run.text_pairs, shards)
-    mark_done(cfg, "curate_text", summary)
+    summary = merge_curate_shards(_config(config, override), shards)
     console.print(f"merged {shards} shards: {_short(summary)}")
 
 
@@ -151,16 +136,18 @@ def score(
     override: OverrideOption = None,
     force: ForceOption = False,
     export_json: Annotated[
-        Path | None, typer.Option(help="also write the scored pairs as MMedPO JSON (weighted_score)")
+        Path | None,
+        typer.Option(help="also write the scored pairs as MMedPO JSON (weighted_score: each pair's clinical score)"),
     ] = None,
 ) -> None:
     """Clinical relevance weights for every pair (judge panel, localizer confidence, normalisation)."""
     _run_stages(config, override, ["score"], force)
     if export_json is not None:
-        from mmedpo.scoring.panel import export_mmedpo_json
+        from mmedpo.data.convert import convert_pairs
 
-        count = export_mmedpo_json(Run(_config(config, override)).scored_pairs, export_json)
-        console.print(f"wrote {count} pairs to {export_json}")
+        scored = RunLayout.of(_config(config, override)).scored_pairs
+        summary = convert_pairs(scored, export_json, to="mmedpo")
+        console.print(f"wrote {summary['accepted']} pairs to {export_json}")
 
 
 @app.command()
@@ -214,18 +201,9 @@ def compare(
     """Variants side by side: relative improvements, paired bootstrap intervals and p-values."""
     from mmedpo.evaluation.compare import compare_results, render
     from mmedpo.evaluation.plots import plot_comparison
-    from mmedpo.report.html import load_results
+    from mmedpo.report.html import collect_results
 
-    results = {}
-    for path in inputs:
-        if not path.is_dir():
-            results[path.stem] = json.loads(path.read_text(encoding="utf-8"))
-            continue
-        found = load_results(path)  # base first, then the run's variants in its config's order
-        if not found:
-            raise ValueError(f"{path}: no eval/*.json in this folder")
-        for variant, result in found.items():
-            results[variant if len(inputs) == 1 else f"{path.name}/{variant}"] = result
+    results = collect_results(inputs)
     comparison = compare_results(results, baseline, seed=seed, n_resamples=resamples, n_permutations=permutations)
     text = render(comparison, format)
     if output:
@@ -259,48 +237,15 @@ def convert(
     )
 
 
-def print_results(run: Run, results: list[StageResult]) -> None:
-    """The base vs trained table, then the wall time of each stage."""
-    table = Table(title=f"{run.dir}: the base model and the trained variants on the test split")
-    evaluations = {}
-    for variant in ("base", *run.config.variants):
-        path = run.eval(variant)
-        if path.exists():
-            evaluations[variant] = json.loads(path.read_text(encoding="utf-8"))["metrics"]
-    if evaluations:
-        table.add_column("metric")
-        for variant in evaluations:
-            table.add_column(variant, justify="right")
-        names = [k for k, v in next(iter(evaluations.values())).items() if isinstance(v, (int, float))]
-        for name in names:
-            table.add_row(name, *(_number(evaluations[v].get(name)) for v in evaluations))
+def print_results(layout: RunLayout, results: list[StageResult]) -> None:
+    """The base vs trained table, whether each chain holds, then the wall time of each stage."""
+    from mmedpo.report.terminal import chain_reports, results_table, timings_table
+
+    table = results_table(layout)
+    if table is not None:
         Console().print(table)
-    print_claim(run, evaluations)
-    timings = Table(title="stage wall time")
-    timings.add_column("stage")
-    timings.add_column("status")
-    timings.add_column("seconds", justify="right")
-    for result in results:
-        timings.add_row(result.name, result.status, f"{result.seconds:.1f}")
-    timings.add_row("total", "", f"{sum(r.seconds for r in results if r.status == 'ran'):.1f}")
-    Console().print(timings)
-
-
-def print_claim(run: Run, evaluations: dict) -> None:
-    """Say plainly, metric by metric, whether the configured claim and ablations hold on this run."""
-    from mmedpo.report.ablation import chain_verdict, verdict_lines
-
-    for chain in run.config.chains():
-        chain = [name for name in chain if name in evaluations]
-        if len(chain) < 2:
-            continue
-        results = {name: json.loads(run.eval(name).read_text(encoding="utf-8")) for name in chain}
-        console.print(f"[bold]Does {' > '.join(chain)} hold on the test split?[/]")
-        for line in verdict_lines(chain_verdict(results, chain, seed=run.config.seed)):
+    for question, lines in chain_reports(layout):
+        console.print(f"[bold]{escape(question)}[/]")
+        for line in lines:
             console.print("  " + line, highlight=False, markup=False)
-
-
-def _number(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    Console().print(timings_table(results))

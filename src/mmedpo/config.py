@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mmedpo.layout import RESERVED_PAIR_NAMES
 from mmedpo.llm.chat import ChatConfig
 from mmedpo.records import describe_error
 from mmedpo.training.settings import DPOSettings
@@ -221,8 +222,11 @@ class RunConfig(Section):
         if not variants:
             raise ValueError("at least one variant must be trained")
         for name, changes in variants.items():
-            if name == "base" or not name.replace("-", "").replace("_", "").isalnum():
-                raise ValueError(f"variant name {name!r} must be letters, digits, - or _, and not 'base'")
+            if name in ("base", *RESERVED_PAIR_NAMES) or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(
+                    f"variant name {name!r} must be letters, digits, - or _, and none of base, "
+                    f"{', '.join(RESERVED_PAIR_NAMES)} (names of the run's own files)"
+                )
             if not isinstance(changes, dict):
                 raise ValueError(f"variant {name}: expected a mapping of train settings")
             unknown = set(changes) - set(TrainConfig.model_fields)

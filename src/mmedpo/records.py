@@ -15,11 +15,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Task = Literal["vqa", "report"]
 AnswerType = Literal["closed", "open"]
 PairKind = Literal["text", "visual"]
+NoiseRegion = Literal["lesion", "whole"]
 
 
 class Sample(BaseModel):
@@ -54,7 +55,14 @@ class PreferencePair(BaseModel):
     """A preferred (chosen) and a dispreferred (rejected) answer to one prompt.
 
     Textual pairs share one image. Visual pairs give the rejected answer its own
-    image (`rejected_image`, the lesion-noised one), so the pair differs in the image.
+    image (`rejected_image`, the lesion-noised one), so the pair differs in the image;
+    `region` says where the noise went (the lesion, or the whole image for the ablation).
+
+    Two numbers travel with a scored pair and never mix: `clinical_score` is the paper's
+    clinical relevance score in [0, 1] (the panel's aggregate, or the localizer's
+    confidence; the MMedPO JSON's `weighted_score`), and `weight` is what the trainer
+    multiplies the pair's loss by (that score normalised over the pairs one variant
+    trains on; see scoring.variant_pairs).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -69,9 +77,11 @@ class PreferencePair(BaseModel):
     chosen: str
     rejected: str
     answer_type: AnswerType | None = None
+    region: NoiseRegion | None = Field(None, description="visual pairs: where the rejected image was noised")
     provenance: dict[str, Any] = Field(default_factory=dict)
-    scores: dict[str, float] = Field(default_factory=dict)
-    weight: float | None = None
+    scores: dict[str, float] = Field(default_factory=dict, description="each judge's score in [0, 1]")
+    clinical_score: float | None = Field(None, description="clinical relevance in [0, 1] (MMedPO's weighted_score)")
+    weight: float | None = Field(None, description="the training weight: clinical_score normalised over a variant")
 
     @field_validator("id", "sample_id", mode="before")
     @classmethod
@@ -91,6 +101,19 @@ class PreferencePair(BaseModel):
         if value is not None and (not math.isfinite(value) or value < 0):
             raise ValueError(f"weight must be a finite number >= 0, got {value}")
         return value
+
+    @field_validator("clinical_score")
+    @classmethod
+    def _unit_interval(cls, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
+            raise ValueError(f"clinical_score must lie in [0, 1], got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _region_of_visual_pairs(self) -> PreferencePair:
+        if self.kind == "text" and self.region is not None:
+            raise ValueError("region is for visual pairs; a text pair has none")
+        return self
 
 
 class Reject(BaseModel):

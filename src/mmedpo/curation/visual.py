@@ -29,7 +29,7 @@ from PIL import Image
 from mmedpo.config import CurateVisualConfig
 from mmedpo.curation.answering import answer_samples
 from mmedpo.curation.filters import check_rejected
-from mmedpo.curation.localizers import build_localizer
+from mmedpo.curation.localizers import build_localizer, localizer_iou
 from mmedpo.curation.noise import noise_image_file
 from mmedpo.curation.preview import Previews
 from mmedpo.curation.regions import Region
@@ -80,7 +80,6 @@ def make_noised_image(
         "label": region.label,
         "area_fraction": float(mask.mean()),
         "timestep": settings.timestep,
-        "region": noise_region,
         "mask": str(Path(relative).with_name(mask_path.name)),
         "seed": image_seed(seed, sample.image),
     }
@@ -179,6 +178,7 @@ def _curate_chunk(chunk, noised, noised_root, model, processor, noise_region):
                 kind="visual",
                 image=sample.image,
                 rejected_image=relative,
+                region=noise_region,
                 question=sample.question,
                 chosen=sample.answer,
                 rejected=answer.strip(),
@@ -187,3 +187,58 @@ def _curate_chunk(chunk, noised, noised_root, model, processor, noise_region):
             )
         )
     return pairs, rejects
+
+
+def curate_visual_regions(
+    samples: Sequence[Sample],
+    out_paths: dict[str, Path],
+    settings: CurateVisualConfig,
+    image_roots: Sequence[Path],
+    noised_root: Path,
+    model_dir: Path,
+    seed: int = 0,
+    show_progress: bool = True,
+    sft_samples: Sequence[Sample] = (),
+    classifier_path: Path | None = None,
+) -> dict:
+    """Visual pairs for every noise region of `settings.regions` (region -> its pairs file); returns a summary.
+
+    The localizer is the configured one. Grad-CAM without a given classifier trains
+    the small default CNN on `sft_samples` into `classifier_path` first. Where the
+    samples carry true lesion masks and the localizer is not the annotation itself,
+    the summary says how well its regions match them (`localizer_iou`).
+    """
+    localizer = _configured_localizer(settings, sft_samples, image_roots, classifier_path, seed)
+    summaries = {}
+    for region, out_path in out_paths.items():
+        summaries[region] = curate_visual(
+            samples,
+            out_path,
+            settings,
+            image_roots,
+            noised_root,
+            model_dir,
+            seed=seed,
+            show_progress=show_progress,
+            localizer=localizer,
+            preview=settings.preview if region == "lesion" else 0,
+            noise_region=region,
+        ).as_dict()
+    has_masks = any(sample.meta.get("lesion_mask") for sample in samples)
+    iou = localizer_iou(samples, image_roots, localizer) if settings.localizer != "annotation" and has_masks else None
+    first = summaries[next(iter(out_paths))]
+    return {**first, "by_region": summaries if len(summaries) > 1 else None, "localizer_iou": iou}
+
+
+def _configured_localizer(settings: CurateVisualConfig, sft_samples, image_roots, classifier_path, seed: int):
+    options = dict(settings.localizer_options)
+    if settings.localizer == "gradcam":
+        from mmedpo.curation.gradcam import train_default_classifier
+
+        if settings.classifier is None and classifier_path is None:
+            raise ValueError("gradcam needs curate_visual.classifier, or a path to train the default CNN into")
+        classifier = settings.classifier or train_default_classifier(
+            sft_samples, image_roots, classifier_path, seed=seed
+        )
+        options.update(classifier=str(classifier), factory=settings.classifier_factory)
+    return build_localizer(settings.localizer, options)

@@ -44,8 +44,10 @@ PAIR_FEATURES = Features(
         "chosen": Value("string"),
         "rejected": Value("string"),
         "answer_type": Value("string"),
+        "region": Value("string"),
         "provenance": Value("string"),
         "scores": Value("string"),
+        "clinical_score": Value("float64"),
         "weight": Value("float64"),
     }
 )

@@ -1,7 +1,8 @@
 """The MMedPO preference JSON (LLaVA conversation format), read and written losslessly.
 
 Each record is one turn of LLaVA conversation for the chosen and the rejected
-answer, a `weighted_score`, and for visual pairs a `rejected_image`:
+answer, a `weighted_score` (the clinical relevance score in [0, 1]: a pair's
+`clinical_score`, never its training weight), and for visual pairs a `rejected_image`:
 
     {"id": 761, "image": "xmlab205/source.jpg",
      "conversations":          [{"from": "human", "value": "<image>\\nQUESTION"},
@@ -122,12 +123,13 @@ def record_to_pair(record: Any, task: str) -> PreferencePair:
         kind="visual" if record.get("rejected_image") else "text",
         image=record.get("image"),
         rejected_image=record.get("rejected_image"),
+        region="lesion" if record.get("rejected_image") else None,  # the method's visual pairs noise the lesion
         question=question,
         chosen=chosen,
         rejected=rejected,
         answer_type=answer_type,
         provenance={"source": "mmedpo-json", "llava_raw": raw} if raw else {"source": "mmedpo-json"},
-        weight=None if score is None else float(score),
+        clinical_score=None if score is None else float(score),
     )
 
 
@@ -156,8 +158,8 @@ def pair_to_record(pair: PreferencePair) -> dict:
         {"from": "human", "value": rejected_human},
         {"from": "gpt", "value": rejected_gpt},
     ]
-    if pair.weight is not None:
-        record["weighted_score"] = pair.weight
+    if pair.clinical_score is not None:
+        record["weighted_score"] = pair.clinical_score
     record.update(raw.get("extra", {}))
     return record
 

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from mmedpo.records import PreferencePair
 
 
-def weight_histogram(pairs: list[PreferencePair], path: Path) -> Path | None:
+def weight_histogram(pairs: list[PreferencePair], path: Path, title: str = "weight distribution") -> Path | None:
     """Histogram of the final weights, one series per pair kind; None when no pair has a weight."""
     by_kind: dict[str, list[float]] = {}
     for pair in pairs:
@@ -24,7 +24,7 @@ def weight_histogram(pairs: list[PreferencePair], path: Path) -> Path | None:
     axes.hist(list(by_kind.values()), bins=20, label=[f"{k} ({len(v)})" for k, v in by_kind.items()], stacked=True)
     axes.set_xlabel("weight (normalised clinical relevance)")
     axes.set_ylabel("pairs")
-    axes.set_title("weight distribution per pair kind")
+    axes.set_title(f"{title}, per pair kind")
     axes.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mmedpo.data.images import ImageError, resolve_image
+from mmedpo.layout import RunLayout, read_run_config
 from mmedpo.records import PreferencePair, read_jsonl
 from mmedpo.report.ablation import chain_verdict, verdict_lines
 from mmedpo.report.figures import weight_histogram
@@ -52,15 +51,15 @@ def _e(value: Any) -> str:
 
 
 def _config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.exists() else {}
+    return read_run_config(run_dir)
 
 
 def load_results(run_dir: Path) -> dict[str, dict]:
     """Evaluation results by variant: base first, then the config's variants in their order, then any others."""
-    results = {p.stem: _load_json(p) for p in sorted((run_dir / "eval").glob("*.json"))}
+    layout = RunLayout(Path(run_dir))
+    results = {p.stem: _load_json(p) for p in sorted(layout.eval_dir.glob("*.json"))}
     results = {name: result for name, result in results.items() if "metrics" in result}
-    order = ["base", *(_config(run_dir).get("variants") or {})]
+    order = ["base", *layout.variant_names()]
     rank = {name: index for index, name in enumerate(order)}
     return dict(sorted(results.items(), key=lambda item: rank.get(item[0], len(order))))
 
@@ -122,7 +121,7 @@ def _comparison_table(comparison: dict) -> str:
 
 
 def stages_section(run_dir: Path) -> tuple[str, dict[str, dict]]:
-    paths = sorted((run_dir / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    paths = sorted(RunLayout(run_dir).stages_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)
     states = {p.stem: _load_json(p) for p in paths}
     rows = "".join(
         f"<tr><td>{_e(name)}</td><td>{_e(state.get('status'))}</td><td>{float(state.get('seconds', 0)):.1f}</td></tr>"
@@ -133,13 +132,14 @@ def stages_section(run_dir: Path) -> tuple[str, dict[str, dict]]:
 
 
 def pairs_section(run_dir: Path, out_dir: Path, summaries: dict[str, dict]) -> str:
-    path = run_dir / "pairs.scored.jsonl"
-    if not path.exists():
+    layout = RunLayout.read(run_dir)
+    if not layout.scored_pairs.exists():
         return "<p>No scored pairs yet.</p>"
-    pairs = read_jsonl(path, PreferencePair)
+    pairs = read_jsonl(layout.scored_pairs, PreferencePair)
     parts = []
-    histogram = weight_histogram(pairs, out_dir / "weights.png")
-    if histogram:
+    variant, weighted = _weighted_variant(layout)
+    if weighted:
+        histogram = weight_histogram(weighted, out_dir / "weights.png", title=f"weights of {variant}'s pairs")
         parts.append(f"<img class='plot' src='{_e(histogram.name)}' alt='weight distribution'>")
     agreement = summaries.get("score", {}).get("agreement")
     if agreement:
@@ -147,17 +147,24 @@ def pairs_section(run_dir: Path, out_dir: Path, summaries: dict[str, dict]) -> s
     iou = summaries.get("curate_visual", {}).get("localizer_iou")
     if iou:
         parts.append(f"<h3>Localizer IoU against the true lesion masks</h3><pre id='iou'>{_e(json.dumps(iou))}</pre>")
-    parts.append(_gallery(pairs, image_roots(run_dir), out_dir))
+    weights = {pair.id: pair.weight for pair in weighted}
+    parts.append(_gallery(pairs, weights, variant, layout.image_roots, out_dir))
     return "".join(parts)
 
 
-def image_roots(run_dir: Path) -> list[Path]:
-    """The run's image folder, and the dataset's image root from the run's config."""
-    root = (_config(run_dir).get("data") or {}).get("image_root")
-    return [run_dir / "images"] + ([Path(root)] if root else [])
+def _weighted_variant(layout: RunLayout) -> tuple[str | None, list[PreferencePair]]:
+    """The first variant of the claim (else of the config) whose pairs file exists, and its pairs."""
+    config = read_run_config(layout.dir)
+    for variant in [*(config.get("claim") or []), *layout.variant_names()]:
+        path = layout.variant_pairs(variant)
+        if variant != "base" and path.exists():
+            return variant, read_jsonl(path, PreferencePair)
+    return None, []
 
 
-def _gallery(pairs: list[PreferencePair], roots: list[Path], out_dir: Path) -> str:
+def _gallery(
+    pairs: list[PreferencePair], weights: dict[str, float | None], variant: str | None, roots: list[Path], out_dir: Path
+) -> str:
     visual = [p for p in pairs if p.kind == "visual"][: GALLERY_SIZE // 2]
     picked = visual + [p for p in pairs if p.kind == "text"][: GALLERY_SIZE - len(visual)]
     cards = []
@@ -165,10 +172,13 @@ def _gallery(pairs: list[PreferencePair], roots: list[Path], out_dir: Path) -> s
         names = [("image", pair.image), ("region", pair.provenance.get("mask")), ("noised", pair.rejected_image)]
         images = "".join(_copy_image(name, roots, out_dir, f"{index}-{label}") for label, name in names if name)
         scores = ", ".join(f"{_e(k)} {v:.2f}" for k, v in pair.scores.items())
-        weight = "-" if pair.weight is None else f"{pair.weight:.2f}"
+        clinical = "-" if pair.clinical_score is None else f"{pair.clinical_score:.2f}"
+        weight = weights.get(pair.id)
+        weight_text = f" · weight in {_e(variant)} {weight:.2f}" if weight is not None else ""
         cards.append(
-            f"<div class='pair'>{images}<p><b>{_e(pair.kind)}</b> · weight {weight} ({scores})</p>"
-            f"<p>Q: {_e(pair.question)}</p><p>chosen: {_e(pair.chosen)}</p><p>rejected: {_e(pair.rejected)}</p></div>"
+            f"<div class='pair'>{images}<p><b>{_e(pair.kind)}</b> · clinical score {clinical}{weight_text}"
+            f" ({scores})</p><p>Q: {_e(pair.question)}</p><p>chosen: {_e(pair.chosen)}</p>"
+            f"<p>rejected: {_e(pair.rejected)}</p></div>"
         )
     return f"<h3>Gallery</h3><div id='gallery'>{''.join(cards)}</div>"
 
@@ -189,7 +199,7 @@ def write_report(run_dir: Path | str) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"{run_dir}: not a run folder")
-    out_dir = run_dir / "report"
+    out_dir = RunLayout(run_dir).report_dir
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -204,3 +214,26 @@ def write_report(run_dir: Path | str) -> Path:
     target = out_dir / "index.html"
     target.write_text(page, encoding="utf-8")
     return target
+
+
+def collect_results(inputs: list[Path]) -> dict[str, dict]:
+    """Evaluation results from run folders and eval JSON files, by name.
+
+    A run folder gives each of its variants (base first, config order); with
+    several inputs a run's variants are named RUN/VARIANT.
+    """
+    results = {}
+    for path in inputs:
+        if not path.is_dir():
+            result = _load_json(path)
+            if "metrics" not in result:
+                raise ValueError(f"{path}: not an evaluation file (no metrics in it)")
+            results[path.stem] = result
+            continue
+        found = load_results(path)
+        if not found:
+            raise ValueError(f"{path}: no eval/*.json in this folder")
+        for variant, result in found.items():
+            results[variant if len(inputs) == 1 else f"{path.name}/{variant}"] = result
+    return results
+

@@ -1,4 +1,4 @@
-"""Clinical relevance weights: a judge panel for textual pairs, the localizer for visual ones.
+"""Clinical relevance scores: a judge panel for textual pairs, the localizer for visual ones.
 
 Run it:
 
@@ -9,9 +9,10 @@ aggregated (the mean by default, in our reading of the paper; or the median, a
 trimmed mean, a weighted mean). A visual pair's raw score is the localizer's
 confidence that a lesion is there, or (`visual_mode: confidence+judges`) that
 confidence aggregated with the judges' scores as one more panel member,
-"localizer". The raw scores of all pairs are then normalised over the dataset
-(the paper's Z) into the weight the trainer multiplies each pair's loss by. See
-docs/method.md.
+"localizer". The aggregate is the pair's `clinical_score` in [0, 1], written with
+every member's score to `pairs.scored.jsonl`. The training weight is made per
+variant from these stored scores (`scoring.variant_pairs`: the paper's
+normalisation Z over the pairs that variant trains on). See docs/method.md.
 
 Judges go through the judge cache (`cache.JudgeCache`), so scoring unchanged
 pairs again asks no judge twice and a killed run resumes from what was paid for.
@@ -40,13 +41,11 @@ from pathlib import Path
 from scipy.stats import trim_mean
 
 from mmedpo.config import ScoreConfig
-from mmedpo.data.llava_json import write_mmedpo_json
 from mmedpo.progress import progress_bar
-from mmedpo.records import PreferencePair, Reject, read_jsonl, rejects_path, write_jsonl
+from mmedpo.records import PreferencePair, Reject, rejects_path, write_jsonl
 from mmedpo.scoring.agreement import krippendorff_alpha, spearman_matrix
 from mmedpo.scoring.cache import JudgeCache, cache_key
 from mmedpo.scoring.judges import JUDGES, Judge, Verdict
-from mmedpo.scoring.normalise import normalise
 
 LOCALIZER = "localizer"
 CACHE_FILE = "judge_cache.jsonl"
@@ -59,7 +58,6 @@ class ScoreSummary:
     unscored: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
     mean_raw: float = 0.0
-    mean_weight: float = 0.0
     judge_means: dict[str, float] = field(default_factory=dict)
     cache: dict[str, int] = field(default_factory=dict)
     agreement: dict = field(default_factory=dict)
@@ -197,42 +195,15 @@ def score_pairs(
         raw = aggregate(scores, settings.aggregate, settings.trim, settings.weights)
         raws.append(raw)
         reasons = {member: v.reason for member, v in pair_verdicts.items()}
-        provenance = {**pair.provenance, "clinical_score": raw, "score_reasons": reasons}
-        scored.append(pair.model_copy(update={"scores": scores, "provenance": provenance}))
-    weights = normalise(raws, settings.normaliser)
-    scored = [pair.model_copy(update={"weight": float(w)}) for pair, w in zip(scored, weights)]
+        provenance = {**pair.provenance, "score_reasons": reasons}
+        update = {"scores": scores, "clinical_score": raw, "weight": None, "provenance": provenance}
+        scored.append(pair.model_copy(update=update))
     write_jsonl(out_path, scored)
     write_jsonl(rejects_path(Path(out_path)), rejects)
-    return _summary(pairs, scored, raws, weights, list(panel), cache)
+    return _summary(pairs, scored, raws, list(panel), cache)
 
 
-def reweight(
-    pairs: Sequence[PreferencePair], settings: ScoreConfig, members: Sequence[str] | None = None
-) -> list[PreferencePair]:
-    """The scored pairs with weights remade from their stored scores, normalised over these pairs alone.
-
-    `members` keeps only those panel members' scores (the single-judge ablation);
-    None keeps the whole panel. Visual pairs keep the localizer's score, and the
-    members' too under `visual_mode: confidence+judges`. Nothing is judged again.
-    A pair without a score of a kept member raises a ValueError naming it.
-    """
-    members = list(settings.judges if members is None else members)
-    unknown = sorted(set(members) - set(settings.judges))
-    if unknown or not members:
-        raise ValueError(f"judges {unknown or members} are not members of the panel {settings.judges}")
-    raws = []
-    for pair in pairs:
-        kept = members if pair.kind == "text" or settings.visual_mode == "confidence+judges" else []
-        kept = kept + ([LOCALIZER] if pair.kind == "visual" else [])
-        missing = [member for member in kept if member not in pair.scores]
-        if missing:
-            raise ValueError(f"pair {pair.id}: no score from {missing}; score it first (mmedpo score)")
-        raws.append(aggregate({m: pair.scores[m] for m in kept}, settings.aggregate, settings.trim, settings.weights))
-    weights = normalise(raws, settings.normaliser)
-    return [pair.model_copy(update={"weight": float(w)}) for pair, w in zip(pairs, weights)]
-
-
-def _summary(pairs, scored, raws, weights, members, cache) -> ScoreSummary:
+def _summary(pairs, scored, raws, members, cache) -> ScoreSummary:
     kinds: dict[str, int] = {}
     for pair in scored:
         kinds[pair.kind] = kinds.get(pair.kind, 0) + 1
@@ -244,26 +215,7 @@ def _summary(pairs, scored, raws, weights, members, cache) -> ScoreSummary:
         unscored=len(pairs) - len(scored),
         by_kind=kinds,
         mean_raw=statistics.fmean(raws) if raws else 0.0,
-        mean_weight=statistics.fmean(weights) if weights else 0.0,
         judge_means={member: statistics.fmean(values) for member, values in columns.items() if values},
         cache={"hits": cache.hits, "misses": cache.misses} if cache else {},
         agreement={"spearman": spearman_matrix(columns), "krippendorff_alpha": krippendorff_alpha(columns)},
     )
-
-
-def export_mmedpo_json(scored_pairs_path: Path | str, out_path: Path | str) -> int:
-    """Write scored pairs as the MMedPO LLaVA JSON; returns the number written.
-
-    `weighted_score` is each pair's clinical score in [0, 1] before normalisation,
-    as in the files released with the paper (whose reader refuses values above 1);
-    the normalised weight is a property of one dataset, not of a pair.
-    """
-    pairs = read_jsonl(scored_pairs_path, PreferencePair)
-    missing = [pair.id for pair in pairs if "clinical_score" not in pair.provenance]
-    if missing:
-        raise ValueError(
-            f"{scored_pairs_path}: {len(missing)} pair(s) have no clinical score "
-            f"(first: {missing[0]!r}); score them first"
-        )
-    write_mmedpo_json((p.model_copy(update={"weight": p.provenance["clinical_score"]}) for p in pairs), out_path)
-    return len(pairs)

@@ -446,7 +446,9 @@ def train_from_mmedpo_json(
 ) -> dict[str, Any]:
     """Train on a released MMedPO preference JSON whose image paths are relative to `image_folder`.
 
-    Records that cannot be read, and pairs whose image or rejected image is missing, go to
+    Each pair's weight is its `weighted_score` (the clinical score in [0, 1]) as it is: the
+    released training multiplies each loss by it (a pair without one weighs 1). Records that
+    cannot be read, and pairs whose image or rejected image is missing, go to
     `out_dir/pairs.rejects.jsonl` with the reason; the rest are trained on. Returns
     {"read", "trained", "rejected", "rejects", "model"}, where read = trained + rejected.
     """
@@ -467,6 +469,7 @@ def train_from_mmedpo_json(
     write_jsonl(rejects_file, rejects)
     if not pairs:
         raise ValueError(f"{json_path}: no usable pair ({len(rejects)} rejected, reasons in {rejects_file})")
+    pairs = [pair.model_copy(update={"weight": pair.clinical_score}) for pair in pairs]
     train_weighted_dpo(Path(model_dir), pairs, [Path(image_folder)], out_dir, settings)
     return {
         "read": result.read,
@@ -475,3 +478,4 @@ def train_from_mmedpo_json(
         "rejects": str(rejects_file),
         "model": str(out_dir),
     }
+

@@ -1,0 +1,35 @@
+"""Where a run's samples come from: SynthMed, a dataset reader, or a Sample JSONL file.
+
+    read_samples(config.data, images_dir, seed) -> (samples, rejects)
+
+Every sample carries its pipeline split (`sft`, `pref`, `test`): SynthMed draws
+them; a dataset's own splits are renamed by `data.split_map`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmedpo.config import DataConfig
+from mmedpo.records import Reject, Sample, read_jsonl
+
+
+def read_samples(settings: DataConfig, images_dir: Path, seed: int) -> tuple[list[Sample], list[Reject]]:
+    """The samples `settings` names and the input records that could not be read (with reasons).
+
+    SynthMed draws its images under `images_dir/synthmed/`.
+    """
+    if settings.source == "synthmed":
+        from mmedpo.synth.synthmed import generate_synthmed
+
+        sizes = {"sft": settings.n_sft, "pref": settings.n_pref, "test": settings.n_test}
+        return generate_synthmed(images_dir, sizes, seed, settings.image_size), []
+    if settings.source == "dataset":
+        from mmedpo.data.readers import read_dataset
+
+        samples, rejects = read_dataset(
+            settings.dataset, settings.image_root, settings.split, **settings.reader_options
+        )
+        renamed = [s.model_copy(update={"split": settings.split_map.get(s.split, s.split)}) for s in samples]
+        return renamed, rejects
+    return read_jsonl(settings.samples, Sample), []

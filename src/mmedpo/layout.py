@@ -1,0 +1,142 @@
+"""The run folder: every path a run reads or writes, in one place (see docs/architecture.md).
+
+    runs/NAME/config.yaml                 the resolved configuration
+    runs/NAME/samples.jsonl               the input samples (+ .rejects.jsonl)
+    runs/NAME/pairs.text.jsonl            textual pairs (+ .rejects.jsonl)
+    runs/NAME/pairs.visual.jsonl          visual pairs, noise on the lesion (+ .rejects.jsonl)
+    runs/NAME/pairs.visual-whole.jsonl    visual pairs, noise on the whole image (+ .rejects.jsonl)
+    runs/NAME/pairs.scored.jsonl          every pair with each judge's score and its clinical score
+    runs/NAME/pairs.VARIANT.jsonl         exactly what one variant trains on, with its weights
+    runs/NAME/images/                     drawn images; noised/ copies and their masks
+    runs/NAME/models/VARIANT/             the base (SFT) model and each trained variant
+    runs/NAME/eval/VARIANT.json           metrics and per-sample predictions
+    runs/NAME/stages/STAGE.json           fingerprint, status, wall time and summary of each stage
+    runs/NAME/report/index.html           the run report
+
+Only paths live here: the stages decide what goes in them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+SCORED = "scored"  # pairs.scored.jsonl; variant names must differ from the fixed pair files' names
+RESERVED_PAIR_NAMES = ("text", "visual", "visual-whole", SCORED)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of the run folder `dir`; `image_root` is the dataset's image folder, if any."""
+
+    dir: Path
+    image_root: Path | None = None
+
+    @classmethod
+    def of(cls, config) -> RunLayout:
+        """The layout of a `RunConfig`'s run folder."""
+        root = config.data.image_root
+        return cls(Path(config.run_dir), Path(root) if root else None)
+
+    @classmethod
+    def read(cls, run_dir: Path | str) -> RunLayout:
+        """The layout of an existing run folder, its image root read from its config.yaml."""
+        run_dir = Path(run_dir)
+        root = (read_run_config(run_dir).get("data") or {}).get("image_root")
+        return cls(run_dir, Path(root) if root else None)
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.yaml"
+
+    @property
+    def images(self) -> Path:
+        """The run's own image folder: SynthMed's drawings and the noised copies."""
+        return self.dir / "images"
+
+    @property
+    def image_roots(self) -> list[Path]:
+        """Where sample and pair image paths are looked up: the dataset's folder, then the run's."""
+        return [self.image_root, self.images] if self.image_root else [self.images]
+
+    @property
+    def noised_images(self) -> Path:
+        return self.images / "noised"
+
+    @property
+    def synthmed_images(self) -> Path:
+        return self.images / "synthmed"
+
+    @property
+    def samples(self) -> Path:
+        return self.dir / "samples.jsonl"
+
+    @property
+    def text_pairs(self) -> Path:
+        return self.dir / "pairs.text.jsonl"
+
+    def visual_pairs(self, region: str = "lesion") -> Path:
+        """Visual pairs noised on the lesion, or on the whole image (the paper's ablation)."""
+        return self.dir / ("pairs.visual.jsonl" if region == "lesion" else f"pairs.visual-{region}.jsonl")
+
+    @property
+    def scored_pairs(self) -> Path:
+        return self.dir / f"pairs.{SCORED}.jsonl"
+
+    @property
+    def judge_cache(self) -> Path:
+        return self.dir / "judge_cache.jsonl"
+
+    def variant_pairs(self, variant: str) -> Path:
+        """The pairs one variant trains on, with their final weights."""
+        return self.dir / f"pairs.{variant}.jsonl"
+
+    @property
+    def preview(self) -> Path:
+        return self.dir / "preview"
+
+    @property
+    def localizer_cnn(self) -> Path:
+        return self.dir / "models" / "localizer-cnn.pt"
+
+    def model(self, variant: str) -> Path:
+        return self.dir / "models" / variant
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.dir / "eval"
+
+    def eval(self, variant: str) -> Path:
+        return self.eval_dir / f"{variant}.json"
+
+    def eval_partial(self, variant: str) -> Path:
+        """Predictions written as they come, so a killed evaluation resumes."""
+        return self.eval_dir / f"{variant}.partial.jsonl"
+
+    @property
+    def stages_dir(self) -> Path:
+        return self.dir / "stages"
+
+    def stage_state(self, stage: str) -> Path:
+        return self.stages_dir / f"{stage.replace(':', '.')}.json"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.dir / "report"
+
+    def variant_names(self) -> list[str]:
+        """The run's trained variants in its config's order."""
+        return list(read_run_config(self.dir).get("variants") or {})
+
+
+def read_run_config(run_dir: Path | str) -> dict:
+    """The resolved configuration a run folder holds, as plain data ({} when there is none yet)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return {}
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None

@@ -1,0 +1,249 @@
+"""The stages of a run: each reads files of the run folder, calls one library function, writes files.
+
+    samples ─> base ─> curate_text ──┐
+                 └──> curate_visual ─┴> score ─> pairs:VARIANT ─> train:VARIANT ─> eval:VARIANT ─> report
+                 └──────────────────────────────────────────────────────────────> eval:base ──┘
+
+An adapter decides nothing about the method: it names the inputs and outputs of
+its library function in the run folder (`mmedpo.layout`) and passes the config
+section on. `build_stages` lists them in order with what each reads from the
+config and from earlier stages, which is what the resume engine fingerprints.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from mmedpo.config import RunConfig
+from mmedpo.layout import RunLayout
+from mmedpo.pipeline.engine import Stage
+from mmedpo.records import PreferencePair, Sample, read_jsonl, rejects_path, write_jsonl
+
+# The variant settings that choose and weight its pairs (the pairs:VARIANT stage); the rest train.
+PAIR_SETTINGS = ("pair_kinds", "visual_region", "judges", "weighted")
+
+
+def split(layout: RunLayout, name: str) -> list[Sample]:
+    """The run's samples of one pipeline split (sft, pref, test), in file order."""
+    return [sample for sample in read_jsonl(layout.samples, Sample) if sample.split == name]
+
+
+def stage_samples(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:
+    from mmedpo.data.sources import read_samples
+
+    samples, rejects = read_samples(config.data, layout.images, config.seed)
+    write_jsonl(layout.samples, samples)
+    write_jsonl(rejects_path(layout.samples), rejects)
+    return {
+        "read": len(samples) + len(rejects),
+        "samples": len(samples),
+        "rejected": len(rejects),
+        "by_split": dict(Counter(sample.split for sample in samples)),
+    }
+
+
+def stage_base(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:
+    from mmedpo.models.base import make_base_model
+
+    samples = read_jsonl(layout.samples, Sample)
+    return make_base_model(
+        config.model,
+        samples,
+        layout.image_roots,
+        layout.model("tiny-init"),
+        layout.model("base"),
+        seed=config.seed,
+        show_progress=show_progress,
+    )
+
+
+def stage_curate_text(layout: RunLayout, config: RunConfig, show_progress: bool, shard=None) -> dict:
+    from mmedpo.curation.text import curate_text
+
+    summary = curate_text(
+        split(layout, "pref"),
+        layout.text_pairs,
+        config.curate_text,
+        layout.image_roots,
+        seed=config.seed,
+        model_dir=layout.model("base"),
+        show_progress=show_progress,
+        shard=shard,
+    )
+    return summary.as_dict()
+
+
+def merge_curate_text(layout: RunLayout, config: RunConfig, shards: int) -> dict:
+    from mmedpo.curation.text import merge_shards
+
+    return merge_shards(split(layout, "pref"), layout.text_pairs, shards)
+
+
+def stage_curate_visual(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:
+    from mmedpo.curation.visual import curate_visual_regions
+
+    return curate_visual_regions(
+        split(layout, "pref"),
+        {region: layout.visual_pairs(region) for region in config.curate_visual.regions},
+        config.curate_visual,
+        layout.image_roots,
+        layout.images,
+        layout.model("base"),
+        seed=config.seed,
+        show_progress=show_progress,
+        sft_samples=split(layout, "sft"),
+        classifier_path=layout.localizer_cnn,
+    )
+
+
+def stage_score(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:
+    from mmedpo.scoring.panel import score_pairs
+
+    pairs = read_jsonl(layout.text_pairs, PreferencePair)
+    for region in config.curate_visual.regions:
+        pairs += read_jsonl(layout.visual_pairs(region), PreferencePair)
+    summary = score_pairs(pairs, layout.scored_pairs, config.score, show_progress, cache_path=_judge_cache(config))
+    return summary.as_dict()
+
+
+def _judge_cache(config: RunConfig) -> Path:
+    return Path(config.score.cache_path) if config.score.cache_path else RunLayout.of(config).judge_cache
+
+
+def stage_pairs(layout: RunLayout, config: RunConfig, variant: str) -> dict:
+    from mmedpo.scoring.variant_pairs import write_variant_pairs
+
+    train = config.variant(variant)
+    try:
+        return write_variant_pairs(
+            layout.scored_pairs,
+            layout.variant_pairs(variant),
+            config.score,
+            kinds=train.pair_kinds,
+            visual_region=train.visual_region,
+            judges=train.judges,
+            weighted=train.weighted,
+        )
+    except ValueError as error:
+        raise ValueError(f"variant {variant}: {error}") from None
+
+
+def stage_train(layout: RunLayout, config: RunConfig, variant: str) -> dict:
+    from mmedpo.training.dpo import train_weighted_dpo
+
+    pairs = read_jsonl(layout.variant_pairs(variant), PreferencePair)
+    settings = config.variant(variant).settings(config.seed)
+    train_weighted_dpo(layout.model("base"), pairs, layout.image_roots, layout.model(variant), settings)
+    return {"pairs": len(pairs), "by_kind": dict(Counter(pair.kind for pair in pairs))}
+
+
+def stage_eval(layout: RunLayout, config: RunConfig, variant: str) -> dict:
+    from mmedpo.evaluation.suite import evaluate_run_model
+
+    settings = config.eval
+    result = evaluate_run_model(
+        layout.model(variant),
+        split(layout, "test"),
+        layout.image_roots,
+        layout.eval(variant),
+        settings,
+        seed=config.seed,
+    )
+    return result["metrics"]
+
+
+def stage_report(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:
+    from mmedpo.report.html import write_report
+
+    return {"report": str(write_report(layout.dir))}
+
+
+def _section(name: str):
+    return lambda config: getattr(config, name).model_dump(mode="json")
+
+
+def _pair_settings(variant: str):
+    return lambda config: config.variant(variant).model_dump(mode="json", include=set(PAIR_SETTINGS))
+
+
+def _train_settings(variant: str):
+    return lambda config: config.variant(variant).model_dump(mode="json", exclude=set(PAIR_SETTINGS))
+
+
+def build_stages(config: RunConfig) -> tuple[Stage, ...]:
+    """The stages of a run in order: the fixed ones, then pairs, train and eval stages per variant."""
+    stages = [
+        Stage(
+            "samples",
+            _section("data"),
+            (),
+            lambda r: [r.samples, rejects_path(r.samples), r.synthmed_images],
+            stage_samples,
+        ),
+        Stage("base", _section("model"), ("samples",), lambda r: [r.model("tiny-init"), r.model("base")], stage_base),
+        Stage(
+            "curate_text",
+            _section("curate_text"),
+            ("samples", "base"),
+            lambda r: [r.text_pairs, rejects_path(r.text_pairs)],
+            stage_curate_text,
+        ),
+        Stage(
+            "curate_visual",
+            _section("curate_visual"),
+            ("samples", "base"),
+            lambda r: [
+                *(
+                    p
+                    for region in ("lesion", "whole")
+                    for p in (r.visual_pairs(region), rejects_path(r.visual_pairs(region)))
+                ),
+                r.noised_images,
+                r.preview,
+                r.localizer_cnn,
+            ],
+            stage_curate_visual,
+        ),
+        Stage(
+            "score",
+            _section("score"),
+            ("curate_text", "curate_visual"),
+            lambda r: [r.scored_pairs, rejects_path(r.scored_pairs)],
+            stage_score,
+        ),
+        _eval_stage("base", "base"),
+    ]
+    for variant in config.variants:
+        stages.append(
+            Stage(
+                f"pairs:{variant}",
+                _pair_settings(variant),
+                ("score",),
+                lambda r, v=variant: [r.variant_pairs(v)],
+                lambda r, c, p, v=variant: stage_pairs(r, c, v),
+            )
+        )
+        stages.append(
+            Stage(
+                f"train:{variant}",
+                _train_settings(variant),
+                ("base", f"pairs:{variant}"),
+                lambda r, v=variant: [r.model(v)],
+                lambda r, c, p, v=variant: stage_train(r, c, v),
+            )
+        )
+        stages.append(_eval_stage(variant, f"train:{variant}"))
+    after = tuple(stage.name for stage in stages if stage.name.startswith("eval:"))
+    stages.append(Stage("report", lambda c: None, after, lambda r: [r.report_dir], stage_report))
+    return tuple(stages)
+
+
+def _eval_stage(variant: str, model_stage: str) -> Stage:
+    return Stage(
+        f"eval:{variant}",
+        _section("eval"),
+        ("samples", model_stage),
+        lambda r: [r.eval(variant), r.eval_partial(variant)],
+        lambda r, c, p: stage_eval(r, c, variant),
+    )

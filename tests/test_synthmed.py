@@ -14,6 +14,7 @@ from PIL import Image
 from mmedpo.records import Sample
 from mmedpo.synth import answer_statistics, draw_case, generate_synthmed, prior_baseline, synthmed_corpus
 from mmedpo.synth.drawing import Finding, draw_radiograph
+from mmedpo.synth.questions import PRIORS
 
 # Written out by hand (not imported) so a template change that breaks the meaning is caught.
 PHRASES = {"a nodule": "nodule", "a pleural effusion": "effusion", "consolidation": "consolidation",
@@ -87,10 +88,21 @@ def test_same_seed_same_bytes_and_samples_different_seed_differs(tmp_path):
 
 def test_a_split_size_does_not_change_other_images(tmp_path):
     generate_synthmed(tmp_path / "a", {"sft": 2, "test": 3}, seed=0)
-    generate_synthmed(tmp_path / "b", {"sft": 5, "test": 3}, seed=0)
+    generate_synthmed(tmp_path / "b", {"sft": 5, "test": 3, "val": 2}, seed=0)
     a, b = file_hashes(tmp_path / "a"), file_hashes(tmp_path / "b")
     assert a == {name: digest for name, digest in b.items() if name in a}
     assert len(b) > len(a)
+
+
+def test_validation_split_is_the_test_distribution_on_other_images(tmp_path):
+    samples = generate_synthmed(tmp_path, {"test": 3, "val": 3}, seed=0)
+    test = [s for s in samples if s.split == "test"]
+    val = [s for s in samples if s.split == "val"]
+    assert PRIORS["val"] == PRIORS["test"]
+    assert {s.image for s in val}.isdisjoint(s.image for s in test)
+    hashes = file_hashes(tmp_path)
+    test_files = {digest for name, digest in hashes.items() if "/test/" in name}
+    assert test_files and test_files.isdisjoint(digest for name, digest in hashes.items() if "/val/" in name)
 
 
 def test_layout_ids_and_meta(dataset):

@@ -43,6 +43,9 @@ class DataConfig(Section):
     n_sft: int = Field(600, ge=1, description="SynthMed images in the SFT split (each gives several samples)")
     n_pref: int = Field(300, ge=1, description="SynthMed images in the preference-curation split")
     n_test: int = Field(150, ge=1, description="SynthMed images in the test split")
+    n_val: int = Field(
+        0, ge=0, description="SynthMed images in the validation split (the test distribution, other images)"
+    )
     image_size: int = Field(128, ge=32, description="SynthMed image side in pixels")
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ def read_samples(settings: DataConfig, images_dir: Path, seed: int) -> tuple[lis
     if settings.source == "synthmed":
         from mmedpo.synth.synthmed import generate_synthmed
 
-        sizes = {"sft": settings.n_sft, "pref": settings.n_pref, "test": settings.n_test}
+        sizes = {"sft": settings.n_sft, "pref": settings.n_pref, "test": settings.n_test, "val": settings.n_val}
         return generate_synthmed(images_dir, sizes, seed, settings.image_size), []
     if settings.source == "dataset":
         from mmedpo.data.readers import read_dataset

@@ -50,6 +50,8 @@ PRIORS = {
     "sft": SplitPrior(counts=(0.08, 0.52, 0.4), yes=0.95, right=0.9, upper=0.8, small=0.8),
     "pref": SplitPrior(counts=(0.25, 0.5, 0.25), yes=0.72, right=0.5, upper=0.5, small=0.5),
     "test": SplitPrior(counts=(0.3, 0.5, 0.2), yes=0.52, right=0.5, upper=0.5, small=0.5),
+    # Validation: the test distribution on images of its own, for choosing settings without the test split.
+    "val": SplitPrior(counts=(0.3, 0.5, 0.2), yes=0.52, right=0.5, upper=0.5, small=0.5),
 }
 
 

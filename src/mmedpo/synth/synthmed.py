@@ -25,7 +25,7 @@ from mmedpo.synth.questions import (
     make_report,
 )
 
-SPLITS = tuple(PRIORS)  # ("sft", "pref", "test")
+SPLITS = tuple(PRIORS)  # ("sft", "pref", "test", "val"): a split's place keys its images' random streams
 
 
 def draw_case(

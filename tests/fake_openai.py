@@ -2,12 +2,15 @@
 
     with FakeOpenAI(reply=lambda body: "No.", latency=0.05) as server:
         server.fail("429:0.2", "500", "hang:2", "garbage", "wrong_json")  # the next five requests, in order
+        server.always = "503"  # every request after those, until set back to None (the endpoint recovers)
         ... ChatConfig(base_url=server.url, api_key_env=None) ...
         server.requests  # every request body received (server.connections: connections opened)
 
-Faults: "429:SECONDS" (with Retry-After), "400", "500", "hang:SECONDS" (reply only after that long),
-"garbage" (200 with a body that is not JSON), "wrong_json" (200 with JSON that is not a chat completion).
+Faults: "429:SECONDS" (with Retry-After), "400", "401", "403", "500", "503", "hang:SECONDS" (reply only
+after that long), "garbage" (200 with a body that is not JSON), "wrong_json" (200 with JSON that is not
+a chat completion), "echo_key" (401 whose body repeats the Authorization header, as some servers do).
 `reply(body)` gives the text of each choice: a string (repeated for `n` choices) or a list of strings.
+`FakeOpenAI(port=P)` listens on a given port: a test can refuse connections there first, then serve.
 """
 
 from __future__ import annotations
@@ -35,10 +38,14 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeOpenAI:
-    def __init__(self, reply: Callable[[dict], str | list[str]] = lambda body: "No.", latency: float = 0.0):
+    def __init__(
+        self, reply: Callable[[dict], str | list[str]] = lambda body: "No.", latency: float = 0.0, port: int = 0
+    ):
         self.reply = reply
         self.latency = latency
+        self.port = port
         self.faults: deque[str] = deque()
+        self.always: str | None = None
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.in_flight = 0
@@ -46,8 +53,8 @@ class FakeOpenAI:
         self.connections = 0
         self.lock = threading.Lock()
 
-    def fail(self, *faults: str) -> None:
-        """Answer the next requests with these faults, one each, in order."""
+    def fail(self, *faults: str | None) -> None:
+        """Answer the next requests with these faults, one each, in order (None: a normal reply)."""
         self.faults.extend(faults)
 
     def __enter__(self) -> FakeOpenAI:
@@ -72,7 +79,7 @@ class FakeOpenAI:
                     server.headers.append(dict(self.headers))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                    fault = server.faults.popleft() if server.faults else None
+                    fault = server.faults.popleft() if server.faults else server.always
                 try:
                     time.sleep(server.latency)
                     self._answer(body, fault)
@@ -95,10 +102,11 @@ class FakeOpenAI:
                     self._send(200, json.dumps({"object": "chat.completion", "choices": choices}))
                 elif fault.startswith("429"):
                     self._send(429, '{"error": "rate limited"}', {"Retry-After": fault.split(":")[1]})
-                elif fault == "400":
-                    self._send(400, '{"error": "bad request"}')
-                elif fault == "500":
-                    self._send(500, '{"error": "internal"}')
+                elif fault in ("400", "401", "403", "500", "503"):
+                    self._send(int(fault), json.dumps({"error": f"fault {fault}"}))
+                elif fault == "echo_key":
+                    authorization = self.headers.get("Authorization", "")
+                    self._send(401, json.dumps({"error": f"invalid key in header 'Authorization: {authorization}'"}))
                 elif fault.startswith("hang"):
                     time.sleep(float(fault.split(":")[1]))
                     self._send(200, json.dumps({"choices": [{"message": {"content": "late"}}]}))
@@ -119,7 +127,7 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", self.port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         # A short poll interval: shutdown() waits up to one interval, 0.5 s by default, in every test.
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)

@@ -2,6 +2,8 @@
 
 import base64
 import io
+import random
+import socket
 import time
 
 import pytest
@@ -10,12 +12,21 @@ from PIL import Image
 from fake_openai import FakeOpenAI, prompt_text
 from mmedpo.config import CurateTextConfig
 from mmedpo.curation.generators import ChatGenerator, GeneratorContext
-from mmedpo.llm.chat import ChatConfig, ChatError, ChatSession, chat_many, retry_after_seconds, user_message
+from mmedpo.llm import chat
+from mmedpo.llm.chat import (
+    ChatConfig,
+    ChatError,
+    ChatSession,
+    chat_many,
+    retry_after_seconds,
+    retry_delay,
+    user_message,
+)
 from mmedpo.prompts import load_prompt
 from mmedpo.records import Sample
 from mmedpo.scoring.cache import JudgeCache, cache_key
 from mmedpo.scoring.chat_judge import ChatJudge, parse_judge_reply
-from mmedpo.scoring.judges import JUDGES
+from mmedpo.scoring.judges import JUDGES, Verdict
 
 
 def config(server, **overrides):
@@ -37,19 +48,74 @@ def test_reply_with_n_choices_and_the_key_from_the_named_env_var(monkeypatch):
         assert server.headers[0]["Authorization"] == "Bearer sk-test-123"
 
 
-def test_missing_key_is_a_clear_error(monkeypatch):
+def test_missing_key_is_one_clear_line(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY", raising=False)
-    with pytest.raises(ChatError, match="NO_SUCH_KEY .* is not set"):
+    with pytest.raises(ValueError, match="environment variable NO_SUCH_KEY is not set") as error:
         chat_many(ChatConfig(api_key_env="NO_SUCH_KEY"), [([user_message("hi")], {})])
+    assert "\n" not in str(error.value) and "api_key: EMPTY" in str(error.value)
 
 
-def test_429_waits_retry_after_then_succeeds():
+def test_key_and_endpoint_default_to_the_openai_environment_variables(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
     with FakeOpenAI() as server:
-        server.fail("429:0.4")
-        start = time.monotonic()
-        assert ask(config(server)) == ["No."]
-        assert time.monotonic() - start >= 0.4  # honoured, although the backoff alone would be ~0.01 s
-        assert len(server.requests) == 2
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/")
+        assert ask(ChatConfig(model="fake")) == ["No."]
+        assert server.headers[0]["Authorization"] == "Bearer sk-from-env"
+
+
+def test_api_key_empty_reaches_a_keyless_server_without_a_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeOpenAI() as server:
+        assert ask(ChatConfig(base_url=server.url, model="fake", api_key="EMPTY")) == ["No."]
+        assert "Authorization" not in server.headers[0]
+
+
+def test_a_key_written_in_the_config_is_refused_without_repeating_it():
+    with pytest.raises(ValueError, match="only EMPTY") as error:
+        ChatConfig(api_key="sk-live-abc123")
+    assert "sk-live-abc123" not in str(error.value)
+
+
+def test_max_tokens_extra_body_and_extra_headers_are_sent():
+    with FakeOpenAI() as server:
+        extras = {"max_tokens": 64, "extra_body": {"top_k": 20, "temperature": 1.5}, "extra_headers": {"X-Route": "a"}}
+        assert ask(config(server, **extras), temperature=0) == ["No."]
+        (body,) = server.requests
+        assert (body["max_tokens"], body["top_k"]) == (64, 20)
+        assert body["temperature"] == 0  # the stage's own fields win over extra_body
+        assert server.headers[0]["X-Route"] == "a"
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    """The backoff delays the client asks for, recorded instead of slept."""
+    recorded = []
+
+    async def record(seconds):
+        recorded.append(seconds)
+
+    monkeypatch.setattr(chat, "wait_before_retry", record)
+    return recorded
+
+
+def test_retry_delay_is_capped_exponential_with_jitter():
+    rng = random.Random(0)
+    assert retry_delay(0, 90.0, 1.0, 60.0, rng) == 60.0  # a long Retry-After is capped
+    for retry in range(4):  # Retry-After 0 keeps the exponential backoff: 1, 2, 4, 8 s times 1-1.5
+        assert 2**retry <= retry_delay(retry, 0.0, 1.0, 60.0, rng) <= 1.5 * 2**retry
+    assert 5.0 <= retry_delay(0, 5.0, 1.0, 60.0, rng) <= 7.5  # Retry-After above the backoff is honoured
+    assert retry_delay(9, None, 1.0, 60.0, rng) == 60.0  # 512 s of backoff is capped too
+    assert len({retry_delay(2, None, 1.0, 60.0, rng) for _ in range(20)}) == 20  # jittered
+
+
+def test_retry_after_is_honoured_up_to_the_cap(waits):
+    with FakeOpenAI() as server:
+        server.fail("429:3", "429:90", "429:0", "429:0")
+        assert ask(config(server, backoff=1.0)) == ["No."]
+        assert len(server.requests) == 5
+    assert 3.0 <= waits[0] <= 4.5  # Retry-After 3, over the 1 s backoff of the first retry
+    assert waits[1] == 60.0  # Retry-After 90, capped at max_backoff
+    assert 4.0 <= waits[2] <= 6.0 and 8.0 <= waits[3] <= 12.0  # Retry-After 0: the backoff still applies
 
 
 def test_500_timeout_garbage_and_wrong_json_are_retried():
@@ -71,7 +137,8 @@ def test_a_bad_request_is_not_retried():
     with FakeOpenAI() as server:
         server.fail("400")
         result = ask(config(server))
-        assert isinstance(result, ChatError) and "HTTP 400" in str(result) and "bad request" in str(result)
+        assert isinstance(result, ChatError) and "HTTP 400" in str(result) and "fault 400" in str(result)
+        assert result.kind == "HTTP 400"
         assert len(server.requests) == 1
 
 
@@ -183,9 +250,11 @@ def test_chat_judge_against_a_server_with_faults():
             ("broken", "Yes", "No"),
         ]
         verdicts = dict(judge.score_many(items))
-        assert verdicts[0] == (0.75, "invented finding")
-        assert verdicts[1] == (0.0, "no reason given")
+        assert verdicts[0] == Verdict(0.75, "invented finding")
+        assert verdicts[1] == Verdict(0.0, "no reason given")
+        # The judge answered, but not with a score: unscored for good, not a failed request.
         assert verdicts[2].score is None and verdicts[2].reason.startswith("unparseable reply")
+        assert verdicts[2].failure == ""
         prompts = [prompt_text(body) for body in server.requests]
         assert (
             load_prompt("judge", "v1")[0]
@@ -198,6 +267,7 @@ def test_chat_judge_against_a_server_with_faults():
         server.fail("500", "500", "500")
         failed = judge.score("Any abnormality?", "Normal.", "Effusion.")
         assert failed.score is None and "request failed: HTTP 500" in failed.reason
+        assert failed.failure == "HTTP 500"
 
 
 def test_cached_verdicts_send_no_second_request(tmp_path):
@@ -212,3 +282,40 @@ def test_cached_verdicts_send_no_second_request(tmp_path):
                 cache.put(keys[todo[position]], verdict.score, verdict.reason)
         assert len(server.requests) == 2  # the second pass found both in the cache
         assert (cache.hits, cache.misses) == (2, 0)
+
+
+def test_a_bad_key_stops_the_client_after_five_requests():
+    with FakeOpenAI() as server:
+        server.always = "401"
+        results = chat_many(config(server, concurrency=1), [([user_message(f"q{i}")], {}) for i in range(40)])
+        assert len(server.requests) == 5  # not 40
+    kinds = [result.kind for result in results]
+    assert kinds == ["HTTP 401"] * 5 + ["not sent after 5 x HTTP 401"] * 35
+    assert "5 HTTP 401 failures in a row" in str(results[-1]) and "fault 401" in str(results[-1])
+
+
+def test_the_breaker_counts_failures_in_a_row_only():
+    with FakeOpenAI() as server:
+        server.fail("403", "403", "403", "403", None, "403", "403", "403", "403")  # None: a normal reply
+        results = chat_many(config(server, concurrency=1), [([user_message(f"q{i}")], {}) for i in range(10)])
+        assert len(server.requests) == 10
+    assert [isinstance(result, ChatError) for result in results] == [True] * 4 + [False] + [True] * 4 + [False]
+
+
+def test_the_breaker_stops_retrying_a_refused_connection(waits):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = ChatConfig(base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", concurrency=1, circuit_breaker=3)
+    with ChatSession(cfg) as session:
+        results = session.chat_many([([user_message(f"q{i}")], {}) for i in range(20)])
+        assert session.client.requests_sent == 3  # 3 attempts of the first request, then nothing
+    assert len(waits) == 2 and all(result.kind == "not sent after 3 x connection error" for result in results)
+
+
+def test_a_key_echoed_in_an_error_body_is_scrubbed(monkeypatch):
+    monkeypatch.setenv("FAKE_KEY", "sk-live-0123456789")
+    with FakeOpenAI() as server:
+        server.fail("echo_key")
+        result = ask(config(server, api_key_env="FAKE_KEY"))
+    assert "Bearer ***" in str(result) and "sk-live-0123456789" not in str(result)

@@ -15,12 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mmedpo.layout import RESERVED_PAIR_NAMES
 from mmedpo.llm.chat import ChatConfig
+from mmedpo.llm.endpoint import check_no_key
 from mmedpo.records import describe_error
 from mmedpo.training.settings import DPOSettings
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Errors name the field, never echo its value: it might be a key someone wrote into the config.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class DataConfig(Section):
@@ -133,6 +135,17 @@ class ScoreConfig(Section):
     cache: bool = Field(True, description="keep judge verdicts in a cache on disk so no pair is judged twice")
     cache_path: str | None = Field(None, description="the judge cache file; empty: judge_cache.jsonl in the run folder")
     normaliser: str = Field("mean-one", description="normalisation Z of the raw scores (see scoring.normalise)")
+
+    @field_validator("judge_options")
+    @classmethod
+    def _no_key_in_judge_options(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # Refused here, not when the judge is built: by then the run's config.yaml would hold the key.
+        for member, options in value.items():
+            try:
+                check_no_key(options.get("api_key"))
+            except ValueError as error:
+                raise ValueError(f"{member}.api_key: {error}") from None
+        return value
 
     @model_validator(mode="after")
     def _weights_cover_the_panel(self) -> ScoreConfig:

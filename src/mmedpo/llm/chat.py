@@ -1,16 +1,20 @@
-"""An OpenAI-compatible chat client: bounded concurrency, an optional rate limit, retries.
+"""An OpenAI-compatible chat client: bounded concurrency, an optional rate limit, retries, a circuit breaker.
 
-It speaks `POST {base_url}/chat/completions`, which OpenAI (GPT-4o), vLLM and
-SGLang all serve, so the same code asks GPT-4o or a Med-LLM on your own
-server. The API key is read from the environment variable the config NAMES
-(`api_key_env`), never from the config itself.
+It speaks `POST {base_url}/chat/completions`, which OpenAI (GPT-4o), Azure
+OpenAI's v1 endpoint, vLLM and SGLang all serve, so the same code asks GPT-4o
+or a Med-LLM on your own server. `ChatConfig` (in `llm.endpoint`) says where
+the endpoint is and where its key comes from (the environment, never the config).
 
 Retries: 429, 5xx, timeouts, connection errors and malformed bodies are
-retried with exponential backoff and full jitter; a `Retry-After` header is
-honoured. Other 4xx (bad request, bad key) fail at once: retrying cannot fix
-them. Every reply is validated (JSON, `choices[*].message.content` text).
+retried after `min(max_backoff, max(Retry-After, backoff * 2**retry))`, times a
+random 1-1.5 so waiting requests spread apart (`retry_delay`). Other 4xx (bad
+request, bad key) fail at once: retrying cannot fix them. After
+`circuit_breaker` auth (401/403) or connection failures in a row the client
+stops sending: every request left fails at once, so a bad key is not sent for
+every item. Every reply is validated (JSON, `choices[*].message.content` text),
+and the key is scrubbed ("***") from every error text, which may echo it.
 
-    >>> config = ChatConfig(base_url="http://127.0.0.1:8000/v1", model="biomistral", api_key_env=None)
+    >>> config = ChatConfig(base_url="http://127.0.0.1:8000/v1", model="biomistral", api_key="EMPTY")
     >>> replies = chat_many(config, [([user_message("Is the heart enlarged?")], {"temperature": 0})])  # doctest: +SKIP
     >>> replies[0]  # the choice texts, or a ChatError  # doctest: +SKIP
     ['No.']
@@ -27,59 +31,47 @@ import concurrent.futures
 import email.utils
 import io
 import json
-import os
 import queue
 import random
 import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import aiohttp
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+
+from mmedpo.llm.endpoint import ChatConfig, ChatError, api_key, endpoint_url, scrub
 
 Messages = list[dict[str, Any]]
 RETRY_STATUS = {408, 409, 429}  # and every 5xx
-MAX_BACKOFF_S = 60.0
+AUTH_STATUS = {401, 403}
 
 
-class ChatConfig(BaseModel):
-    """Where and how to reach an OpenAI-compatible chat endpoint."""
+def retry_delay(
+    retry: int, retry_after: float | None, backoff: float, cap: float, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait before retry number `retry` (0-based).
 
-    model_config = ConfigDict(extra="forbid")
+    min(cap, max(Retry-After, backoff * 2**retry)), times a random 1-1.5 so the
+    retries of many waiting requests spread apart. The cap wins over a long
+    Retry-After (which would otherwise block the run), and a Retry-After of 0
+    keeps the exponential backoff (which would otherwise hammer the server).
 
-    base_url: str = Field("https://api.openai.com/v1", description="endpoint root, up to and including /v1")
-    model: str = Field("gpt-4o", description="model name the endpoint serves")
-    api_key_env: str | None = Field(
-        "OPENAI_API_KEY", description="NAME of the environment variable holding the API key; null: send no key"
-    )
-    concurrency: int = Field(8, ge=1, description="requests in flight at once")
-    rate_limit: float | None = Field(None, gt=0, description="at most this many requests per second (null: no limit)")
-    timeout: float = Field(60.0, gt=0, description="seconds to wait for one reply")
-    max_retries: int = Field(5, ge=0, description="retries of a failed request (429, 5xx, timeout, bad body)")
-    backoff: float = Field(1.0, gt=0, description="first retry waits up to this many seconds; doubles each retry")
-    send_images: bool = Field(False, description="send the image as a data URL (only for endpoints that take images)")
-    prompt_version: str | None = Field(None, description="prompt template version, e.g. 'v1' (null: the latest)")
-
-
-class ChatError(Exception):
-    """A request that failed for good: after its retries, or at once when retrying cannot help."""
+    >>> retry_delay(0, 90.0, 1.0, 60.0)
+    60.0
+    >>> 4.0 <= retry_delay(2, 0.0, 1.0, 60.0) <= 6.0
+    True
+    """
+    wait = max(retry_after or 0.0, backoff * 2**retry) * (rng or random).uniform(1.0, 1.5)
+    return min(cap, wait)
 
 
-def api_key(config: ChatConfig) -> str | None:
-    """The key from the environment variable `config.api_key_env` names; a clear error if it is unset."""
-    if config.api_key_env is None:
-        return None
-    key = os.environ.get(config.api_key_env)
-    if not key:
-        raise ChatError(
-            f"environment variable {config.api_key_env} (chat api_key_env) is not set; "
-            "set it, or set api_key_env to null for an endpoint without a key"
-        )
-    return key
+async def wait_before_retry(seconds: float) -> None:
+    """Sleep before a retry; a module function so that tests can record the delays instead of sleeping."""
+    await asyncio.sleep(seconds)
 
 
 def image_data_url(image: Image.Image) -> str:
@@ -116,8 +108,9 @@ class _RateLimiter:
 
 
 class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
+    def __init__(self, message: str, kind: str, retry_after: float | None = None):
         super().__init__(message)
+        self.kind = kind
         self.retry_after = retry_after
 
 
@@ -165,10 +158,13 @@ class ChatClient:
 
     def __init__(self, config: ChatConfig):
         self.config = config
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
-        key = api_key(config)
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.url = endpoint_url(config) + "/chat/completions"
+        key = api_key(config)  # a missing key fails here, before anything is sent
+        self.secrets = [key] if key else []
+        self.headers = {**config.extra_headers, **({"Authorization": f"Bearer {key}"} if key else {})}
         self.requests_sent = 0
+        self.failures_in_a_row = 0  # auth or connection failures since the last other reply, over all requests
+        self.broken: tuple[str, str] | None = None  # (message, kind) once the circuit breaker opened
 
     async def __aenter__(self) -> ChatClient:
         # aiohttp rather than httpx: its pool costs ~0.5 ms of CPU a request, httpx's several ms, which
@@ -188,57 +184,70 @@ class ChatClient:
 
     async def complete(self, messages: Messages, **params: Any) -> list[str]:
         """The choice texts of one chat completion; ChatError once retries are spent."""
-        payload = {"model": self.config.model, "messages": messages, **params}
-        for attempt in range(self.config.max_retries + 1):
+        config = self.config
+        payload = {**config.extra_body, "model": config.model, "messages": messages}
+        if config.max_tokens is not None:
+            payload["max_tokens"] = config.max_tokens
+        payload.update(params)
+        for retry in range(config.max_retries + 1):
             try:
                 return await self._attempt(payload)
             except _Retryable as error:
-                if attempt == self.config.max_retries:
-                    raise ChatError(f"{error} (after {attempt + 1} attempts)") from None
-                # Full jitter spreads the retries of many waiting requests apart.
-                delay = random.uniform(0, min(MAX_BACKOFF_S, self.config.backoff * 2**attempt))
-                await asyncio.sleep(error.retry_after if error.retry_after is not None else delay)
+                if retry == config.max_retries:
+                    raise self._error(f"{error} (after {retry + 1} attempts)", error.kind) from None
+                if self.broken is not None:  # the circuit breaker opened: no point waiting to retry
+                    raise ChatError(*self.broken) from None
+                await wait_before_retry(retry_delay(retry, error.retry_after, config.backoff, config.max_backoff))
         raise AssertionError("unreachable")
 
     async def _attempt(self, payload: dict[str, Any]) -> list[str]:
         await self.limiter.wait()
         async with self.slots:
+            if self.broken is not None:  # checked once a slot is free: queued requests are not sent either
+                raise ChatError(*self.broken)
             self.requests_sent += 1
             try:
                 async with self.http.post(self.url, json=payload) as response:
                     data = await response.read()
                     status, retry_after = response.status, response.headers.get("retry-after")
             except TimeoutError:  # the total timeout covers connecting, sending and reading the whole body
-                raise _Retryable(f"timed out after {self.config.timeout} s") from None
-            except aiohttp.ClientError as error:  # refused, reset, disconnected, truncated body
-                raise _Retryable(f"connection error: {type(error).__name__}: {error}") from None
-        if status in RETRY_STATUS or status >= 500:
-            raise _Retryable(f"HTTP {status}", retry_after_seconds(retry_after))
+                raise _Retryable(f"timed out after {self.config.timeout} s", "timeout") from None
+            except aiohttp.ClientConnectorError as error:  # refused, unknown host, unreachable
+                message = f"connection error: {type(error).__name__}: {error}"
+                self._failed_in_a_row("connection error", message)
+                raise _Retryable(message, "connection error") from None
+            except aiohttp.ClientError as error:  # reset, disconnected, truncated body
+                raise _Retryable(f"connection error: {type(error).__name__}: {error}", "connection error") from None
         text = data.decode("utf-8", errors="replace")
+        body = " ".join(text[:200].split())  # one line, for the console and the rejects file
+        if status in AUTH_STATUS:
+            message = f"HTTP {status} from {self.url}: {body}"
+            self._failed_in_a_row(f"HTTP {status}", message)
+            raise self._error(message, f"HTTP {status}")
+        self.failures_in_a_row = 0  # the server answered and took the key
+        if status in RETRY_STATUS or status >= 500:
+            raise _Retryable(f"HTTP {status}", f"HTTP {status}", retry_after_seconds(retry_after))
         if status != 200:
-            raise ChatError(f"HTTP {status} from {self.url}: {text[:200]}")
+            raise self._error(f"HTTP {status} from {self.url}: {body}", f"HTTP {status}")
         try:
             return reply_texts(json.loads(text))
         except ValueError as error:  # json.JSONDecodeError is a ValueError too
-            raise _Retryable(f"malformed reply: {error}: {text[:80]!r}") from None
+            raise _Retryable(f"malformed reply: {error}: {text[:80]!r}", "malformed reply") from None
 
+    def _failed_in_a_row(self, kind: str, message: str) -> None:
+        """Count an auth or connection failure; open the circuit breaker at `circuit_breaker` in a row."""
+        self.failures_in_a_row += 1
+        limit = self.config.circuit_breaker
+        if self.failures_in_a_row >= limit and self.broken is None:
+            self.broken = (
+                scrub(
+                    f"not sent: {limit} {kind} failures in a row stopped the client; the last: {message}", self.secrets
+                ),
+                f"not sent after {limit} x {kind}",
+            )
 
-async def complete_each(
-    config: ChatConfig, requests: Sequence[tuple[Messages, dict[str, Any]]], on_result: Callable[[int, Any], None]
-) -> None:
-    """Send every (messages, params) request, `config.concurrency` at a time.
-
-    `on_result(index, choice texts or ChatError)` is called as each finishes.
-    """
-    async with ChatClient(config) as client:
-
-        async def one(index: int, messages: Messages, params: dict[str, Any]) -> None:
-            try:
-                on_result(index, await client.complete(messages, **params))
-            except ChatError as error:
-                on_result(index, error)
-
-        await asyncio.gather(*(one(index, *request) for index, request in enumerate(requests)))
+    def _error(self, message: str, kind: str) -> ChatError:
+        return ChatError(scrub(message, self.secrets), kind)
 
 
 class ChatSession:

@@ -3,9 +3,14 @@
 The versioned `judge` prompt asks how clinically significant the difference
 between the preferred and the dispreferred answer is, on a 1-5 scale, as one
 JSON object `{"score": 1..5, "reason": "..."}`; the score maps to [0, 1] as
-(score - 1) / 4. A reply that cannot be read, or a request that failed after
-its retries, leaves the pair UNSCORED (score None) with the reason: a pair is
-never silently given weight 1.
+(score - 1) / 4. Where the line is drawn:
+- a chat completion whose text holds no score on the scale is the judge's
+  answer: it cannot score the pair, which is left UNSCORED (score None) for good;
+- a request that failed (after its retries: an HTTP error, a refused
+  connection, a timeout, a body that is not a chat completion) is no answer at
+  all: the verdict carries `failure`, the score stage is incomplete and the
+  pair is asked again next run.
+A pair is never silently given weight 1.
 
     >>> parse_judge_reply('```json\\n{"score": 4, "reason": "invents an effusion"}\\n```')
     (0.75, 'invents an effusion')
@@ -20,7 +25,8 @@ import re
 from collections.abc import Iterator, Sequence
 from string import Template
 
-from mmedpo.llm.chat import ChatConfig, ChatError, iter_chat, user_message
+from mmedpo.llm.chat import iter_chat, user_message
+from mmedpo.llm.endpoint import ChatConfig, ChatError, api_key
 from mmedpo.prompts import load_prompt
 from mmedpo.scoring.judges import Judge, Verdict, register
 
@@ -66,6 +72,7 @@ class ChatJudge(Judge):
 
     def __init__(self, **chat_options):
         self.chat = ChatConfig(**chat_options)
+        api_key(self.chat)  # a missing key is a clear error now, not a failure per pair later
         text, self.version = load_prompt("judge", self.chat.prompt_version)
         self.template = Template(text)
         self.model = self.chat.model
@@ -86,6 +93,6 @@ class ChatJudge(Judge):
             requests.append(([user_message(prompt, picture)], {"temperature": 0}))
         for index, reply in iter_chat(self.chat, requests):
             if isinstance(reply, ChatError):
-                yield index, Verdict(None, f"request failed: {reply}")
+                yield index, Verdict(None, f"request failed: {reply}", failure=reply.kind)
             else:
                 yield index, Verdict(*parse_judge_reply(reply[0]))

@@ -4,8 +4,8 @@ A judge subclasses `Judge`: a `name`, a `version` (its prompt version, part of
 the judge cache key: bump it when scores would change), the `model` it runs on
 (also in the key) and `score(question, chosen, rejected) -> Verdict`. A verdict
 whose score is None means the judge could not score the pair (an unparseable
-reply, a failed request): `reason` says why and the panel leaves the pair
-unscored instead of guessing a weight. Judges that batch or run requests
+reply) or its request failed (`Verdict.failure`): `reason` says why and the
+panel leaves the pair unscored instead of guessing a weight. Judges that batch or run requests
 concurrently override `score_many`, which yields verdicts as they come, so the
 panel caches each one at once. `JUDGES` maps the names a config uses to judge
 classes; add one with `@register("name")` on the class.
@@ -28,10 +28,18 @@ JUDGES: dict[str, type[Judge]] = {}
 
 
 class Verdict(NamedTuple):
-    """A judge's score in [0, 1] (None: could not score) and its short reason."""
+    """A judge's score in [0, 1] (None: could not score) and its short reason.
+
+    `failure` is set (e.g. "HTTP 503") when no verdict came back because the
+    request failed: a transport or HTTP error, or a body that is not a chat
+    completion. A retry may succeed, so the score stage is left incomplete and
+    asks again next run. A judge that answered but could not score (an
+    unparseable reply, a non-answer) is a verdict: the pair is rejected, for good.
+    """
 
     score: float | None
     reason: str
+    failure: str = ""
 
 
 class Judge:

@@ -15,6 +15,7 @@ from fake_openai import FakeOpenAI, prompt_text
 from mmedpo.config import CurateTextConfig
 from mmedpo.curation.generators import GENERATORS, Failure, GeneratorContext, clean_reply, make_generators
 from mmedpo.curation.text import curate_text, merge_shards, parse_shard, shard_path
+from mmedpo.errors import StageIncomplete
 from mmedpo.llm.chat import ChatConfig
 from mmedpo.records import PreferencePair, Reject, Sample, read_jsonl, rejects_path, write_jsonl
 
@@ -107,7 +108,7 @@ def test_chat_generator_reports_an_unreadable_image_and_a_failed_request(tmp_pat
         (generator,) = make_generators(["chat"], settings, GeneratorContext())
         server.fail("500", "500")
         (result,) = generator.generate(samples(1))
-        assert result == Failure("request_failed", "chat: HTTP 500 (after 2 attempts)")
+        assert result == Failure("request_failed", "chat: HTTP 500 (after 2 attempts)", "HTTP 500")
 
 
 def test_clean_reply():
@@ -121,21 +122,40 @@ def test_curate_text_counts_per_generator_and_drop_reason(tmp_path):
     with FakeOpenAI(reply=hallucinate) as server:
         server.fail("500")  # one request at a time, no retry: the first sample's request fails for good
         settings = chat_settings(server, max_retries=0, concurrency=1)
+        with pytest.raises(StageIncomplete, match=r"1 of 5 samples left unpaired .*\(chat: HTTP 500: 1\)") as error:
+            curate_text(samples(5), out, settings, [], seed=0, show_progress=False)
+        # s000's chat request failed: it is neither paired from perturbation alone (which would shift the
+        # generators' mix) nor rejected, but left for the next run.
+        assert "s000" not in {p.sample_id for p in read_jsonl(out, PreferencePair)}
+        assert error.value.summary["failed"] == 1 and error.value.summary["failures"] == {"chat: HTTP 500": 1}
+        before = len(server.requests)
         summary = curate_text(samples(5), out, settings, [], seed=0, show_progress=False)
+        assert len(server.requests) - before == 1  # only s000 is asked again
     pairs, rejects = read_jsonl(out, PreferencePair), read_jsonl(rejects_path(out), Reject)
     by_sample = {p.sample_id: p for p in pairs}
-    # s000: chat failed, so perturbation made the pair; s002 ("Liver"): chat's answer is meta-text,
-    # perturbation has nothing, so the sample is rejected with the reason.
-    assert by_sample["s000"].rejected == "Yes" and by_sample["s000"].provenance["generator"] == "perturb"
+    # s002 ("Liver"): chat's answer is meta-text and perturbation has nothing, so it is rejected with the reason.
+    assert by_sample["s000"].rejected == "Yes" and by_sample["s000"].provenance["generator"] == "chat"
     assert by_sample["s001"].rejected == "right" and by_sample["s001"].provenance["prompt_version"] == "v1"
     assert [(r.id, r.reason) for r in rejects] == [("s002", "no candidate contradicts the answer")]
     assert summary.as_dict() == {
         "read": 5,
-        "paired": 4,
+        "paired": 1,
+        "rejected": 0,
+        "already_done": 4,
+        "failed": 0,
+        "pairs_by_generator": {"chat": 1},
+        "drop_reasons": {},
+        "failures": {},
+    }
+    assert error.value.summary == {
+        "read": 5,
+        "paired": 3,
         "rejected": 1,
         "already_done": 0,
-        "pairs_by_generator": {"perturb": 1, "chat": 3},
-        "drop_reasons": {"chat:request_failed": 1, "chat:meta_text": 2},
+        "failed": 1,
+        "pairs_by_generator": {"chat": 3},
+        "drop_reasons": {"chat:meta_text": 2},
+        "failures": {"chat: HTTP 500": 1},
     }
 
 

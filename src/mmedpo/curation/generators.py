@@ -8,8 +8,11 @@
     perturb  offline clinical perturbation of the ground truth (`curation.perturb`)
 
 A generator is built as `cls(settings, context)` and `generate(samples)` returns,
-per sample, a list of `Candidate`s or a `Failure` saying why it has none. Every
-candidate carries its provenance: generator, model, prompt version, seed.
+per sample, a list of `Candidate`s or a `Failure` saying why it has none: an
+unreadable image (the sample cannot be paired, for good) or a failed request
+(asking again may work, so `curate_text` leaves the sample for the next run
+rather than pair it from the other generators alone). Every candidate carries
+its provenance: generator, model, prompt version, seed.
 `generate_chunks(chunks)` does the same chunk after chunk, as an iterator (the
 chat generator overlaps the chunks' requests); close it if you stop early.
 """
@@ -37,12 +40,17 @@ class Candidate:
     provenance: dict[str, Any]
 
 
+IMAGE = "image"  # the sample's image is unreadable, so it cannot be paired
+REQUEST_FAILED = "request_failed"  # the endpoint gave no answer (after retries); the next run asks again
+
+
 @dataclass(frozen=True)
 class Failure:
-    """No candidates for a sample. code "image": the sample's image is unreadable, so it cannot be paired."""
+    """No candidates for a sample: `code` IMAGE or REQUEST_FAILED; `kind` a short cause to group by ("HTTP 503")."""
 
     code: str
     reason: str
+    kind: str = ""
 
 
 @dataclass
@@ -81,7 +89,7 @@ def _open_images(samples: Sequence[Sample], image_roots: Sequence[Path]) -> list
         try:
             images.append(open_image(sample.image, image_roots))
         except ImageError as error:
-            images.append(Failure("image", str(error)))
+            images.append(Failure(IMAGE, str(error)))
     return images
 
 
@@ -147,9 +155,11 @@ class ChatGenerator(Generator):
     name = "chat"
 
     def __init__(self, settings, context: GeneratorContext):
+        from mmedpo.llm.endpoint import api_key
         from mmedpo.prompts import load_prompt
 
         self.chat = settings.chat
+        api_key(self.chat)  # a missing key is a clear error now, not a failed request per sample later
         text, self.prompt_version = load_prompt("hallucinate", self.chat.prompt_version)
         self.template = Template(text)
         self.settings, self.context = settings, context
@@ -200,7 +210,7 @@ class ChatGenerator(Generator):
         for i, seed, future in sent:
             reply = reply_or_error(future)
             if isinstance(reply, ChatError):
-                results[i] = Failure("request_failed", f"chat: {reply}")
+                results[i] = Failure(REQUEST_FAILED, f"chat: {reply}", reply.kind)
                 continue
             provenance = {
                 "generator": self.name,

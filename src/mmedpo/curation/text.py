@@ -9,9 +9,13 @@ chat endpoint, clinical perturbations) propose rejected answers. A candidate is
 kept only when it contradicts the ground truth (see
 `curation.filters.check_rejected`); model-made candidates come first, because a
 hallucination the model itself produces is the one worth unlearning. Samples
-with no acceptable candidate go to the rejects file with the reason, so samples
-read = samples paired + samples rejected; the summary counts pairs per
-generator and every dropped candidate per generator and reason.
+with no acceptable candidate go to the rejects file with the reason; the
+summary counts pairs per generator and every dropped candidate per generator
+and reason. A sample whose request to a generator failed (an HTTP error, a
+refused connection) is neither: pairing it from the other generators alone
+would silently shift their mix, so it is left out, the stage raises
+`StageIncomplete` with the failures grouped by cause, and the next run asks
+again for those samples only. Samples read = paired + rejected + failed.
 
 Many machines can split the work: `shard=(i, n)` curates every n-th sample
 from the i-th (1-based) into `pairs.text.shard-i-of-n.jsonl`, and
@@ -27,7 +31,8 @@ from pathlib import Path
 
 from mmedpo.config import CurateTextConfig
 from mmedpo.curation.filters import check_rejected
-from mmedpo.curation.generators import Candidate, Failure, GeneratorContext, make_generators
+from mmedpo.curation.generators import REQUEST_FAILED, Candidate, Failure, GeneratorContext, make_generators
+from mmedpo.errors import StageIncomplete
 from mmedpo.progress import progress_bar
 from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, read_jsonl, rejects_path, write_jsonl
 
@@ -40,8 +45,11 @@ class CurationSummary:
     paired: int = 0
     rejected: int = 0
     skipped_done: int = 0
+    failed: int = 0  # samples left for the next run because a generator's request failed
     pairs_by_generator: Counter = field(default_factory=Counter)
     drops: Counter = field(default_factory=Counter)
+    failures: Counter = field(default_factory=Counter)  # "generator: why" -> samples
+    first_failure: str = ""
 
     def as_dict(self) -> dict:
         return {
@@ -49,8 +57,10 @@ class CurationSummary:
             "paired": self.paired,
             "rejected": self.rejected,
             "already_done": self.skipped_done,
+            "failed": self.failed,
             "pairs_by_generator": dict(self.pairs_by_generator),
             "drop_reasons": dict(self.drops),
+            "failures": dict(self.failures),
         }
 
 
@@ -142,6 +152,14 @@ def curate_text(
     finally:
         for stream in streams:  # the chat generator's stream holds its connections open
             stream.close()
+    if summary.failed:
+        grouped = ", ".join(f"{why}: {count}" for why, count in summary.failures.items())
+        raise StageIncomplete(
+            f"curate text: {summary.failed} of {summary.read} samples left unpaired because generator requests "
+            f"failed ({grouped}); first: {summary.first_failure[:200]}. The other samples are written: run again "
+            "to retry these",
+            summary.as_dict(),
+        )
     return summary
 
 
@@ -150,6 +168,8 @@ def _write_chunk(chunk, generated: list, settings, summary: CurationSummary, sto
     pairs, rejects = [], []
     for index, sample in enumerate(chunk):
         results = [(name, per_sample[index]) for name, per_sample in generated]
+        if _requests_failed(results, summary):
+            continue  # neither paired nor rejected: the next run asks again
         reject = _pair_sample(sample, results, settings, summary, pairs)
         if reject is not None:
             rejects.append(Reject(id=sample.id, source=f"sample {sample.id}", reason=reject))
@@ -159,22 +179,34 @@ def _write_chunk(chunk, generated: list, settings, summary: CurationSummary, sto
     summary.rejected += len(rejects)
 
 
+def _requests_failed(results: list, summary: CurationSummary) -> bool:
+    """Whether a generator's request for this sample failed (counted in `summary`).
+
+    An unreadable image outranks it: the sample cannot be paired whatever the endpoint says.
+    """
+    failures = [(name, r) for name, r in results if isinstance(r, Failure)]
+    failed = [(name, failure) for name, failure in failures if failure.code == REQUEST_FAILED]
+    if not failed or len(failed) < len(failures):
+        return False
+    summary.failed += 1
+    summary.failures.update(f"{name}: {failure.kind}" for name, failure in failed)
+    summary.first_failure = summary.first_failure or failed[0][1].reason
+    return True
+
+
 def _pair_sample(sample: Sample, results: list, settings, summary: CurationSummary, pairs: list) -> str | None:
     """Append the sample's pairs to `pairs`; None, or why the sample has none.
 
-    `results` holds (generator name, its candidates or Failure) for this sample.
+    `results` holds (generator name, its candidates or Failure) for this sample;
+    the only Failure left here is an unreadable image.
     """
-    failures = [(name, result) for name, result in results if isinstance(result, Failure)]
-    unreadable = next((f for _, f in failures if f.code == "image"), None)
+    unreadable = next((result for _, result in results if isinstance(result, Failure)), None)
     if unreadable is not None:
         return unreadable.reason
-    for name, failure in failures:
-        summary.drops[f"{name}:{failure.code}"] += 1
-    candidates = [candidate for _, result in results if not isinstance(result, Failure) for candidate in result]
+    candidates = [candidate for _, result in results for candidate in result]
     chosen = select_pairs(sample, candidates, settings, summary)
     if not chosen:
-        failed = "".join(f"; {failure.reason}" for _, failure in failures)
-        return "no candidate contradicts the answer" + failed
+        return "no candidate contradicts the answer"
     pairs += chosen
     summary.pairs_by_generator.update(p.provenance["generator"] for p in chosen)
     return None

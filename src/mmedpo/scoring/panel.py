@@ -15,10 +15,15 @@ variant from these stored scores (`scoring.variant_pairs`: the paper's
 normalisation Z over the pairs that variant trains on). See docs/method.md.
 
 Judges go through the judge cache (`cache.JudgeCache`), so scoring unchanged
-pairs again asks no judge twice and a killed run resumes from what was paid for.
-A pair that some judge could not score, or a visual pair without a localizer
-confidence, is left unscored: it goes to `pairs.scored.rejects.jsonl` with the
-reasons, never into training with a made-up weight. Read pairs = scored + unscored.
+pairs again asks no judge twice and a killed run resumes from what was paid for;
+pairs that share (question, chosen, rejected) are asked about once. A pair that
+some judge could not score, or a visual pair without a localizer confidence, is
+left unscored: it goes to `pairs.scored.rejects.jsonl` with the reasons, never
+into training with a made-up weight. A pair whose judge request FAILED (an HTTP
+error, a refused connection: `Verdict.failure`) is different, since asking again
+may work: the stage writes what it has, then raises `StageIncomplete` saying how
+many failed and why, and the next run asks only about those (the cache holds
+the rest). Read pairs = scored + unscored + failed.
 
 Panel members are judge names from the registry, or names of your own with
 options naming the judge, so one judge class can sit on the panel twice:
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +47,9 @@ from pathlib import Path
 from scipy.stats import trim_mean
 
 from mmedpo.config import ScoreConfig
+from mmedpo.errors import StageIncomplete
 from mmedpo.progress import progress_bar
-from mmedpo.records import PreferencePair, Reject, rejects_path, write_jsonl
+from mmedpo.records import PreferencePair, Reject, describe_error, rejects_path, write_jsonl
 from mmedpo.scoring.agreement import krippendorff_alpha, spearman_matrix
 from mmedpo.scoring.cache import JudgeCache, cache_key
 from mmedpo.scoring.judges import JUDGES, Judge, Verdict
@@ -56,6 +63,8 @@ class ScoreSummary:
     pairs: int = 0
     scored: int = 0
     unscored: int = 0
+    failed: int = 0  # pairs left for the next run because a judge request failed
+    failures: dict[str, int] = field(default_factory=dict)  # "member: why" -> pairs
     by_kind: dict[str, int] = field(default_factory=dict)
     mean_raw: float = 0.0
     judge_means: dict[str, float] = field(default_factory=dict)
@@ -78,6 +87,8 @@ def build_panel(settings: ScoreConfig) -> dict[str, Judge]:
             panel[member] = JUDGES[name](**options)
         except TypeError as error:
             raise ValueError(f"panel member {member!r}: bad judge_options {options}: {error}") from None
+        except ValueError as error:  # bad option values; a chat judge's key missing from the environment
+            raise ValueError(f"panel member {member!r}: {describe_error(error)}") from None
     return panel
 
 
@@ -115,7 +126,7 @@ def aggregate(
 def _checked(member: str, verdict: Verdict) -> Verdict:
     """The verdict, or an unscored one when its score is not a number in [0, 1]."""
     if verdict.score is None:
-        return Verdict(None, f"{member}: {verdict.reason}")
+        return Verdict(None, f"{member}: {verdict.reason}", verdict.failure)
     if not (isinstance(verdict.score, (int, float)) and math.isfinite(verdict.score) and 0 <= verdict.score <= 1):
         return Verdict(None, f"{member}: score {verdict.score!r} is not in [0, 1] ({verdict.reason})")
     return Verdict(float(verdict.score), verdict.reason)
@@ -124,27 +135,31 @@ def _checked(member: str, verdict: Verdict) -> Verdict:
 def judge_pairs(
     pairs: Sequence[PreferencePair], judge: Judge, member: str, cache: JudgeCache | None, advance
 ) -> list[Verdict]:
-    """The judge's verdict on every pair, from the cache where it has one."""
-    items = [(p.question, p.chosen, p.rejected) for p in pairs]
+    """The judge's verdict on every pair, from the cache where it has one; each distinct item is asked once."""
     use_cache = cache is not None and judge.cached
     model = f"{judge.model}@{judge.weights}" if judge.weights else judge.model
-    keys = [cache_key(judge.name, judge.version, model, *item) for item in items] if use_cache else []
-    verdicts: list[Verdict | None] = [None] * len(items)
-    todo = []
-    for index in range(len(items)):
-        hit = cache.get(keys[index]) if use_cache else None
+    verdicts: list[Verdict | None] = [None] * len(pairs)
+    todo: dict[tuple[str, str, str], list[int]] = {}  # item to ask about -> the pairs that share it
+    keys: dict[tuple[str, str, str], str] = {}
+    for index, pair in enumerate(pairs):
+        item = (pair.question, pair.chosen, pair.rejected)
+        if use_cache and item not in keys:
+            keys[item] = cache_key(judge.name, judge.version, model, *item)
+        hit = cache.get(keys[item]) if use_cache else None
         if hit is None:
-            todo.append(index)
+            todo.setdefault(item, []).append(index)
         else:
             verdicts[index] = Verdict(*hit)
             advance(1)
-    for position, verdict in judge.score_many([items[i] for i in todo]):
-        index = todo[position]
-        verdicts[index] = _checked(member, verdict)
+    items = list(todo)
+    for position, verdict in judge.score_many(items):
+        verdict = _checked(member, verdict)
         # Only scores are cached: a failed request or an unparseable reply is asked again next run.
-        if use_cache and verdicts[index].score is not None:
-            cache.put(keys[index], verdicts[index].score, verdicts[index].reason)
-        advance(1)
+        if use_cache and verdict.score is not None:
+            cache.put(keys[items[position]], verdict.score, verdict.reason)
+        for index in todo[items[position]]:
+            verdicts[index] = verdict
+        advance(len(todo[items[position]]))
     return verdicts
 
 
@@ -183,13 +198,16 @@ def score_pairs(
     finally:
         if cache is not None:
             cache.close()
-    scored, raws, rejects = [], [], []
+    scored, raws, rejects, failures = [], [], [], []
     for pair, pair_verdicts in zip(pairs, verdicts):
         if pair.kind == "visual":
             pair_verdicts[LOCALIZER] = _localizer_confidence(pair)
-        failed = [v.reason for v in pair_verdicts.values() if v.score is None]
-        if failed:
-            rejects.append(Reject(id=pair.id, source=f"{pair.kind} pair {pair.id}", reason="; ".join(failed)))
+        unscored = [v.reason for v in pair_verdicts.values() if v.score is None]
+        if unscored:
+            rejects.append(Reject(id=pair.id, source=f"{pair.kind} pair {pair.id}", reason="; ".join(unscored)))
+            failed = {member: v for member, v in pair_verdicts.items() if v.failure}
+            if failed:
+                failures.append(failed)
             continue
         scores = {member: v.score for member, v in pair_verdicts.items()}
         raw = aggregate(scores, settings.aggregate, settings.trim, settings.weights)
@@ -200,10 +218,25 @@ def score_pairs(
         scored.append(pair.model_copy(update=update))
     write_jsonl(out_path, scored)
     write_jsonl(rejects_path(Path(out_path)), rejects)
-    return _summary(pairs, scored, raws, list(panel), cache)
+    summary = _summary(pairs, scored, raws, list(panel), cache, failures)
+    if summary.failed:
+        raise StageIncomplete(_incomplete_message(summary, failures), summary.as_dict())
+    return summary
 
 
-def _summary(pairs, scored, raws, members, cache) -> ScoreSummary:
+def _incomplete_message(summary: ScoreSummary, failures: list[dict[str, Verdict]]) -> str:
+    """One line: how many pairs wait for a retry, grouped by why, with the first failure's text."""
+    grouped = ", ".join(f"{why}: {count}" for why, count in summary.failures.items())
+    first = next(verdict.reason for failed in failures for verdict in failed.values())
+    return (
+        f"score: {summary.failed} of {summary.pairs} pairs not scored because judge requests failed ({grouped}); "
+        f"first: {first[:200]}. The verdicts that came back are in the judge cache: run again to retry the rest"
+    )
+
+
+def _summary(pairs, scored, raws, members, cache, failures) -> ScoreSummary:
+    """`failures` holds, per pair with a failed request, member -> its failed verdict."""
+    why = Counter(f"{member}: {verdict.failure}" for failed in failures for member, verdict in failed.items())
     kinds: dict[str, int] = {}
     for pair in scored:
         kinds[pair.kind] = kinds.get(pair.kind, 0) + 1
@@ -212,7 +245,9 @@ def _summary(pairs, scored, raws, members, cache) -> ScoreSummary:
     return ScoreSummary(
         pairs=len(pairs),
         scored=len(scored),
-        unscored=len(pairs) - len(scored),
+        unscored=len(pairs) - len(scored) - len(failures),
+        failed=len(failures),
+        failures=dict(why),
         by_kind=kinds,
         mean_raw=statistics.fmean(raws) if raws else 0.0,
         judge_means={member: statistics.fmean(values) for member, values in columns.items() if values},

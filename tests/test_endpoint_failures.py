@@ -11,12 +11,14 @@ import socket
 import pytest
 import typer
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
 from fake_openai import FakeOpenAI, prompt_text
-from mmedpo.cli import friendly_errors
+from mmedpo.cli import app, friendly_errors
 from mmedpo.config import CurateTextConfig, RunConfig, ScoreConfig, dump_config, load_config
 from mmedpo.curation.text import curate_text
 from mmedpo.errors import StageIncomplete
+from mmedpo.layout import RunLayout
 from mmedpo.llm import chat
 from mmedpo.records import PreferencePair, Reject, Sample, read_jsonl, rejects_path
 from mmedpo.scoring.panel import score_pairs
@@ -155,12 +157,15 @@ def test_a_key_echoed_by_the_server_reaches_no_file_and_no_console(tmp_path, mon
         server.always = "echo_key"
         config = settings(server.url, api_key=None, api_key_env="JUDGE_KEY")
         with pytest.raises(StageIncomplete) as error:
+            score_pairs(text_pairs(6, distinct=6), out, config, show_progress=False)
+        with pytest.raises(typer.Exit):  # the command line prints the message
             friendly_errors(score_pairs)(text_pairs(6, distinct=6), out, config, show_progress=False)
         assert server.headers[0]["Authorization"] == f"Bearer {KEY}"  # it was sent, and echoed back
     rejects = (tmp_path / "pairs.scored.rejects.jsonl").read_text()
     assert "Authorization: Bearer ***" in rejects and "Bearer ***" in str(error.value)
     written = [path.read_text() for path in tmp_path.rglob("*") if path.is_file()]
     printed = capsys.readouterr()
+    assert "Bearer ***" in " ".join(printed.err.split())
     for text in [*written, str(error.value), json.dumps(error.value.summary), printed.out, printed.err]:
         assert KEY not in text
 
@@ -222,3 +227,40 @@ def test_a_dead_chat_generator_leaves_curate_text_incomplete_without_shifting_th
         summary = curate_text(samples, out, settings, [], show_progress=False)
         assert len(server.requests) - before == 40
     assert (summary.paired, summary.failed, dict(summary.pairs_by_generator)) == (40, 0, {"chat": 40})
+
+
+@pytest.mark.slow
+def test_a_run_with_a_dead_judge_stops_at_an_incomplete_score_and_resumes_it(tmp_path, monkeypatch):
+    small = [
+        *("data.n_sft=24", "data.n_pref=10", "data.n_test=8", "data.image_size=64", "model.image_size=32"),
+        *("model.text_hidden=32", "model.vision_hidden=32", "model.layers=1", "model.sft_epochs=1"),
+        *("model.vision_pretrain_epochs=1", "curate_text.generators=[perturb]", f"runs_dir={tmp_path}"),
+    ]
+    with FakeOpenAI(reply=verdict) as server:
+        judge = {"judge": "chat", "model": "m", "base_url": server.url, "api_key_env": "JUDGE_KEY", "max_retries": 1}
+        overrides = [*small, "score.judges=[findings, gpt]", f"score.judge_options={json.dumps({'gpt': judge})}"]
+        command = ["score", *(word for override in overrides for word in ("-o", override))]
+        monkeypatch.delenv("JUDGE_KEY", raising=False)
+        missing = CliRunner().invoke(app, command)
+        assert missing.exit_code == 2 and "JUDGE_KEY is not set" in missing.output
+        assert "Traceback" not in missing.output and server.requests == []
+        monkeypatch.setenv("JUDGE_KEY", KEY)
+        server.always = "503"
+        dead = CliRunner().invoke(app, command)
+        layout = RunLayout.of(load_config(None, overrides))
+        pairs = read_jsonl(layout.text_pairs, PreferencePair)
+        distinct = {(p.question, p.chosen, p.rejected) for p in pairs}
+        assert dead.exit_code != 0 and "Traceback" not in dead.output
+        assert f"score: {len(pairs)} of " in " ".join(dead.output.split())  # every text pair; visual pairs are fine
+        state = json.loads(layout.stage_state("score").read_text())
+        assert state["status"] == "incomplete" and state["summary"]["failures"] == {"gpt: HTTP 503": len(pairs)}
+        assert len(server.requests) == 2 * len(distinct)  # two attempts per distinct item
+        server.always = None
+        sent = len(server.requests)
+        assert CliRunner().invoke(app, command).exit_code == 0  # the endpoint is back: score runs again
+        assert len(server.requests) - sent == len(distinct)
+        state = json.loads(layout.stage_state("score").read_text())
+        assert state["status"] == "done" and state["summary"]["failed"] == 0
+        assert state["summary"]["scored"] == state["summary"]["pairs"] > len(pairs)
+    assert KEY not in "".join(path.read_text(errors="replace") for path in tmp_path.rglob("*.json*"))
+    assert KEY not in (layout.config).read_text()

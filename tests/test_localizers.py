@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmedpo.curation.gradcam import Classifier, GradCamLocalizer, load_classifier, train_default_classifier
-from mmedpo.curation.localizers import AnnotationLocalizer, NoRegion, build_localizer, localizer_iou
-from mmedpo.curation.regions import RegionOptions, map_to_region
+from mmedpo.imaging.gradcam import Classifier, GradCamLocalizer, load_classifier, train_default_classifier
+from mmedpo.imaging.localizers import AnnotationLocalizer, build_localizer, localizer_iou
+from mmedpo.imaging.regions import NoRegion, RegionOptions, map_to_region
 from mmedpo.records import Sample
 
 PLAIN = {"smoothing": 0, "dilation": 0, "quantile": 0.0, "relative": 0.0, "components": 0}

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmedpo.curation.localizers import LOCALIZERS, AnnotationLocalizer, NoRegion, mask_iou
-from mmedpo.curation.noise import add_regional_noise, alphas_cumprod, noise_batch, noise_image_file
 from mmedpo.data.images import load_image
+from mmedpo.imaging.localizers import LOCALIZERS, AnnotationLocalizer, mask_iou
+from mmedpo.imaging.noise import add_regional_noise, alphas_cumprod, noise_batch, noise_image_file
+from mmedpo.imaging.regions import NoRegion
 from mmedpo.records import Sample
 
 

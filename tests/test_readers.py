@@ -148,7 +148,7 @@ def test_slake_english_by_default_with_masks_and_boxes(tmp_path):
 
 
 def test_slake_mask_feeds_the_annotation_localizer(tmp_path):
-    from mmedpo.curation.localizers import AnnotationLocalizer
+    from mmedpo.imaging.localizers import AnnotationLocalizer
 
     image(tmp_path / "imgs" / "x" / "source.jpg", size=(40, 40))
     mask = np.zeros((40, 40), dtype=np.uint8)

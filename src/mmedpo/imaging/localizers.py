@@ -25,10 +25,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from mmedpo.curation.gradcam import GradCamLocalizer, finding_names
-from mmedpo.curation.noise import read_pixels
-from mmedpo.curation.regions import NoRegion, Region, check_area, disk
 from mmedpo.data.images import ImageError, resolve_image
+from mmedpo.imaging.gradcam import GradCamLocalizer, finding_names
+from mmedpo.imaging.noise import read_pixels
+from mmedpo.imaging.regions import NoRegion, Region, check_area, disk
 from mmedpo.records import Sample
 
 __all__ = ["LOCALIZERS", "AnnotationLocalizer", "GradCamLocalizer", "NoRegion", "Region", "build_localizer"]

@@ -29,7 +29,7 @@ from mmedpo.config import CurateVisualConfig
 from mmedpo.curation.answering import answer_samples
 from mmedpo.curation.filters import check_rejected
 from mmedpo.curation.preview import Previews
-from mmedpo.curation.text import CHUNK, CurationSummary
+from mmedpo.curation.summary import CHUNK, CurationSummary
 from mmedpo.data.images import load_image, resolve_image
 from mmedpo.imaging.localizers import build_localizer, localizer_iou
 from mmedpo.imaging.noise import image_seed, noise_image_file

@@ -10,7 +10,8 @@ from PIL import Image
 from fake_openai import FakeOpenAI, prompt_text
 from mmedpo.config import CurateTextConfig
 from mmedpo.curation.generators import ChatGenerator, GeneratorContext
-from mmedpo.llm.chat import ChatConfig, ChatError, ChatSession, chat_many, retry_after_seconds, user_message
+from mmedpo.llm.chat import ChatError, ChatSession, chat_many, retry_after_seconds, user_message
+from mmedpo.llm.settings import ChatConfig
 from mmedpo.prompts import load_prompt
 from mmedpo.records import Sample
 from mmedpo.scoring.cache import JudgeCache, cache_key

@@ -15,7 +15,7 @@ from fake_openai import FakeOpenAI, prompt_text
 from mmedpo.config import CurateTextConfig
 from mmedpo.curation.generators import GENERATORS, Failure, GeneratorContext, clean_reply, make_generators
 from mmedpo.curation.text import curate_text, merge_shards, parse_shard, shard_path
-from mmedpo.llm.chat import ChatConfig
+from mmedpo.llm.settings import ChatConfig
 from mmedpo.records import PreferencePair, Reject, Sample, read_jsonl, rejects_path, write_jsonl
 
 REPORT = "Small right pleural effusion. No pneumothorax. The heart size is normal."

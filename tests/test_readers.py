@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 
 from mmedpo.data.readers import READERS, read_dataset
 from mmedpo.data.readers.mimic_cxr import report_sections
-from mmedpo.synth.questions import REPORT_INSTRUCTION
+from mmedpo.records import REPORT_INSTRUCTION
 
 
 def image(path: Path, value: int = 100, size=(8, 8)) -> None:

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmedpo.layout import RESERVED_PAIR_NAMES
-from mmedpo.llm.chat import ChatConfig
+from mmedpo.llm.settings import ChatConfig
 from mmedpo.records import describe_error
 from mmedpo.training.settings import DPOSettings
 

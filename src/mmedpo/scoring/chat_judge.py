@@ -20,7 +20,8 @@ import re
 from collections.abc import Iterator, Sequence
 from string import Template
 
-from mmedpo.llm.chat import ChatConfig, ChatError, iter_chat, user_message
+from mmedpo.llm.chat import ChatError, iter_chat, user_message
+from mmedpo.llm.settings import ChatConfig
 from mmedpo.prompts import load_prompt
 from mmedpo.scoring.judges import Judge, Verdict, register
 

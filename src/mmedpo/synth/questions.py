@@ -15,7 +15,6 @@ import numpy as np
 
 from mmedpo.synth.drawing import FINDINGS, LUNG_FINDINGS, SIDES, Finding
 
-REPORT_INSTRUCTION = "Describe the findings of this chest X-ray."
 WHICH_QUESTION = "What abnormality is seen?"
 NO_FINDING = "no finding"
 

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmedpo.records import Sample
+from mmedpo.records import REPORT_INSTRUCTION, Sample
 from mmedpo.synth.drawing import Finding, Radiograph, draw_radiograph
 from mmedpo.synth.questions import (
     PRIORS,
-    REPORT_INSTRUCTION,
     Question,
     choose_findings,
     make_questions,

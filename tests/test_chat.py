@@ -14,9 +14,9 @@ from mmedpo.llm.chat import ChatError, ChatSession, chat_many, retry_after_secon
 from mmedpo.llm.settings import ChatConfig
 from mmedpo.prompts import load_prompt
 from mmedpo.records import Sample
+from mmedpo.registry import JUDGES
 from mmedpo.scoring.cache import JudgeCache, cache_key
 from mmedpo.scoring.chat_judge import ChatJudge, parse_judge_reply
-from mmedpo.scoring.judges import JUDGES
 
 
 def config(server, **overrides):
@@ -173,7 +173,7 @@ def judge_reply(body):
 
 
 def test_chat_judge_against_a_server_with_faults():
-    assert JUDGES["chat"] is ChatJudge
+    assert JUDGES.load("chat") is ChatJudge
     with FakeOpenAI(reply=judge_reply) as server:
         judge = ChatJudge(base_url=server.url, model="med-llm", api_key_env=None, backoff=0.01, max_retries=2)
         assert (judge.name, judge.version, judge.model) == ("chat", "v1", "med-llm")

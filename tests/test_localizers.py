@@ -111,8 +111,10 @@ def test_coco_boxes_file_is_matched_by_file_name_and_rescaled(tmp_path):
 
 
 def test_build_localizer_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names: annotation, gradcam"):
+    with pytest.raises(ValueError, match="unknown localizer 'medklip'; valid: annotation, gradcam"):
         build_localizer("medklip")
+    with pytest.raises(ValueError, match="unknown localizer 'gradcm'; did you mean 'gradcam'"):
+        build_localizer("gradcm")
     with pytest.raises(ValueError, match="bad options"):
         build_localizer("annotation", {"radius": 3})
 

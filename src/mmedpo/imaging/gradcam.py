@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from mmedpo.data.images import resolve_image
+from mmedpo.imaging.localizers import finding_names
 from mmedpo.imaging.regions import NoRegion, Region, RegionOptions, check_area, map_to_region
 from mmedpo.records import Sample
 
@@ -117,11 +118,6 @@ def read_grayscale(path: Path) -> np.ndarray:
     pixels, max_value = read_pixels(path)
     gray = pixels.mean(axis=2) if pixels.ndim == 3 else pixels
     return gray.astype(np.float32) / np.float32(max_value)
-
-
-def finding_names(sample: Sample) -> list[str]:
-    """The finding names `sample.meta["findings"]` lists (names, or dicts with a "name")."""
-    return [item["name"] if isinstance(item, dict) else str(item) for item in sample.meta.get("findings") or []]
 
 
 def train_default_classifier(

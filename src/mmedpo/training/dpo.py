@@ -478,4 +478,3 @@ def train_from_mmedpo_json(
         "rejects": str(rejects_file),
         "model": str(out_dir),
     }
-

@@ -16,7 +16,8 @@ from loopback import CONCURRENCIES, latency_arg, loopback_server, request_count,
 
 from mmedpo.config import CurateTextConfig
 from mmedpo.curation.text import curate_text
-from mmedpo.llm.chat import ChatConfig, chat_many, user_message
+from mmedpo.llm.chat import chat_many, user_message
+from mmedpo.llm.endpoint import ChatConfig
 from mmedpo.records import Sample
 
 

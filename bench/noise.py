@@ -15,7 +15,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from mmedpo.curation.noise import alphas_cumprod, noise_batch
+from mmedpo.imaging.noise import alphas_cumprod, noise_batch
 
 SIZE, COUNT, TIMESTEP, SIGMA = 224, 256, 500, 2.0
 

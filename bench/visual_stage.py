@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from mmedpo.config import CurateVisualConfig
-from mmedpo.curation.localizers import AnnotationLocalizer
 from mmedpo.curation.visual import curate_visual, make_noised_image
+from mmedpo.imaging.localizers import AnnotationLocalizer
 from mmedpo.models.tiny import build_tiny_llava
 from mmedpo.synth.synthmed import generate_synthmed, synthmed_corpus
 

@@ -12,6 +12,7 @@ def pytest_configure(config):
     # pytest-xdist workers instead (see the Makefile).
     torch.set_num_threads(1)
 
+
 CORPUS = [
     "Is there a pleural effusion?",
     "Is there a nodule in the left lung?",
@@ -25,8 +26,20 @@ CORPUS = [
     "What is the size of the heart?",
     "Describe the findings of this chest radiograph.",
     "Write the radiology report for this image.",
-    "Yes", "No", "yes", "no", "left", "right", "left lung", "right lung",
-    "nodule", "effusion", "pneumothorax", "consolidation", "cardiomegaly", "normal",
+    "Yes",
+    "No",
+    "yes",
+    "no",
+    "left",
+    "right",
+    "left lung",
+    "right lung",
+    "nodule",
+    "effusion",
+    "pneumothorax",
+    "consolidation",
+    "cardiomegaly",
+    "normal",
     "The lungs are clear.",
     "No pleural effusion or pneumothorax is seen.",
     "There is a small nodule in the left upper lobe.",

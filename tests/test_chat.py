@@ -13,20 +13,14 @@ from fake_openai import FakeOpenAI, prompt_text
 from mmedpo.config import CurateTextConfig
 from mmedpo.curation.generators import ChatGenerator, GeneratorContext
 from mmedpo.llm import chat
-from mmedpo.llm.chat import (
-    ChatConfig,
-    ChatError,
-    ChatSession,
-    chat_many,
-    retry_after_seconds,
-    retry_delay,
-    user_message,
-)
+from mmedpo.llm.chat import ChatError, ChatSession, chat_many, retry_after_seconds, retry_delay, user_message
+from mmedpo.llm.endpoint import ChatConfig
 from mmedpo.prompts import load_prompt
 from mmedpo.records import Sample
+from mmedpo.registry import JUDGES
 from mmedpo.scoring.cache import JudgeCache, cache_key
 from mmedpo.scoring.chat_judge import ChatJudge, parse_judge_reply
-from mmedpo.scoring.judges import JUDGES, Verdict
+from mmedpo.scoring.judges import Verdict
 
 
 def config(server, **overrides):
@@ -239,7 +233,7 @@ def judge_reply(body):
 
 
 def test_chat_judge_against_a_server_with_faults():
-    assert JUDGES["chat"] is ChatJudge
+    assert JUDGES.load("chat") is ChatJudge
     with FakeOpenAI(reply=judge_reply) as server:
         judge = ChatJudge(base_url=server.url, model="med-llm", api_key_env=None, backoff=0.01, max_retries=2)
         assert (judge.name, judge.version, judge.model) == ("chat", "v1", "med-llm")

@@ -13,11 +13,12 @@ from PIL import Image
 
 from fake_openai import FakeOpenAI, prompt_text
 from mmedpo.config import CurateTextConfig
-from mmedpo.curation.generators import GENERATORS, Failure, GeneratorContext, clean_reply, make_generators
+from mmedpo.curation.generators import Failure, GeneratorContext, clean_reply, make_generators
 from mmedpo.curation.text import curate_text, merge_shards, parse_shard, shard_path
 from mmedpo.errors import StageIncomplete
-from mmedpo.llm.chat import ChatConfig
+from mmedpo.llm.endpoint import ChatConfig
 from mmedpo.records import PreferencePair, Reject, Sample, read_jsonl, rejects_path, write_jsonl
+from mmedpo.registry import GENERATORS
 
 REPORT = "Small right pleural effusion. No pneumothorax. The heart size is normal."
 
@@ -67,8 +68,8 @@ def chat_settings(server, **chat):
 
 
 def test_registry_and_unknown_names():
-    assert list(GENERATORS) == ["target", "chat", "perturb"]
-    with pytest.raises(ValueError, match=r"unknown generator\(s\) \['gpt'\]; valid: \['target', 'chat', 'perturb'\]"):
+    assert GENERATORS.names() == ["target", "chat", "perturb"]
+    with pytest.raises(ValueError, match="unknown generator 'gpt'; valid: target, chat, perturb"):
         make_generators(["gpt"], Settings(), GeneratorContext())
 
 

@@ -12,10 +12,11 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from mmedpo.models.tiny import train_tokenizer
 from mmedpo.prompts import load_prompt
+from mmedpo.registry import JUDGES
 from mmedpo.scoring.agreement import krippendorff_alpha, spearman, spearman_matrix
 from mmedpo.scoring.cache import JudgeCache, cache_key, folder_fingerprint
 from mmedpo.scoring.hf_judge import HFJudge, rating_token_ids
-from mmedpo.scoring.judges import JUDGES, Verdict
+from mmedpo.scoring.judges import Verdict
 
 QUESTION = "Is there a pneumothorax?"
 PAIRS = [
@@ -62,7 +63,7 @@ def set_next_token_logits(judge: HFJudge, logits: dict[int, float]) -> None:
 
 
 def test_hf_judge_scores_the_expected_rating(tiny_judge_dir):
-    judge = JUDGES["hf"](model=str(tiny_judge_dir))
+    judge = JUDGES.load("hf")(model=str(tiny_judge_dir))
     assert [judge.tokenizer.decode([i]).strip() for i in judge.rating_ids] == ["1", "2", "3", "4", "5"]
     one, four = judge.rating_ids[0], judge.rating_ids[3]
     other = judge.tokenizer.eos_token_id
@@ -106,7 +107,7 @@ def test_rating_tokens_must_exist():
 
 @pytest.mark.slow
 def test_embedding_judge_on_the_shipped_minilm():
-    judge = JUDGES["embedding"]()
+    judge = JUDGES.load("embedding")()
     assert len(judge.weights) == 16  # the shipped model folder's fingerprint
     normal = "The lungs are clear."
     verdicts = dict(

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmedpo.curation.gradcam import Classifier, GradCamLocalizer, load_classifier, train_default_classifier
-from mmedpo.curation.localizers import AnnotationLocalizer, NoRegion, build_localizer, localizer_iou
-from mmedpo.curation.regions import RegionOptions, map_to_region
+from mmedpo.imaging.gradcam import Classifier, GradCamLocalizer, load_classifier, train_default_classifier
+from mmedpo.imaging.localizers import AnnotationLocalizer, build_localizer, localizer_iou
+from mmedpo.imaging.regions import NoRegion, RegionOptions, map_to_region
 from mmedpo.records import Sample
 
 PLAIN = {"smoothing": 0, "dilation": 0, "quantile": 0.0, "relative": 0.0, "components": 0}
@@ -111,8 +111,10 @@ def test_coco_boxes_file_is_matched_by_file_name_and_rescaled(tmp_path):
 
 
 def test_build_localizer_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names: annotation, gradcam"):
+    with pytest.raises(ValueError, match="unknown localizer 'medklip'; valid: annotation, gradcam"):
         build_localizer("medklip")
+    with pytest.raises(ValueError, match="unknown localizer 'gradcm'; did you mean 'gradcam'"):
+        build_localizer("gradcm")
     with pytest.raises(ValueError, match="bad options"):
         build_localizer("annotation", {"radius": 3})
 

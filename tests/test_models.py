@@ -11,10 +11,11 @@ from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText, AutoProcessor, CLIPImageProcessorPil
 
 from conftest import CORPUS
+from mmedpo.data.messages import prompt_messages
 from mmedpo.models.sft import answer_loss, answer_only_batch, length_grouped_batches, rendered, supervised_finetune
 from mmedpo.models.tiny import build_tiny_llava, train_tokenizer
 from mmedpo.models.vision_pretrain import finding_labels, pretrain_vision_tower
-from mmedpo.models.vlm import generate_answers, load_vlm, prompt_messages
+from mmedpo.models.vlm import generate_answers, load_vlm
 from mmedpo.records import Sample
 
 

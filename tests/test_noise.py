@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmedpo.curation.localizers import LOCALIZERS, AnnotationLocalizer, NoRegion, mask_iou
-from mmedpo.curation.noise import add_regional_noise, alphas_cumprod, noise_batch, noise_image_file
 from mmedpo.data.images import load_image
+from mmedpo.imaging.localizers import AnnotationLocalizer, mask_iou
+from mmedpo.imaging.noise import add_regional_noise, alphas_cumprod, noise_batch, noise_image_file
+from mmedpo.imaging.regions import NoRegion
 from mmedpo.records import Sample
+from mmedpo.registry import LOCALIZERS
 
 
 def square_mask(size: int, top: int, bottom: int, left: int, right: int) -> np.ndarray:
@@ -271,7 +273,7 @@ def test_annotation_localizer_resizes_then_dilates_with_a_disk(tmp_path):
     small = np.zeros((50, 50), dtype=np.uint8)
     small[10:20, 20:30] = 255
     sample = write_case(tmp_path, small, findings=["nodule", "effusion"])
-    region = LOCALIZERS["annotation"]().localize(sample, [tmp_path])
+    region = LOCALIZERS.load("annotation")().localize(sample, [tmp_path])
     assert region.mask.dtype == bool and region.mask.shape == (100, 100)
     assert region.mask.sum() == 564
     assert region.area_fraction == pytest.approx(0.0564)

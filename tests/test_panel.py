@@ -10,8 +10,9 @@ from mmedpo.config import ScoreConfig
 from mmedpo.data.convert import convert_pairs
 from mmedpo.data.llava_json import read_mmedpo_json
 from mmedpo.records import PreferencePair, read_jsonl
+from mmedpo.registry import JUDGES
 from mmedpo.scoring.cache import folder_fingerprint
-from mmedpo.scoring.judges import JUDGES, Judge, Verdict
+from mmedpo.scoring.judges import Judge, Verdict
 from mmedpo.scoring.panel import aggregate, score_pairs
 from mmedpo.scoring.variant_pairs import reweight
 
@@ -35,7 +36,7 @@ class TableJudge(Judge):
 
 @pytest.fixture(autouse=True)
 def table_judge(monkeypatch):
-    monkeypatch.setitem(JUDGES, "table", TableJudge)
+    monkeypatch.setitem(JUDGES.entries, "table", TableJudge)
     monkeypatch.setattr(TableJudge, "calls", [])
 
 
@@ -166,7 +167,7 @@ def test_agreement_in_the_summary(tmp_path):
 
 
 def test_bad_panel_members_are_named(tmp_path):
-    with pytest.raises(ValueError, match=r"panel member 'gpt4o': unknown judge 'gpt4o'; valid: \["):
+    with pytest.raises(ValueError, match="panel member 'gpt4o': unknown judge 'gpt4o'; valid: findings, chat"):
         score_pairs(PAIRS, tmp_path / "s.jsonl", ScoreConfig(judges=["gpt4o"]), show_progress=False)
     bad = ScoreConfig(judges=["a"], judge_options={"a": {"judge": "table", "table": {}, "colour": "red"}})
     with pytest.raises(ValueError, match=r"panel member 'a': bad judge_options"):

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from mmedpo.data.readers import READERS, read_dataset
+from mmedpo.data.readers import read_dataset
 from mmedpo.data.readers.mimic_cxr import report_sections
-from mmedpo.synth.questions import REPORT_INSTRUCTION
+from mmedpo.records import REPORT_INSTRUCTION
+from mmedpo.registry import READERS
 
 
 def image(path: Path, value: int = 100, size=(8, 8)) -> None:
@@ -29,8 +30,8 @@ def write_json(path: Path, data) -> None:
 
 
 def test_registry_names_and_unknown_name():
-    assert sorted(READERS) == ["iu-xray", "llava", "llava-med-vqa", "mimic-cxr", "pathvqa", "slake", "vqa-rad"]
-    with pytest.raises(ValueError, match="unknown dataset 'vqarad'; datasets are vqa-rad, "):
+    assert sorted(READERS.names()) == ["iu-xray", "llava", "llava-med-vqa", "mimic-cxr", "pathvqa", "slake", "vqa-rad"]
+    with pytest.raises(ValueError, match="unknown dataset 'vqarad'; did you mean 'vqa-rad'\\? valid: vqa-rad, "):
         read_dataset("vqarad", ".")
 
 
@@ -148,7 +149,7 @@ def test_slake_english_by_default_with_masks_and_boxes(tmp_path):
 
 
 def test_slake_mask_feeds_the_annotation_localizer(tmp_path):
-    from mmedpo.curation.localizers import AnnotationLocalizer
+    from mmedpo.imaging.localizers import AnnotationLocalizer
 
     image(tmp_path / "imgs" / "x" / "source.jpg", size=(40, 40))
     mask = np.zeros((40, 40), dtype=np.uint8)

@@ -14,8 +14,14 @@ from mmedpo.report.html import load_results, write_report
 def result(closed: list[int], bleu: float) -> dict:
     """A result whose closed questions q0..qN are right where `closed` has 1 ("yes" is the gold answer)."""
     predictions = [
-        {"id": f"q{i}", "task": "vqa", "answer_type": "closed", "answer": "yes", "prediction": "yes" if ok else "no",
-         "question": "Is there a nodule?"}
+        {
+            "id": f"q{i}",
+            "task": "vqa",
+            "answer_type": "closed",
+            "answer": "yes",
+            "prediction": "yes" if ok else "no",
+            "question": "Is there a nodule?",
+        }
         for i, ok in enumerate(closed)
     ]
     return {"metrics": {"closed_accuracy": sum(closed) / len(closed), "bleu_1": bleu}, "predictions": predictions}
@@ -61,10 +67,19 @@ def fake_run(tmp_path: Path) -> Path:
     Image.new("L", (32, 32), 200).save(run / "images" / "noised" / "a.png")
     Image.new("L", (32, 32), 255).save(run / "images" / "noised" / "a_mask.png")
     pair = PreferencePair(
-        id="p1", sample_id="s1", task="vqa", kind="visual", image="a.png", rejected_image="noised/a.png",
-        question="Is there a <b>nodule</b>?", chosen="yes", rejected="no <script>alert(1)</script>",
-        answer_type="closed", provenance={"mask": "noised/a_mask.png", "confidence": 0.9},
-        scores={"localizer": 0.9}, weight=1.0,
+        id="p1",
+        sample_id="s1",
+        task="vqa",
+        kind="visual",
+        image="a.png",
+        rejected_image="noised/a.png",
+        question="Is there a <b>nodule</b>?",
+        chosen="yes",
+        rejected="no <script>alert(1)</script>",
+        answer_type="closed",
+        provenance={"mask": "noised/a_mask.png", "confidence": 0.9},
+        scores={"localizer": 0.9},
+        weight=1.0,
     )
     write_jsonl(run / "pairs.scored.jsonl", [pair])
     (run / "eval").mkdir()
@@ -110,12 +125,26 @@ def test_report_renders_in_headless_chromium_from_a_copied_folder(tmp_path):
         )
     )
     output = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
-    probe_json = output.split("data-probe=\"", 1)[1].split("\"", 1)[0].replace("&quot;", '"')
+    probe_json = output.split('data-probe="', 1)[1].split('"', 1)[0].replace("&quot;", '"')
     rendered = json.loads(probe_json)
     assert rendered["rows"] == 3  # header, base, mmedpo
     assert rendered["gallery"] == 3  # image, region and noised image all decoded

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from mmedpo.scoring.judges import JUDGES, FindingsJudge, register
-from mmedpo.scoring.normalise import NORMALISERS, normalise
+from mmedpo.registry import JUDGES, NORMALISERS
+from mmedpo.scoring.judges import FindingsJudge
+from mmedpo.scoring.normalise import normalise
 
 FIXTURES = Path("/work/shared/fixtures/mmedpo-released")
 QUESTION = "Examine the image closely and share its details"
@@ -20,7 +21,7 @@ def iu_xray_normal_report():
 
 
 def test_invented_effusion_and_pneumothorax_rank_above_a_rewording():
-    judge = JUDGES["findings"]()
+    judge = JUDGES.load("findings")()
     chosen = iu_xray_normal_report()
     invented = (
         "The chest x-ray shows a normal heart size and mediastinal contours. "
@@ -66,10 +67,8 @@ def test_closed_flip_scores_the_asked_finding():
 
 
 def test_registry():
-    assert JUDGES["findings"] is FindingsJudge
+    assert JUDGES.load("findings") is FindingsJudge
     assert (FindingsJudge.name, FindingsJudge.version) == ("findings", "1")
-    with pytest.raises(ValueError, match="already registered"):
-        register("findings")(type("Other", (), {}))
 
 
 def test_normalisers_on_hand_computed_vectors():
@@ -87,12 +86,10 @@ def test_normalisers_degenerate_and_bad_input():
     assert normalise([0.7, 0.7], "minmax") == [1.0, 1.0]
     assert normalise([0.0, 0.0], "mean-one") == [1.0, 1.0]
     assert normalise([], "rank") == []
-    with pytest.raises(
-        ValueError, match=r"unknown normaliser 'zscore'; valid: \['clip', 'mean-one', 'minmax', 'none', 'rank'\]"
-    ):
+    with pytest.raises(ValueError, match="unknown normaliser 'zscore'; valid: none, minmax, rank, mean-one, clip"):
         normalise([0.1], "zscore")
     with pytest.raises(ValueError, match="finite"):
         normalise([0.1, float("nan")], "none")
     with pytest.raises(ValueError, match=">= 0"):
         normalise([-0.1, 0.5], "mean-one")
-    assert set(NORMALISERS) == {"none", "minmax", "rank", "mean-one", "clip"}
+    assert set(NORMALISERS.names()) == {"none", "minmax", "rank", "mean-one", "clip"}

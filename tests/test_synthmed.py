@@ -17,12 +17,26 @@ from mmedpo.synth.drawing import Finding, draw_radiograph
 from mmedpo.synth.questions import PRIORS
 
 # Written out by hand (not imported) so a template change that breaks the meaning is caught.
-PHRASES = {"a nodule": "nodule", "a pleural effusion": "effusion", "consolidation": "consolidation",
-           "a pneumothorax": "pneumothorax", "cardiomegaly": "cardiomegaly"}
-NOUNS = {"nodule": "nodule", "pleural effusion": "effusion", "consolidation": "consolidation",
-         "pneumothorax": "pneumothorax"}
-REPORT_WORDS = {"nodule": "nodule", "effusion": "pleural effusion", "consolidation": "consolidation",
-                "pneumothorax": "pneumothorax", "cardiomegaly": "heart is enlarged"}
+PHRASES = {
+    "a nodule": "nodule",
+    "a pleural effusion": "effusion",
+    "consolidation": "consolidation",
+    "a pneumothorax": "pneumothorax",
+    "cardiomegaly": "cardiomegaly",
+}
+NOUNS = {
+    "nodule": "nodule",
+    "pleural effusion": "effusion",
+    "consolidation": "consolidation",
+    "pneumothorax": "pneumothorax",
+}
+REPORT_WORDS = {
+    "nodule": "nodule",
+    "effusion": "pleural effusion",
+    "consolidation": "consolidation",
+    "pneumothorax": "pneumothorax",
+    "cardiomegaly": "heart is enlarged",
+}
 SIZE = 64
 
 
@@ -34,8 +48,10 @@ def dataset(tmp_path_factory):
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.png"))}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.png"))
+    }
 
 
 def load_mask(root: Path, relative: str) -> np.ndarray:
@@ -205,8 +221,11 @@ def test_masks_lie_inside_their_lung_and_match_a_redraw(dataset):
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_regional_findings_look_as_they_should(side):
     rng = np.random.default_rng(3)
-    for finding, darker in ((Finding("pneumothorax", side), True), (Finding("effusion", side, None, "large"), False),
-                            (Finding("consolidation", side, "upper"), False)):
+    for finding, darker in (
+        (Finding("pneumothorax", side), True),
+        (Finding("effusion", side, None, "large"), False),
+        (Finding("consolidation", side, "upper"), False),
+    ):
         drawing = draw_radiograph([finding], rng)
         mask, lung = drawing.masks[finding.name], drawing.lungs[side]
         pixels = drawing.pixels.astype(float)
@@ -225,11 +244,17 @@ def drawing_of(finding: Finding):
     return draw_radiograph([finding], np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("finding", [
-    Finding("nodule", "right", "upper", "small"), Finding("nodule", "left", "lower", "small"),
-    Finding("effusion", "left", None, "small"), Finding("consolidation", "right", "lower"),
-    Finding("pneumothorax", "left"), Finding("cardiomegaly"),
-])
+@pytest.mark.parametrize(
+    "finding",
+    [
+        Finding("nodule", "right", "upper", "small"),
+        Finding("nodule", "left", "lower", "small"),
+        Finding("effusion", "left", None, "small"),
+        Finding("consolidation", "right", "lower"),
+        Finding("pneumothorax", "left"),
+        Finding("cardiomegaly"),
+    ],
+)
 def test_each_finding_is_visible_at_64_px(finding):
     def at_64(array):
         return np.asarray(Image.fromarray(array).resize((64, 64), Image.BILINEAR)).astype(float)
@@ -261,29 +286,51 @@ def test_prior_is_right_on_sft_and_wrong_on_test_while_looking_is_right(dataset)
 
 
 def sample(id, question, answer, answer_type="closed", split="sft", kind="presence"):
-    return Sample(id=id, task="vqa", image="x.png", question=question, answer=answer, answer_type=answer_type,
-                  split=split, meta={"question_kind": kind})
+    return Sample(
+        id=id,
+        task="vqa",
+        image="x.png",
+        question=question,
+        answer=answer,
+        answer_type=answer_type,
+        split=split,
+        meta={"question_kind": kind},
+    )
 
 
 def test_prior_baseline_by_hand():
-    sft = [sample("1", "Q1", "yes"), sample("2", "Q1", "yes"), sample("3", "Q1", "no"), sample("4", "Q2", "no"),
-           sample("5", "Q4", "right", "open", kind="side"), sample("6", "Q4", "right", "open", kind="side"),
-           sample("7", "Q4", "left", "open", kind="side")]
-    test = [sample("a", "Q1", "no", split="test"),  # guess yes: wrong
-            sample("b", "Q2", "no", split="test"),  # guess no: right
-            sample("c", "Q3", "yes", split="test"),  # unseen; closed answers tie 2-2, "no" first: wrong
-            sample("d", "Q4", " Right", "open", split="test", kind="side")]  # guess right: right
+    sft = [
+        sample("1", "Q1", "yes"),
+        sample("2", "Q1", "yes"),
+        sample("3", "Q1", "no"),
+        sample("4", "Q2", "no"),
+        sample("5", "Q4", "right", "open", kind="side"),
+        sample("6", "Q4", "right", "open", kind="side"),
+        sample("7", "Q4", "left", "open", kind="side"),
+    ]
+    test = [
+        sample("a", "Q1", "no", split="test"),  # guess yes: wrong
+        sample("b", "Q2", "no", split="test"),  # guess no: right
+        sample("c", "Q3", "yes", split="test"),  # unseen; closed answers tie 2-2, "no" first: wrong
+        sample("d", "Q4", " Right", "open", split="test", kind="side"),  # guess right: right
+    ]
     result = prior_baseline(sft, test)
     assert result == {"closed_accuracy": pytest.approx(1 / 3), "open_accuracy": 1.0, "n_closed": 3, "n_open": 1}
 
 
 def test_answer_statistics_and_corpus_by_hand():
-    samples = [sample("1", "Q1", "yes"), sample("2", "Q1", "yes"), sample("3", "Q2", "no"),
-               sample("4", "Q4", "left", "open", kind="side"),
-               sample("5", "Q1", "no", split="test")]
+    samples = [
+        sample("1", "Q1", "yes"),
+        sample("2", "Q1", "yes"),
+        sample("3", "Q2", "no"),
+        sample("4", "Q4", "left", "open", kind="side"),
+        sample("5", "Q1", "no", split="test"),
+    ]
     assert answer_statistics(samples) == {
-        "sft": {"presence": {"n": 3, "answers": {"yes": pytest.approx(2 / 3), "no": pytest.approx(1 / 3)}},
-                "side": {"n": 1, "answers": {"left": 1.0}}},
+        "sft": {
+            "presence": {"n": 3, "answers": {"yes": pytest.approx(2 / 3), "no": pytest.approx(1 / 3)}},
+            "side": {"n": 1, "answers": {"left": 1.0}},
+        },
         "test": {"presence": {"n": 1, "answers": {"no": 1.0}}},
     }
     assert synthmed_corpus(samples[:2]) == ["Q1", "yes", "Q1", "yes"]
@@ -317,8 +364,9 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         generate_synthmed(tmp_path, {"sft": 1}, image_size=16)
     with pytest.raises(ValueError, match="one lung finding per lung"):
-        draw_radiograph([Finding("nodule", "right", "upper", "small"), Finding("pneumothorax", "right")],
-                        np.random.default_rng(0))
+        draw_radiograph(
+            [Finding("nodule", "right", "upper", "small"), Finding("pneumothorax", "right")], np.random.default_rng(0)
+        )
     with pytest.raises(ValueError, match="zone"):
         draw_radiograph([Finding("nodule", "right", None, "small")], np.random.default_rng(0))
 

@@ -9,10 +9,10 @@ from PIL import Image
 
 from mmedpo.config import CurateVisualConfig
 from mmedpo.curation import visual
-from mmedpo.curation.localizers import AnnotationLocalizer
-from mmedpo.curation.noise import add_regional_noise, read_pixels
-from mmedpo.curation.visual import curate_visual, image_seed, make_noised_image
+from mmedpo.curation.visual import curate_visual, make_noised_image
 from mmedpo.data.images import load_image
+from mmedpo.imaging.localizers import AnnotationLocalizer
+from mmedpo.imaging.noise import add_regional_noise, image_seed, read_pixels
 from mmedpo.records import PreferencePair, Reject, Sample, read_jsonl, rejects_path
 from mmedpo.synth.synthmed import generate_synthmed
 

@@ -2,21 +2,23 @@
 
 Each section belongs to one stage; a stage is re-run exactly when its section
 (or a section before it) changes. Every field carries help text, shown by
-`mmedpo run --help-config`.
+`mmedpo run --help-config`. Every name a user types (a dataset, generator,
+localizer, judge, normaliser, protocol, prompt task) is checked against
+`mmedpo.registry` on load, so a typo fails before the first stage runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmedpo.layout import RESERVED_PAIR_NAMES
-from mmedpo.llm.chat import ChatConfig
-from mmedpo.llm.endpoint import check_no_key
-from mmedpo.records import describe_error
+from mmedpo.llm.endpoint import ChatConfig, check_no_key
+from mmedpo.records import Task, describe_error
+from mmedpo.registry import GENERATORS, JUDGES, LOCALIZERS, NORMALISERS, PROTOCOLS, READERS, unknown_name
 from mmedpo.training.settings import DPOSettings
 
 
@@ -31,7 +33,7 @@ class DataConfig(Section):
         description="'synthmed' draws the embedded dataset; 'dataset' reads a real one with a reader "
         "(data.dataset); 'samples' reads a Sample JSONL file (data.samples)",
     )
-    dataset: str | None = Field(None, description="reader name: vqa-rad, llava-med-vqa, slake, pathvqa, iu-xray, ...")
+    dataset: str | None = Field(None, description=f"reader name: {', '.join(READERS.names())}")
     split: str | None = Field(None, description="read only this split of the dataset (default: all)")
     reader_options: dict[str, Any] = Field(
         {}, description="options of the reader, e.g. language, image_policy, views, section, check_images"
@@ -75,10 +77,10 @@ class BaseModelConfig(Section):
 
 
 class CurateTextConfig(Section):
-    generators: list[Literal["target", "chat", "perturb"]] = Field(
+    generators: list[str] = Field(
         ["target", "perturb"],
-        description="hallucination generators: target-model sampling, an OpenAI-compatible chat endpoint "
-        "(curate_text.chat), clinical perturbation of the ground truth",
+        description=f"hallucination generators ({', '.join(GENERATORS.names())}): target-model sampling, an "
+        "OpenAI-compatible chat endpoint (curate_text.chat), clinical perturbation of the ground truth",
     )
     chat: ChatConfig = Field(ChatConfig(), description="the endpoint of the 'chat' generator")
     candidates: int = Field(4, ge=1, description="target model: sampled candidates per sample")
@@ -88,8 +90,10 @@ class CurateTextConfig(Section):
 
 
 class CurateVisualConfig(Section):
-    localizer: Literal["annotation", "gradcam"] = Field(
-        "annotation", description="where the lesion region comes from: the data's masks/boxes, or Grad-CAM"
+    localizer: str = Field(
+        "annotation",
+        description=f"where the lesion region comes from ({', '.join(LOCALIZERS.names())}): the data's "
+        "masks/boxes, or Grad-CAM",
     )
     localizer_options: dict[str, Any] = Field(
         {}, description="keyword options of the localizer (e.g. dilation; for gradcam: region={...}, min_confidence)"
@@ -114,7 +118,8 @@ class CurateVisualConfig(Section):
 class ScoreConfig(Section):
     judges: list[str] = Field(
         ["findings"],
-        description="judge panel for textual pairs: registry names, or member names given a 'judge' in judge_options",
+        description=f"judge panel for textual pairs: judges ({', '.join(JUDGES.names())}), or member names given "
+        "a 'judge' in judge_options",
     )
     judge_options: dict[str, dict[str, Any]] = Field(
         {},
@@ -134,7 +139,14 @@ class ScoreConfig(Section):
     )
     cache: bool = Field(True, description="keep judge verdicts in a cache on disk so no pair is judged twice")
     cache_path: str | None = Field(None, description="the judge cache file; empty: judge_cache.jsonl in the run folder")
-    normaliser: str = Field("mean-one", description="normalisation Z of the raw scores (see scoring.normalise)")
+    normaliser: str = Field(
+        "mean-one",
+        description=f"normalisation Z of the raw scores ({', '.join(NORMALISERS.names())}; see scoring.normalise)",
+    )
+
+    def member_judge(self, member: str) -> str:
+        """The judge a panel member is: the 'judge' its judge_options name, else the member's own name."""
+        return self.judge_options.get(member, {}).get("judge", member)
 
     @field_validator("judge_options")
     @classmethod
@@ -185,7 +197,7 @@ class EvalConfig(Section):
     batch_size: int = Field(32, ge=1, description="generation batch size")
     max_new_tokens_vqa: int = Field(8, ge=1, description="generation length for VQA answers")
     max_new_tokens_report: int = Field(64, ge=1, description="generation length for reports")
-    protocol: Literal["mmedpo", "llava-med"] = Field(
+    protocol: str = Field(
         "mmedpo",
         description="'mmedpo': every wrong closed answer counts; 'llava-med': LLaVA-Med's scorer, quirks included, "
         "only to compare with published tables (docs/evaluation.md)",
@@ -249,6 +261,26 @@ class RunConfig(Section):
             if unknown:
                 raise ValueError(f"variant {name}: unknown train setting(s) {sorted(unknown)}")
         return variants
+
+    @model_validator(mode="after")
+    def _names_are_known(self) -> RunConfig:
+        """Every name typed in the config names something: a typo fails here, naming its setting."""
+        if self.data.dataset is not None:
+            READERS.check(self.data.dataset, "data.dataset")
+        for name in self.curate_text.generators:
+            GENERATORS.check(name, "curate_text.generators")
+        LOCALIZERS.check(self.curate_visual.localizer, "curate_visual.localizer")
+        score = self.score
+        for member in score.judges:
+            named_in_options = "judge" in score.judge_options.get(member, {})
+            setting = f"score.judge_options.{member}.judge" if named_in_options else "score.judges"
+            JUDGES.check(score.member_judge(member), setting)
+        NORMALISERS.check(score.normaliser, "score.normaliser")
+        PROTOCOLS.check(self.eval.protocol, "eval.protocol")
+        for task in self.eval.prompts:
+            if task not in get_args(Task):
+                raise unknown_name("task", task, get_args(Task), "eval.prompts")
+        return self
 
     @model_validator(mode="after")
     def _claim_names_variants(self) -> RunConfig:

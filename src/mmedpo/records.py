@@ -22,6 +22,9 @@ AnswerType = Literal["closed", "open"]
 PairKind = Literal["text", "visual"]
 NoiseRegion = Literal["lesion", "whole"]
 
+# The question of a chest X-ray report sample: SynthMed and the report datasets' readers ask it alike.
+REPORT_INSTRUCTION = "Describe the findings of this chest X-ray."
+
 
 class Sample(BaseModel):
     """One supervised example: an image, a prompt and its ground-truth answer."""

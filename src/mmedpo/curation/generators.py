@@ -1,6 +1,6 @@
 """Hallucination generators: each proposes candidate rejected answers for a batch of samples.
 
-`GENERATORS` maps the names a config uses to generator classes:
+`mmedpo.registry.GENERATORS` maps the names a config uses to generator classes:
 
     target   the target VLM sampled on (image, question), several candidates per sample, batched
     chat     any OpenAI-compatible chat endpoint (GPT-4o, a Med-LLM on vLLM) with the versioned
@@ -32,6 +32,7 @@ from typing import Any
 from mmedpo.curation.perturb import perturb_answer
 from mmedpo.data.images import ImageError, open_image
 from mmedpo.records import Sample
+from mmedpo.registry import GENERATORS
 
 
 @dataclass(frozen=True)
@@ -229,14 +230,8 @@ def clean_reply(text: str) -> str:
     return next(g for g in quoted.groups() if g is not None).strip() if quoted else text
 
 
-# Candidates are tried in this order: the model-made hallucinations first, because a mistake
-# the model itself makes (or one a strong LLM finds plausible) is the one worth unlearning.
-GENERATORS: dict[str, type] = {"target": TargetGenerator, "chat": ChatGenerator, "perturb": PerturbGenerator}
-
-
 def make_generators(names: Sequence[str], settings, context: GeneratorContext) -> list:
-    """The named generators, built, in `GENERATORS` order; an error lists the valid names."""
-    unknown = [name for name in names if name not in GENERATORS]
-    if unknown:
-        raise ValueError(f"unknown generator(s) {unknown}; valid: {list(GENERATORS)}")
-    return [cls(settings, context) for name, cls in GENERATORS.items() if name in names]
+    """The named generators, built, in `GENERATORS` order (the order candidates are tried in)."""
+    for name in names:
+        GENERATORS.check(name)
+    return [GENERATORS.load(name)(settings, context) for name in GENERATORS.names() if name in names]

@@ -14,8 +14,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
-from mmedpo.curation.regions import Region
 from mmedpo.data.images import load_image, open_image
+from mmedpo.imaging.regions import Region
 from mmedpo.records import Sample
 
 TILE = 192  # pixels per panel tile

@@ -24,44 +24,16 @@ from the i-th (1-based) into `pairs.text.shard-i-of-n.jsonl`, and
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmedpo.config import CurateTextConfig
 from mmedpo.curation.filters import check_rejected
 from mmedpo.curation.generators import REQUEST_FAILED, Candidate, Failure, GeneratorContext, make_generators
+from mmedpo.curation.summary import CHUNK, CurationSummary
 from mmedpo.errors import StageIncomplete
 from mmedpo.progress import progress_bar
 from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, read_jsonl, rejects_path, write_jsonl
-
-CHUNK = 32  # samples generated and written together; also the resume granularity
-
-
-@dataclass
-class CurationSummary:
-    read: int = 0
-    paired: int = 0
-    rejected: int = 0
-    skipped_done: int = 0
-    failed: int = 0  # samples left for the next run because a generator's request failed
-    pairs_by_generator: Counter = field(default_factory=Counter)
-    drops: Counter = field(default_factory=Counter)
-    failures: Counter = field(default_factory=Counter)  # "generator: why" -> samples
-    first_failure: str = ""
-
-    def as_dict(self) -> dict:
-        return {
-            "read": self.read,
-            "paired": self.paired,
-            "rejected": self.rejected,
-            "already_done": self.skipped_done,
-            "failed": self.failed,
-            "pairs_by_generator": dict(self.pairs_by_generator),
-            "drop_reasons": dict(self.drops),
-            "failures": dict(self.failures),
-        }
 
 
 def select_pairs(

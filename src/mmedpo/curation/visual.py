@@ -5,7 +5,7 @@ Run it:
     mmedpo curate visual --config configs/demo.yaml
 
 For each image a localizer finds the lesion region; the region alone gets DDPM
-forward noise (`curation.noise`), once per image, reused by every question on
+forward noise (`imaging.noise`), once per image, reused by every question on
 it. The target model answers each question on the noised image (greedy); when
 that answer is wrong, (clean image, gold answer) is preferred over (noised
 image, that answer). The pair differs in the image, which is what makes the
@@ -19,7 +19,6 @@ region, noised image) under `preview/` beside the pairs file.
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,12 +28,12 @@ from PIL import Image
 from mmedpo.config import CurateVisualConfig
 from mmedpo.curation.answering import answer_samples
 from mmedpo.curation.filters import check_rejected
-from mmedpo.curation.localizers import build_localizer, localizer_iou
-from mmedpo.curation.noise import noise_image_file
 from mmedpo.curation.preview import Previews
-from mmedpo.curation.regions import Region
-from mmedpo.curation.text import CHUNK, CurationSummary
+from mmedpo.curation.summary import CHUNK, CurationSummary
 from mmedpo.data.images import load_image, resolve_image
+from mmedpo.imaging.localizers import build_localizer, localizer_iou
+from mmedpo.imaging.noise import image_seed, noise_image_file
+from mmedpo.imaging.regions import Region
 from mmedpo.progress import progress_bar
 from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, rejects_path
 
@@ -42,10 +41,6 @@ from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, rejects_p
 def noised_name(image: str, region: str, timestep: int) -> str:
     """Where the noised copy of `image` goes, relative to the run's image folder."""
     return f"noised/{Path(image).with_suffix('')}_{region}_t{timestep}.png"
-
-
-def image_seed(seed: int, image: str) -> int:
-    return (seed * 1_000_003 + zlib.crc32(image.encode())) % 2**32
 
 
 def make_noised_image(
@@ -233,7 +228,7 @@ def curate_visual_regions(
 def _configured_localizer(settings: CurateVisualConfig, sft_samples, image_roots, classifier_path, seed: int):
     options = dict(settings.localizer_options)
     if settings.localizer == "gradcam":
-        from mmedpo.curation.gradcam import train_default_classifier
+        from mmedpo.imaging.gradcam import train_default_classifier
 
         if settings.classifier is None and classifier_path is None:
             raise ValueError("gradcam needs curate_visual.classifier, or a path to train the default CNN into")

@@ -30,6 +30,7 @@ from datasets import Dataset, Features, Image, List, Value, load_from_disk
 from pydantic import ValidationError
 
 from mmedpo.data.images import ImageError, resolve_image
+from mmedpo.data.messages import prompt_messages
 from mmedpo.records import PreferencePair, Reject, describe_error
 
 PAIR_FEATURES = Features(
@@ -87,9 +88,6 @@ def pairs_dataset(pairs: Sequence[PreferencePair]) -> Dataset:
 
 
 def trl_dataset(pairs: Sequence[PreferencePair], image_roots: Sequence[Path | str] = ()) -> Dataset:
-    # Imported here: the prompt format lives with the models (torch), which other formats never need.
-    from mmedpo.models.vlm import prompt_messages
-
     rows = []
     for pair in pairs:
         rows.append(

@@ -11,7 +11,6 @@ from mmedpo.evaluation.compare import (
 )
 from mmedpo.evaluation.evaluate import evaluate_model, render_prompt, rescore_file
 from mmedpo.evaluation.metrics import (
-    PROTOCOLS,
     closed_accuracy,
     exact_match,
     open_recall,
@@ -22,7 +21,6 @@ from mmedpo.evaluation.metrics import (
 )
 
 __all__ = [
-    "PROTOCOLS",
     "approximate_randomization",
     "clinical_metrics",
     "closed_accuracy",

@@ -15,7 +15,8 @@ and finding-level clinical precision, recall and F1 (`evaluation.clinical`).
 
 Protocols: `mmedpo` (the default, above) or `llava-med`, which scores VQA as
 LLaVA-Med's own script does, quirks included, for comparison with published
-tables (`evaluation.llava_med`). Every metrics dict names its protocol.
+tables (`evaluation.llava_med`); `mmedpo.registry.PROTOCOLS` names them. Every
+metrics dict names its protocol.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
-from mmedpo.evaluation import llava_med
 from mmedpo.evaluation.clinical import clinical_metrics
 from mmedpo.evaluation.meteor import meteor_scorer
 from mmedpo.records import Sample
+from mmedpo.registry import PROTOCOLS
 
 YesNo = Literal["yes", "no"]
 
@@ -42,7 +43,6 @@ _APOSTROPHES = re.compile(r"['\u2019]")
 _WORD = re.compile(r"[^\W_]+")
 
 BREAKDOWN_KEYS = ("modality", "organ")
-PROTOCOLS = ("mmedpo", "llava-med")
 
 
 def tokenize(text: str) -> list[str]:
@@ -208,8 +208,7 @@ def score_predictions(
 
 def score_rows(rows: Sequence[dict[str, Any]], meteor: bool = False, protocol: str = "mmedpo") -> dict[str, Any]:
     """`score_predictions` on stored prediction rows (keys id, task, answer_type, answer, prediction, meta)."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown evaluation protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    PROTOCOLS.check(protocol)
     for row in rows:
         _check_row(row)
     metrics = {"protocol": protocol, **_score_group(rows, meteor, protocol)}
@@ -243,13 +242,16 @@ def _score_group(rows: Sequence[dict[str, Any]], meteor: bool, protocol: str) ->
     open_ = [r for r in rows if r["task"] == "vqa" and r["answer_type"] == "open"]
     reports = [r for r in rows if r["task"] == "report"]
     metrics: dict[str, Any] = {"n_closed": len(closed), "n_open": len(open_), "n_report": len(reports)}
-    metrics.update(llava_med.score_vqa(rows) if protocol == "llava-med" else _vqa_metrics(closed, open_))
+    metrics.update(PROTOCOLS.load(protocol)(rows))
     if reports:
         metrics.update(report_metrics([r["prediction"] for r in reports], [r["answer"] for r in reports], meteor))
     return metrics
 
 
-def _vqa_metrics(closed: Sequence[dict[str, Any]], open_: Sequence[dict[str, Any]]) -> dict[str, float]:
+def score_vqa(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The `mmedpo` protocol over VQA rows: every closed question counts; open recall, exact match, F1."""
+    closed = [r for r in rows if r["task"] == "vqa" and r["answer_type"] == "closed"]
+    open_ = [r for r in rows if r["task"] == "vqa" and r["answer_type"] == "open"]
     metrics = {}
     if closed:
         metrics["closed_accuracy"] = closed_accuracy([r["prediction"] for r in closed], [r["answer"] for r in closed])

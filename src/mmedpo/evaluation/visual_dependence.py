@@ -2,7 +2,7 @@
 
 Every sample with a lesion region is answered three times: on the clean image,
 on the image whose lesion region alone carries DDPM forward noise (the same
-noise MMedPO's visual pairs use, `curation.noise`), and on a blank (black)
+noise MMedPO's visual pairs use, `imaging.noise`), and on a blank (black)
 image of the same size. Per answer type the result gives the mean score in each
 condition (closed: correct or not; open: token recall; report: finding-level
 clinical F1 of the report) and the share of answers that change (compared as
@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmedpo.curation.localizers import AnnotationLocalizer, NoRegion
-from mmedpo.curation.noise import add_regional_noise
-from mmedpo.curation.visual import image_seed
 from mmedpo.data.images import ImageError, open_image
 from mmedpo.evaluation.clinical import clinical_metrics
 from mmedpo.evaluation.evaluate import DEFAULT_MAX_NEW_TOKENS, render_prompt
 from mmedpo.evaluation.metrics import closed_correct, normalize_report, open_recall, vqa_answer_type
+from mmedpo.imaging.localizers import AnnotationLocalizer
+from mmedpo.imaging.noise import add_regional_noise, image_seed
+from mmedpo.imaging.regions import NoRegion
 from mmedpo.records import Sample
 
 Answerer = Callable[[str, list[Image.Image], list[str]], list[str]]

@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from mmedpo.data.images import open_image
-from mmedpo.models.vlm import encode, load_vlm, prompt_messages
+from mmedpo.data.messages import prompt_messages
+from mmedpo.models.vlm import encode, freeze_vision_tower, load_vlm
 from mmedpo.records import Sample
-from mmedpo.training.lora import freeze_vision_tower
 
 IGNORE = -100
 # Batches are formed inside windows of this many batches, sorted by length.

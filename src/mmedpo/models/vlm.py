@@ -14,6 +14,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from mmedpo.data.messages import prompt_messages
+
+# Submodule names under which HF VLMs keep their image encoder (llava-hf, LLaVA-Med converted, Qwen2-VL...)
+# and their vision-to-text projector.
+VISION_MODULES = ("vision_tower", "visual", "vision_model")
+PROJECTOR_MODULES = ("multi_modal_projector", "mm_projector", "merger")
+
 
 def load_vlm(path: Path | str, device: str | None = None, dtype=None):
     """`(model, processor)` from a local checkpoint folder, the model in eval mode on `device`.
@@ -31,12 +38,18 @@ def load_vlm(path: Path | str, device: str | None = None, dtype=None):
     return model.to(device).eval(), processor
 
 
-def prompt_messages(question: str, answer: str | None = None) -> list[dict]:
-    """The conversation for one image and question, with the assistant's answer when given."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    if answer is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return messages
+def freeze_vision_tower(model: torch.nn.Module) -> int:
+    """Stop gradients into the image encoder (not the projector); returns how many tensors were frozen."""
+    frozen = 0
+    for name, parameter in model.named_parameters():
+        if _in_module(name, VISION_MODULES) and not _in_module(name, PROJECTOR_MODULES):
+            parameter.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+def _in_module(name: str, modules: tuple[str, ...]) -> bool:
+    return any(part in modules for part in name.split("."))
 
 
 def encode(processor, images: list[Image.Image], texts: list[str], padding_side: str):

@@ -28,7 +28,7 @@ from string import Template
 from mmedpo.llm.chat import iter_chat, user_message
 from mmedpo.llm.endpoint import ChatConfig, ChatError, api_key
 from mmedpo.prompts import load_prompt
-from mmedpo.scoring.judges import Judge, Verdict, register
+from mmedpo.scoring.judges import Judge, Verdict
 
 SCALE = (1, 5)
 _OBJECT_RE = re.compile(r"\{.*?\}", re.DOTALL)
@@ -64,7 +64,6 @@ def parse_judge_reply(text: str) -> tuple[float | None, str]:
     return (value - low) / (high - low), reason or "no reason given"
 
 
-@register("chat")
 class ChatJudge(Judge):
     """Options are `ChatConfig` fields: `ChatJudge(base_url=..., model="gpt-4o", api_key_env="OPENAI_API_KEY")`."""
 

@@ -20,10 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from mmedpo.scoring.cache import folder_fingerprint
-from mmedpo.scoring.judges import Judge, Verdict, register
+from mmedpo.scoring.judges import Judge, Verdict
 
 
-@register("embedding")
 class EmbeddingJudge(Judge):
     """Semantic distance between the chosen and the rejected answer."""
 

@@ -26,7 +26,7 @@ from string import Template
 
 from mmedpo.prompts import load_prompt
 from mmedpo.scoring.cache import folder_fingerprint
-from mmedpo.scoring.judges import Judge, Verdict, register
+from mmedpo.scoring.judges import Judge, Verdict
 
 RATINGS = ("1", "2", "3", "4", "5")
 ANSWER_PREFIX = '{"score":'  # the start of the JSON reply the prompt asks for
@@ -52,7 +52,6 @@ def rating_token_ids(tokenizer, prompt: str, add_special_tokens: bool) -> tuple[
     raise ValueError(f"the tokenizer {type(tokenizer).__name__} has no single token for each rating 1..5")
 
 
-@register("hf")
 class HFJudge(Judge):
     """Rates pairs with a local causal LM from the probabilities of the ratings 1..5."""
 

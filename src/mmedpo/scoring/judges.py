@@ -7,8 +7,8 @@ whose score is None means the judge could not score the pair (an unparseable
 reply) or its request failed (`Verdict.failure`): `reason` says why and the
 panel leaves the pair unscored instead of guessing a weight. Judges that batch or run requests
 concurrently override `score_many`, which yields verdicts as they come, so the
-panel caches each one at once. `JUDGES` maps the names a config uses to judge
-classes; add one with `@register("name")` on the class.
+panel caches each one at once. `mmedpo.registry.JUDGES` maps the names a config
+uses to judge classes; add a judge there with one line.
 
 The offline `FindingsJudge` reads the findings of both answers and scores the
 pair by the clinical severity (`clinical.lexicon`) of the worst finding they
@@ -18,13 +18,11 @@ rewording that keeps every finding costs nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from mmedpo.clinical.findings import compare_answers, extract_findings, normalise_text, worst_severity, yes_no
 from mmedpo.clinical.lexicon import UNRECOGNISED_SEVERITY, clinical_severity
-
-JUDGES: dict[str, type[Judge]] = {}
 
 
 class Verdict(NamedTuple):
@@ -61,19 +59,6 @@ class Judge:
             yield index, Verdict(*self.score(question, chosen, rejected))
 
 
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator adding a judge class to `JUDGES` under `name`."""
-
-    def add(cls: type) -> type:
-        if name in JUDGES:
-            raise ValueError(f"judge {name!r} is already registered")
-        JUDGES[name] = cls
-        return cls
-
-    return add
-
-
-@register("findings")
 class FindingsJudge(Judge):
     """Offline clinical judge: the severity of the worst finding the two answers disagree on."""
 
@@ -114,8 +99,3 @@ def _about_question(question: str, what: str) -> tuple[float, str]:
         return UNRECOGNISED_SEVERITY, f"{what}; the question names no known finding"
     value, name = max((clinical_severity(f.name, worst_severity([f])), f.name) for f in asked)
     return value, f"{what} about {name} ({value:.2f})"
-
-
-# These judges live in their own modules and subclass `Judge`, so they are imported after it;
-# importing them registers them (their heavy libraries load only when one is built).
-from mmedpo.scoring import chat_judge, embedding_judge, hf_judge  # noqa: E402, F401

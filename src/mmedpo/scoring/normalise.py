@@ -14,27 +14,30 @@ only how it is shared between pairs. "minmax" has the same flaw and also zeroes
 the lowest pair, dropping it from training.
 
 When the scores carry no information (all equal, or all 0), "minmax" and
-"mean-one" give every pair weight 1: plain DPO.
+"mean-one" give every pair weight 1: plain DPO. The names are in
+`mmedpo.registry.NORMALISERS`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+
+from mmedpo.registry import NORMALISERS
 
 
-def _none(scores: list[float]) -> list[float]:
+def keep(scores: list[float]) -> list[float]:
     return list(scores)
 
 
-def _minmax(scores: list[float]) -> list[float]:
+def minmax(scores: list[float]) -> list[float]:
     low, high = min(scores), max(scores)
     if high == low:
         return [1.0] * len(scores)
     return [(s - low) / (high - low) for s in scores]
 
 
-def _rank(scores: list[float]) -> list[float]:
+def rank(scores: list[float]) -> list[float]:
     order = sorted(range(len(scores)), key=lambda i: scores[i])
     ranks = [0.0] * len(scores)
     start = 0
@@ -49,7 +52,7 @@ def _rank(scores: list[float]) -> list[float]:
     return ranks
 
 
-def _mean_one(scores: list[float]) -> list[float]:
+def mean_one(scores: list[float]) -> list[float]:
     if any(s < 0 for s in scores):
         raise ValueError("mean-one needs scores >= 0 (a negative weight would reverse a preference)")
     mean = sum(scores) / len(scores)
@@ -58,29 +61,19 @@ def _mean_one(scores: list[float]) -> list[float]:
     return [s / mean for s in scores]
 
 
-def _clip(scores: list[float], low: float = 0.0, high: float = 1.0) -> list[float]:
+def clip(scores: list[float], low: float = 0.0, high: float = 1.0) -> list[float]:
     if low > high:
         raise ValueError(f"clip needs low <= high, got low={low}, high={high}")
     return [min(max(s, low), high) for s in scores]
 
 
-NORMALISERS: dict[str, Callable[..., list[float]]] = {
-    "none": _none,
-    "minmax": _minmax,
-    "rank": _rank,
-    "mean-one": _mean_one,
-    "clip": _clip,
-}
-
-
 def normalise(scores: Sequence[float], method: str = "mean-one", **kw) -> list[float]:
     """Normalise raw scores over the dataset with the named method (see the module docstring)."""
-    if method not in NORMALISERS:
-        raise ValueError(f"unknown normaliser {method!r}; valid: {sorted(NORMALISERS)}")
+    normaliser = NORMALISERS.load(method)
     values = [float(s) for s in scores]
     bad = [i for i, s in enumerate(values) if not math.isfinite(s)]
     if bad:
         raise ValueError(f"scores must be finite numbers; score {bad[0]} is {values[bad[0]]}")
     if not values:
         return []
-    return NORMALISERS[method](values, **kw)
+    return normaliser(values, **kw)

@@ -50,9 +50,10 @@ from mmedpo.config import ScoreConfig
 from mmedpo.errors import StageIncomplete
 from mmedpo.progress import progress_bar
 from mmedpo.records import PreferencePair, Reject, describe_error, rejects_path, write_jsonl
+from mmedpo.registry import JUDGES
 from mmedpo.scoring.agreement import krippendorff_alpha, spearman_matrix
 from mmedpo.scoring.cache import JudgeCache, cache_key
-from mmedpo.scoring.judges import JUDGES, Judge, Verdict
+from mmedpo.scoring.judges import Judge, Verdict
 
 LOCALIZER = "localizer"
 CACHE_FILE = "judge_cache.jsonl"
@@ -79,12 +80,10 @@ def build_panel(settings: ScoreConfig) -> dict[str, Judge]:
     """Panel member name -> judge, built from the registry and `settings.judge_options`."""
     panel = {}
     for member in settings.judges:
-        options = dict(settings.judge_options.get(member, {}))
-        name = options.pop("judge", member)
-        if name not in JUDGES:
-            raise ValueError(f"panel member {member!r}: unknown judge {name!r}; valid: {sorted(JUDGES)}")
+        options = {key: value for key, value in settings.judge_options.get(member, {}).items() if key != "judge"}
+        judge = JUDGES.load(settings.member_judge(member), f"panel member {member!r}")
         try:
-            panel[member] = JUDGES[name](**options)
+            panel[member] = judge(**options)
         except TypeError as error:
             raise ValueError(f"panel member {member!r}: bad judge_options {options}: {error}") from None
         except ValueError as error:  # bad option values; a chat judge's key missing from the environment

@@ -103,8 +103,12 @@ def draw_radiograph(findings: list[Finding], rng: np.random.Generator, size: int
         if finding.name == "cardiomegaly":
             masks["cardiomegaly"] = chest.heart
         else:
-            draw = {"nodule": _nodule, "effusion": _effusion, "consolidation": _consolidation,
-                    "pneumothorax": _pneumothorax}[finding.name]
+            draw = {
+                "nodule": _nodule,
+                "effusion": _effusion,
+                "consolidation": _consolidation,
+                "pneumothorax": _pneumothorax,
+            }[finding.name]
             masks[finding.name] = draw(chest, finding, rng)
     # Film noise last, from the values drawn with the anatomy.
     image = ndimage.gaussian_filter(chest.image, 0.5 * size / 128) + 0.018 * chest.noise
@@ -147,9 +151,7 @@ def _draw_anatomy(rng: np.random.Generator, size: int, enlarged_heart: bool) -> 
 
     heart_mask = heart.radius(u, v) <= 1
     mediastinum = np.abs(u - 0.5) < 0.065
-    lung_fields = {
-        side: (shape.radius(u, v) <= 1) & ~heart_mask & ~mediastinum for side, shape in lung_shapes.items()
-    }
+    lung_fields = {side: (shape.radius(u, v) <= 1) & ~heart_mask & ~mediastinum for side, shape in lung_shapes.items()}
     any_lung = lung_fields["right"] | lung_fields["left"]
 
     image = np.full((size, size), 0.03)
@@ -257,8 +259,9 @@ def _pneumothorax(chest: _Chest, finding: Finding, rng: np.random.Generator) -> 
     lung, field = chest.lungs[finding.side], chest.fields[finding.side]
     kx, ky = float(rng.uniform(0.55, 0.65)), float(rng.uniform(0.72, 0.8))
     # The collapsed lung keeps its medial edge and base; air fills the apex and the lateral rim.
-    collapsed = _Ellipse(lung.cx - _LATERAL[finding.side] * (1 - kx) * lung.ax, lung.cy + (1 - ky) * lung.ay,
-                         kx * lung.ax, ky * lung.ay)
+    collapsed = _Ellipse(
+        lung.cx - _LATERAL[finding.side] * (1 - kx) * lung.ax, lung.cy + (1 - ky) * lung.ay, kx * lung.ax, ky * lung.ay
+    )
     radius = collapsed.radius(u, v)
     mask = field & (radius > 1)
     ribs = 0.07 * _ribs(u, v, chest.rib_shift)

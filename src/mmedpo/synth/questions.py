@@ -15,19 +15,34 @@ import numpy as np
 
 from mmedpo.synth.drawing import FINDINGS, LUNG_FINDINGS, SIDES, Finding
 
-REPORT_INSTRUCTION = "Describe the findings of this chest X-ray."
 WHICH_QUESTION = "What abnormality is seen?"
 NO_FINDING = "no finding"
 
-_ARTICLE = {"nodule": "a nodule", "effusion": "a pleural effusion", "consolidation": "consolidation",
-            "pneumothorax": "a pneumothorax", "cardiomegaly": "cardiomegaly"}
-_NOUN = {"nodule": "nodule", "effusion": "pleural effusion", "consolidation": "consolidation",
-         "pneumothorax": "pneumothorax"}
+_ARTICLE = {
+    "nodule": "a nodule",
+    "effusion": "a pleural effusion",
+    "consolidation": "consolidation",
+    "pneumothorax": "a pneumothorax",
+    "cardiomegaly": "cardiomegaly",
+}
+_NOUN = {
+    "nodule": "nodule",
+    "effusion": "pleural effusion",
+    "consolidation": "consolidation",
+    "pneumothorax": "pneumothorax",
+}
 # Which open detail questions each lung finding supports, and the attribute that answers them.
-_DETAILS = {"nodule": ("side", "zone", "size"), "effusion": ("side", "size"),
-            "consolidation": ("side", "zone"), "pneumothorax": ("side",)}
-_DETAIL_TEMPLATE = {"side": "Which lung has the {noun}?", "zone": "Which zone is the {noun} in?",
-                    "size": "How large is the {noun}?"}
+_DETAILS = {
+    "nodule": ("side", "zone", "size"),
+    "effusion": ("side", "size"),
+    "consolidation": ("side", "zone"),
+    "pneumothorax": ("side",),
+}
+_DETAIL_TEMPLATE = {
+    "side": "Which lung has the {noun}?",
+    "zone": "Which zone is the {noun} in?",
+    "size": "How large is the {noun}?",
+}
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmedpo.records import Sample
+from mmedpo.records import REPORT_INSTRUCTION, Sample
 from mmedpo.synth.drawing import Finding, Radiograph, draw_radiograph
 from mmedpo.synth.questions import (
     PRIORS,
-    REPORT_INSTRUCTION,
     Question,
     choose_findings,
     make_questions,
@@ -76,25 +75,54 @@ def _write_case(out_root: Path, split: str, index: int, seed: int, image_size: i
         mask = drawing.masks[finding.name]
         mask_path = f"{stem}_{finding.name}.png"
         _save_mask(mask, out_root / mask_path)
-        described.append({"name": finding.name, "side": finding.side, "zone": finding.zone, "size": finding.size,
-                          "mask": mask_path, "bbox": _bbox(mask), "area": round(float(mask.mean()), 6)})
+        described.append(
+            {
+                "name": finding.name,
+                "side": finding.side,
+                "zone": finding.zone,
+                "size": finding.size,
+                "mask": mask_path,
+                "bbox": _bbox(mask),
+                "area": round(float(mask.mean()), 6),
+            }
+        )
     lesion_mask = None
     if findings:
         lesion_mask = f"{stem}_lesion.png"
         _save_mask(np.logical_or.reduce(list(drawing.masks.values())), out_root / lesion_mask)
 
     image_id = f"synthmed-{split}-{index:05d}"
-    common = {"image_id": image_id, "modality": "x-ray", "organ": "chest", "findings": described,
-              "lesion_mask": lesion_mask}
+    common = {
+        "image_id": image_id,
+        "modality": "x-ray",
+        "organ": "chest",
+        "findings": described,
+        "lesion_mask": lesion_mask,
+    }
     samples = [
-        Sample(id=f"{image_id}-{k}", task="vqa", image=f"{stem}.png", question=q.question, answer=q.answer,
-               answer_type=q.answer_type, split=split,
-               meta={**common, "question_kind": q.kind, "asks_about": q.asks_about})
+        Sample(
+            id=f"{image_id}-{k}",
+            task="vqa",
+            image=f"{stem}.png",
+            question=q.question,
+            answer=q.answer,
+            answer_type=q.answer_type,
+            split=split,
+            meta={**common, "question_kind": q.kind, "asks_about": q.asks_about},
+        )
         for k, q in enumerate(questions)
     ]
-    samples.append(Sample(id=f"{image_id}-{len(questions)}", task="report", image=f"{stem}.png",
-                          question=REPORT_INSTRUCTION, answer=make_report(findings), split=split,
-                          meta={**common, "question_kind": "report", "asks_about": None}))
+    samples.append(
+        Sample(
+            id=f"{image_id}-{len(questions)}",
+            task="report",
+            image=f"{stem}.png",
+            question=REPORT_INSTRUCTION,
+            answer=make_report(findings),
+            split=split,
+            meta={**common, "question_kind": "report", "asks_about": None},
+        )
+    )
     return samples
 
 

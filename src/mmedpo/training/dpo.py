@@ -40,7 +40,7 @@ from trl.models import prepare_deepspeed
 from mmedpo.data.hf_formats import TRL_PAIR_FEATURES
 from mmedpo.data.images import ImageError, open_image, resolve_image
 from mmedpo.data.llava_json import read_mmedpo_json
-from mmedpo.models.vlm import prompt_messages
+from mmedpo.data.messages import prompt_messages
 from mmedpo.records import PreferencePair, Reject, write_jsonl
 from mmedpo.training import ref_cache
 from mmedpo.training.dpo_config import WeightedDPOConfig, to_trl_config
@@ -478,4 +478,3 @@ def train_from_mmedpo_json(
         "rejects": str(rejects_file),
         "model": str(out_dir),
     }
-

@@ -17,12 +17,9 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 from trl.trainer.utils import create_model_from_path
 
+from mmedpo.models.vlm import PROJECTOR_MODULES, VISION_MODULES, freeze_vision_tower
 from mmedpo.training.settings import DPOSettings
 
-# Submodule names under which HF VLMs keep their image encoder (llava-hf, LLaVA-Med converted, Qwen2-VL...)
-# and their vision-to-text projector.
-VISION_MODULES = ("vision_tower", "visual", "vision_model")
-PROJECTOR_MODULES = ("multi_modal_projector", "mm_projector", "merger")
 # Every module inside the vision tower or the projector, and the LM head (TRL reads lm_head.weight directly).
 _NOT_ADAPTED = r".*\b(?:{})\b.*|(?:.*\.)?lm_head".format("|".join(VISION_MODULES + PROJECTOR_MODULES))
 
@@ -57,20 +54,6 @@ def _four_bit_config():
         # Patterns matched from the start of a module's name (regex) or as its suffix.
         llm_int8_skip_modules=[r".*\b(?:{})".format("|".join(VISION_MODULES + PROJECTOR_MODULES)), "lm_head"],
     )
-
-
-def freeze_vision_tower(model: torch.nn.Module) -> int:
-    """Stop gradients into the image encoder (not the projector); returns how many tensors were frozen."""
-    frozen = 0
-    for name, parameter in model.named_parameters():
-        if _in_module(name, VISION_MODULES) and not _in_module(name, PROJECTOR_MODULES):
-            parameter.requires_grad_(False)
-            frozen += 1
-    return frozen
-
-
-def _in_module(name: str, modules: tuple[str, ...]) -> bool:
-    return any(part in modules for part in name.split("."))
 
 
 def lora_config(model: torch.nn.Module, settings: DPOSettings) -> LoraConfig:

@@ -8,7 +8,7 @@ more samples or one reject naming its file and record, so read = accepted +
 rejected. Sample image paths are relative to ROOT, so the pipeline's
 `data.image_root` is ROOT. Readers check images by default ("decode" opens each
 once; "exists" only resolves it; "none" trusts the paths but still refuses
-escaping ones): `check_images=`.
+escaping ones): `check_images=`. `mmedpo.registry.READERS` names them:
 
 | name | dataset | layout (see each module) |
 |---|---|---|
@@ -25,33 +25,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmedpo.data.readers.iu_xray import read_iu_xray
-from mmedpo.data.readers.llava import read_llava, read_llava_med_vqa
-from mmedpo.data.readers.mimic_cxr import read_mimic_cxr
-from mmedpo.data.readers.pathvqa import read_pathvqa
-from mmedpo.data.readers.slake import read_slake
-from mmedpo.data.readers.vqa_rad import read_vqa_rad
 from mmedpo.records import Reject, Sample
-
-READERS = {
-    "vqa-rad": read_vqa_rad,
-    "llava-med-vqa": read_llava_med_vqa,
-    "slake": read_slake,
-    "pathvqa": read_pathvqa,
-    "iu-xray": read_iu_xray,
-    "mimic-cxr": read_mimic_cxr,
-    "llava": read_llava,
-}
+from mmedpo.registry import READERS
 
 
 def read_dataset(name: str, root: Path | str, split: str | None = None, **options) -> tuple[list[Sample], list[Reject]]:
     """Samples and rejects of dataset `name` in folder `root`; `options` go to its reader."""
-    if name not in READERS:
-        raise ValueError(f"unknown dataset {name!r}; datasets are {', '.join(READERS)}")
+    reader = READERS.load(name)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder not found")
-    return READERS[name](root, split, **options)
-
-
-__all__ = ["READERS", "read_dataset"]
+    return reader(root, split, **options)

@@ -30,8 +30,7 @@ from mmedpo.data.readers.base import (
     record_id,
     text,
 )
-from mmedpo.records import Reject, Sample
-from mmedpo.synth.questions import REPORT_INSTRUCTION
+from mmedpo.records import REPORT_INSTRUCTION, Reject, Sample
 
 SPLITS = ("train", "val", "test")
 POLICIES = ("first", "frontal", "all")

@@ -31,8 +31,7 @@ from mmedpo.data.readers.base import (
     normal_split,
     read_text,
 )
-from mmedpo.records import Reject, Sample
-from mmedpo.synth.questions import REPORT_INSTRUCTION
+from mmedpo.records import REPORT_INSTRUCTION, Reject, Sample
 
 POLICIES = ("first", "all")
 SECTIONS = ("findings", "impression", "both")

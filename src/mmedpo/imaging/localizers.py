@@ -7,8 +7,9 @@ A region covering most of the image is refused too: it marks a failed
 localization, not a lesion (the reference code's mean - std threshold often
 masked the whole image and noised it all).
 
-`LOCALIZERS` maps a configuration name to the class; `build_localizer` makes
-one from its name and options. `localizer_iou` measures a localizer against
+`mmedpo.registry.LOCALIZERS` maps a configuration name to the class
+(`GradCamLocalizer` is in `imaging.gradcam`); `build_localizer` makes one from
+its name and options. `localizer_iou` measures a localizer against
 SynthMed's true lesion masks.
 """
 
@@ -25,13 +26,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from mmedpo.curation.gradcam import GradCamLocalizer, finding_names
-from mmedpo.curation.noise import read_pixels
-from mmedpo.curation.regions import NoRegion, Region, check_area, disk
 from mmedpo.data.images import ImageError, resolve_image
+from mmedpo.imaging.noise import read_pixels
+from mmedpo.imaging.regions import NoRegion, Region, check_area, disk
 from mmedpo.records import Sample
-
-__all__ = ["LOCALIZERS", "AnnotationLocalizer", "GradCamLocalizer", "NoRegion", "Region", "build_localizer"]
+from mmedpo.registry import LOCALIZERS
 
 
 @dataclass
@@ -96,19 +95,20 @@ class AnnotationLocalizer:
         return _draw_boxes(boxes, height, width), [name for name, _ in boxes if name]
 
 
-LOCALIZERS = {"annotation": AnnotationLocalizer, "gradcam": GradCamLocalizer}
+def finding_names(sample: Sample) -> list[str]:
+    """The finding names `sample.meta["findings"]` lists (names, or dicts with a "name")."""
+    return [item["name"] if isinstance(item, dict) else str(item) for item in sample.meta.get("findings") or []]
 
 
 def build_localizer(name: str, options: dict[str, Any] | None = None):
-    """The localizer `name` (a key of `LOCALIZERS`) made with `options` as keyword arguments.
+    """The localizer `name` (in `mmedpo.registry.LOCALIZERS`) made with `options` as keyword arguments.
 
     >>> build_localizer("annotation", {"dilation": 0}).dilation
     0
     """
-    if name not in LOCALIZERS:
-        raise ValueError(f"unknown localizer {name!r}; valid names: {', '.join(LOCALIZERS)}")
+    localizer = LOCALIZERS.load(name)
     try:
-        return LOCALIZERS[name](**(options or {}))
+        return localizer(**(options or {}))
     except TypeError as error:
         raise ValueError(f"localizer {name!r}: bad options {sorted(options or {})}: {error}") from None
 

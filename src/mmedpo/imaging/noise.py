@@ -10,12 +10,14 @@ never leaks outside the region.
 
 The noise comes from a generator seeded with `seed` alone, so the same image,
 mask, step and seed always give the same bytes; callers derive the seed from
-their run seed and the image's key.
+their run seed and the image's key with `image_seed`, so curation's visual pairs
+and evaluation's visual dependence noise an image the same way.
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +42,11 @@ def _alphas_cumprod(num_train_timesteps: int) -> np.ndarray:
     table = np.cumprod(1.0 - betas)
     table.setflags(write=False)  # cached and shared: nobody may edit it
     return table
+
+
+def image_seed(seed: int, image: str) -> int:
+    """The noise seed of `image` (its path relative to the image root) in a run seeded with `seed`."""
+    return (seed * 1_000_003 + zlib.crc32(image.encode())) % 2**32
 
 
 def alphas_cumprod(num_train_timesteps: int = 1000) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 The heat map of each finding the classifier believes present (probability >=
 `min_confidence`) is Grad-CAM at the classifier's `layer`, upsampled to the
-image; each becomes a region through `regions.map_to_region`, and the region
+image; each becomes a region through `imaging.regions.map_to_region`, and the region
 is their union. The confidence is the highest probability among the findings
 that gave a region.
 
@@ -19,7 +19,7 @@ torchvision) loaded from local weights, for example:
 
     # my_xrv.py
     import torch, torchxrayvision as xrv
-    from mmedpo.curation.gradcam import Classifier
+    from mmedpo.imaging.gradcam import Classifier
 
     def densenet(weights):
         model = xrv.models.DenseNet(weights=None, op_threshs=None)
@@ -45,8 +45,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmedpo.curation.regions import NoRegion, Region, RegionOptions, check_area, map_to_region
 from mmedpo.data.images import resolve_image
+from mmedpo.imaging.localizers import finding_names
+from mmedpo.imaging.regions import NoRegion, Region, RegionOptions, check_area, map_to_region
 from mmedpo.records import Sample
 
 MODEL_VERSION = 2  # of SynthMedCNN's layout: a checkpoint of another version is retrained, never half-loaded
@@ -112,16 +113,11 @@ class SynthMedCNN(nn.Module):
 
 def read_grayscale(path: Path) -> np.ndarray:
     """The image at `path` (8/16-bit, L/RGB, DICOM) as float grayscale in [0, 1] of its bit depth."""
-    from mmedpo.curation.noise import read_pixels
+    from mmedpo.imaging.noise import read_pixels
 
     pixels, max_value = read_pixels(path)
     gray = pixels.mean(axis=2) if pixels.ndim == 3 else pixels
     return gray.astype(np.float32) / np.float32(max_value)
-
-
-def finding_names(sample: Sample) -> list[str]:
-    """The finding names `sample.meta["findings"]` lists (names, or dicts with a "name")."""
-    return [item["name"] if isinstance(item, dict) else str(item) for item in sample.meta.get("findings") or []]
 
 
 def train_default_classifier(

@@ -151,3 +151,12 @@ def test_report_metrics_under_r2gen_cleaning_differ_and_are_named():
     }
     with pytest.raises(ValueError, match="different protocols"):
         compare_results(mixed, "ours")
+
+
+@pytest.mark.parametrize("module", ["answers", "baselines", "text", "power", "llava_med"])
+def test_docstring_examples_hold(module):
+    import doctest
+    import importlib
+
+    outcome = doctest.testmod(importlib.import_module(f"mmedpo.evaluation.{module}"))
+    assert outcome.attempted > 0 and outcome.failed == 0

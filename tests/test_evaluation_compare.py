@@ -139,6 +139,12 @@ def test_protocols_are_not_mixed_and_llava_med_is_labelled():
     assert comparison["variants"][1]["paired"]["closed_accuracy"]["difference"] == 0.0
     assert "open_precision" in comparison["paired_metrics"]
     assert "LLaVA-Med v1.0.0's own VQA scorer" in to_markdown(comparison)
+    # Files scored under the old, unversioned name are not silently read as another protocol.
+    old = {
+        name: {**result, "metrics": {**result["metrics"], "protocol": "llava-med"}} for name, result in quirky.items()
+    }
+    with pytest.raises(ValueError, match="protocol 'llava-med', now unknown: rescore it"):
+        compare_results(old, baseline="a")
 
 
 def test_visual_metrics_join_the_table():

@@ -217,8 +217,9 @@ def _note(comparison: Mapping[str, Any]) -> str:
         f"interval over test items ({comparison['n_resamples']} resamples) and a sign-flip p-value "
         f"({comparison['n_permutations']} shuffles), seed {comparison['seed']}; better / worse: the interval lies "
         "above / below 0, else within noise. MDE: the smallest closed-accuracy difference these items detect "
-        f"(two-sided, {1 - comparison['confidence']:.2g} level, 80% power, observed discordance). "
-        f"{MAJORITY}: the commonest gold answer of each question type, given to every question."
+        f"(two-sided, {1 - comparison['confidence']:.2g} level, 80% power, at the observed discordance; "
+        "undetectable: not even one as large as the discordance). "
+        f"{MAJORITY.capitalize()}: the commonest gold answer of each question type, given to every question."
     )
 
 

@@ -28,7 +28,6 @@ from scipy import stats as scipy_stats
 
 from mmedpo.evaluation.item_scores import Aggregate, aggregate, mean_score, paired_statistics, result_statistics
 
-VERDICTS = ("better", "within noise", "worse")
 # Resamples per vectorised call, so memory stays bounded on large test sets.
 _BATCH = 500
 
@@ -104,7 +103,7 @@ def _item_bootstrap(
 
 
 def _difference(ours: np.ndarray, theirs: np.ndarray | None, statistic: Aggregate, items: np.ndarray) -> np.ndarray:
-    """statistic(ours) - statistic(theirs) on the items indexed by `items` (any shape, the last axis one resample)."""
+    """statistic(ours) - statistic(theirs) on the items indexed by `items` (any shape; its last axis is one draw)."""
     value = statistic(ours[:, items])
     return value if theirs is None else value - statistic(theirs[:, items])
 

@@ -32,7 +32,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 from mmedpo.evaluation.baselines import gold_class
 from mmedpo.evaluation.clinical import positive_findings
-from mmedpo.evaluation.metrics import closed_scores, open_scores
+from mmedpo.evaluation.metrics import PROTOCOLS, closed_scores, open_scores
 from mmedpo.evaluation.text import normalize_report
 
 Aggregate = Callable[[np.ndarray], np.ndarray]
@@ -104,6 +104,8 @@ def item_statistics(
 ) -> np.ndarray:
     """Statistics of `metric` for `rows` of `result`, shape (k, len(rows)); `classes` are the gold answers counted."""
     protocol = result["metrics"].get("protocol", "mmedpo")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"a result scored under the protocol {protocol!r}, now unknown: rescore it (`rescore_file`)")
     if metric == "closed_accuracy":
         return np.array([closed_scores(rows, protocol)])
     if metric == "closed_balanced_accuracy":

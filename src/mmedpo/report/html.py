@@ -252,4 +252,3 @@ def collect_results(inputs: list[Path]) -> dict[str, dict]:
         for variant, result in found.items():
             results[variant if len(inputs) == 1 else f"{path.name}/{variant}"] = result
     return results
-

@@ -22,7 +22,8 @@ from pycocoevalcap.meteor.meteor import Meteor
 
 from mmedpo.evaluation.clinical import _sentence_positives
 from mmedpo.evaluation.meteor import meteor_scorer
-from mmedpo.evaluation.metrics import normalize_report, report_metrics
+from mmedpo.evaluation.metrics import report_metrics
+from mmedpo.evaluation.text import normalize_report
 
 FINDINGS = ["effusion", "consolidation", "pneumothorax", "nodule", "atelectasis", "opacity", "cardiomegaly"]
 SIDES = ["left", "right", "bilateral"]

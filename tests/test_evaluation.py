@@ -13,19 +13,13 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
 from helpers import REPORT_PREDICTIONS, REPORT_REFERENCES
-from mmedpo.evaluation.compare import compare_table, paired_bootstrap, per_sample_scores
+from mmedpo.evaluation.answers import closed_correct, exact_match, open_recall, parse_yes_no, token_f1
+from mmedpo.evaluation.compare import compare_table
 from mmedpo.evaluation.evaluate import evaluate_model, partial_path, rescore_file
-from mmedpo.evaluation.metrics import (
-    closed_accuracy,
-    closed_correct,
-    exact_match,
-    normalize_report,
-    open_recall,
-    parse_yes_no,
-    report_metrics,
-    score_predictions,
-    token_f1,
-)
+from mmedpo.evaluation.intervals import paired_bootstrap
+from mmedpo.evaluation.item_scores import result_statistics
+from mmedpo.evaluation.metrics import closed_accuracy, report_metrics, score_predictions
+from mmedpo.evaluation.text import normalize_report
 from mmedpo.records import Sample
 
 
@@ -144,7 +138,7 @@ def test_paired_bootstrap_is_deterministic_for_a_seed():
     first = paired_bootstrap(variant, baseline, seed=3, n_resamples=500)
     assert first == paired_bootstrap(variant, baseline, seed=3, n_resamples=500)
     assert first[0] == pytest.approx(0.3)  # 3 of 10 questions gained, none lost
-    assert 0.0 <= first[1] < 0.3 < first[2] <= 0.6
+    assert 0.0 <= first[1] < 0.3 < first[2] <= 0.6 + 1e-12
     # Continuous scores: another seed draws other resamples, so the interval moves.
     recalls = [0.1, 0.9, 0.35, 0.6, 0.0, 0.75, 0.2, 0.45]
     zeros = [0.0] * len(recalls)
@@ -170,10 +164,21 @@ def test_compare_table_relative_improvement_and_intervals():
     }
     table = compare_table(results, baseline="dpo", seed=0, n_resamples=200)
     lines = table.strip().splitlines()
-    assert lines[0].startswith("| variant | closed_accuracy | open_recall | open_exact | open_f1 |")
-    assert lines[2].startswith("| dpo (baseline) | 0.5000 | 0.6667 |")
-    assert "| 1.0000 (+100.0%) | 1.0000 (+50.0%) |" in lines[3]
-    assert per_sample_scores(results["mmedpo"], "closed_accuracy") == {"c1": 1.0, "c2": 1.0}
+    assert lines[0] == (
+        "| variant | closed_accuracy | closed_balanced_accuracy | closed_accuracy_yes | closed_accuracy_no "
+        "| open_recall | open_exact | open_f1 | avg improvement vqa |"
+    )
+    assert lines[2] == "| dpo (baseline) | 0.5000 | 0.5000 | 1.0000 | 0.0000 | 0.6667 | 0.0000 | 0.8000 | – |"
+    assert lines[3].startswith("| mmedpo | 1.0000 (+100.0%) | 1.0000 (+100.0%) | 1.0000 (+0.0%) | 1.0000 |")
+    # The majority baseline: closed yes/no tie -> "no" for both; the open question's only answer.
+    assert (
+        lines[4]
+        == "| majority answer (test split) | 0.5000 | 0.5000 | 0.0000 | 1.0000 | 1.0000 | 1.0000 | 1.0000 | – |"
+    )
+    # One open question: nothing to resample, so its interval is unbounded and it is within noise.
+    assert "| mmedpo | open_recall | +0.3333 | [-inf, +inf] | 1 | within noise |" in table
+    ids, statistics = result_statistics(results["dpo"], "closed_accuracy")
+    assert ids == ["c1", "c2"] and statistics.tolist() == [[1.0, 0.0]]  # "nodule" is not "no"
     with pytest.raises(ValueError, match="baseline 'base'"):
         compare_table(results, baseline="base")
 
@@ -181,7 +186,7 @@ def test_compare_table_relative_improvement_and_intervals():
 def test_compare_refuses_different_test_sets():
     other = _result("x", ["yes", "no"], "lobe")
     other["predictions"][0]["id"] = "c9"
-    with pytest.raises(ValueError, match="same closed_accuracy questions"):
+    with pytest.raises(ValueError, match="closed_accuracy: the two results cover different items \\(e.g. c1, c9\\)"):
         compare_table({"base": _result("base", ["yes", "no"], "lobe"), "x": other}, baseline="base")
 
 
@@ -252,11 +257,11 @@ def test_evaluate_model_uses_per_task_prompts_and_refuses_to_mix_them(tmp_path, 
     samples = [_vqa("c1", "yes", "closed"), _vqa("c2", "no", "closed")]
     out = tmp_path / "eval" / "base.json"
     prompts = {"vqa": "{question} Answer yes or no.", "report": "unused {question}"}
-    result = evaluate_model(tmp_path / "model", samples, [tmp_path], out, prompts=prompts, protocol="llava-med")
+    result = evaluate_model(tmp_path / "model", samples, [tmp_path], out, prompts=prompts, protocol="llava-med-v1.0.0")
     assert fake_vlm["questions"] == ["q? Answer yes or no."] * 2
     assert [p["prompt"] for p in result["predictions"]] == ["q? Answer yes or no."] * 2
     assert [p["question"] for p in result["predictions"]] == ["q?", "q?"]  # the record keeps the question
-    assert result["metrics"]["protocol"] == "llava-med"
+    assert result["metrics"]["protocol"] == "llava-med-v1.0.0"
     assert rescore_file(out)["metrics"]["protocol"] == "mmedpo"  # a stored file rescores under any protocol
     # A partial file answered with another prompt is not silently resumed.
     partial_path(out).write_text(json.dumps({**result["predictions"][0], "prompt": "q?"}) + "\n")

@@ -13,8 +13,9 @@ from helpers import REPORT_PREDICTIONS, REPORT_REFERENCES
 from mmedpo.evaluation import llava_med
 from mmedpo.evaluation.clinical import clinical_metrics, positive_findings
 from mmedpo.evaluation.meteor import meteor_scorer
-from mmedpo.evaluation.metrics import normalize_report, report_metrics, score_predictions
+from mmedpo.evaluation.metrics import report_metrics, score_predictions
 from mmedpo.evaluation.radeval import RadEvalUnavailable, radeval_available, radeval_metrics
+from mmedpo.evaluation.text import normalize_report
 from mmedpo.records import Sample
 
 ADVERSARIAL = ["Yes, there is", "nodule", "Not seen", "unknown", "No.", "yes", "right lung"]
@@ -31,27 +32,33 @@ def _vqa(id, answer, answer_type):
         ("Yes, there is", "yes", 1),
         ("nodule", "no", 1),  # "no" inside "nodule" counts as the right answer
         ("Not seen", "no", 1),  # "no" inside "not"
-        ("unknown", "yes", None),  # "no" inside "unknown", gold absent: dropped, not wrong
+        ("unknown", "yes", 0),  # "no" inside "unknown", gold absent: a miss (the pre-v1.0.0 script dropped it)
         ("No.", "no", 1),
-        ("yes", "no", None),  # a plainly wrong answer is dropped from the denominator
-        ("right lung", "yes", 0),  # only answers without "yes"/"no" anywhere count as wrong
+        ("yes", "no", 0),  # a plainly wrong answer is a miss (the pre-v1.0.0 script dropped it)
+        ("right lung", "yes", 0),
         ("None", "no", 0),  # "none" becomes "0" before the substring test
+        ("MRI", "MRI", 0),  # a right choice answer without "yes"/"no" in it is a miss
+        ("MRI, not CT", "MRI", 1),  # ... and one with "no" inside "not" is a hit
     ],
 )
 def test_llava_med_closed_quirks(prediction, gold, expected):
     assert llava_med.closed_hit(prediction, gold) == expected
 
 
-def test_llava_med_protocol_inflates_closed_accuracy_on_adversarial_answers():
+def test_llava_med_v1_scores_the_adversarial_answers_4_of_7():
     samples = [_vqa(f"c{i}", gold, "closed") for i, gold in enumerate(GOLDS)]
     honest = score_predictions(samples, ADVERSARIAL)
-    quirky = score_predictions(samples, ADVERSARIAL, protocol="llava-med")
+    quirky = score_predictions(samples, ADVERSARIAL, protocol="llava-med-v1.0.0")
     # Honest: right are "Yes, there is" and "No." -> 2 of 7.
     assert honest["protocol"] == "mmedpo" and honest["closed_accuracy"] == pytest.approx(2 / 7)
-    # LLaVA-Med: hits yes/nodule/not seen/No. = 4; "unknown" and "yes" dropped; "right lung" wrong -> 4 / 5.
-    assert quirky["protocol"] == "llava-med"
-    assert quirky["closed_accuracy"] == pytest.approx(4 / 5)
-    assert quirky["n_closed"] == 7 and quirky["n_closed_dropped"] == 2
+    # LLaVA-Med v1.0.0: hits "Yes, there is", "nodule", "Not seen", "No." = 4 of all 7.
+    assert quirky["protocol"] == "llava-med-v1.0.0"
+    assert quirky["closed_accuracy"] == pytest.approx(4 / 7)
+    assert quirky["n_closed"] == 7 and "n_closed_dropped" not in quirky
+    # Per gold answer: yes 1 of 3 ("Yes, there is"), no 3 of 4 (nodule, Not seen, No.).
+    assert quirky["closed_accuracy_yes"] == pytest.approx(1 / 3) and quirky["closed_accuracy_no"] == 0.75
+    # The majority answer "no" (4 of 7) scores 4/7 under both protocols.
+    assert quirky["majority"]["closed_accuracy"] == honest["majority"]["closed_accuracy"] == pytest.approx(4 / 7)
 
 
 def test_llava_med_open_recall_counts_repeated_prediction_words():
@@ -64,10 +71,10 @@ def test_llava_med_open_recall_counts_repeated_prediction_words():
     assert llava_med.exact_match("left left lung", "the left lower lobe") == pytest.approx(1 / 3)
     assert llava_med.f1_precision_recall("two", "2")[2] == 1.0  # number words become digits
     samples = [_vqa("o1", "the left lower lobe", "open"), _vqa("o2", "2", "open")]
-    metrics = score_predictions(samples, ["left left lung", "two"], protocol="llava-med")
+    metrics = score_predictions(samples, ["left left lung", "two"], protocol="llava-med-v1.0.0")
     assert metrics["open_recall"] == pytest.approx((0.5 + 1.0) / 2)
-    # The honest recall of the same answers: 1/4 (left of the/left/lower/lobe) and 0 ("two" is not "2").
-    assert score_predictions(samples, ["left left lung", "two"])["open_recall"] == pytest.approx(1 / 8)
+    # The honest recall of the same answers: 1/3 (left of left/lower/lobe, articles aside) and 0 ("two" is not "2").
+    assert score_predictions(samples, ["left left lung", "two"])["open_recall"] == pytest.approx(1 / 6)
 
 
 def test_llava_med_normalisation_quirks():
@@ -78,8 +85,8 @@ def test_llava_med_normalisation_quirks():
 
 
 def test_unknown_protocol_is_refused():
-    with pytest.raises(ValueError, match="unknown evaluation protocol 'vqa-rad'; valid: mmedpo, llava-med"):
-        score_predictions([_vqa("c1", "yes", "closed")], ["yes"], protocol="vqa-rad")
+    with pytest.raises(ValueError, match=r"unknown evaluation protocol 'llava-med'; did you mean 'llava-med-v1.0.0'\? valid: mmedpo, llava-med-v1"):
+        score_predictions([_vqa("c1", "yes", "closed")], ["yes"], protocol="llava-med")
 
 
 def test_clinical_metrics_with_negation_and_hedges():

@@ -11,11 +11,16 @@ from mmedpo.report.ablation import chain_verdict, verdict_lines
 from mmedpo.report.html import load_results, write_report
 
 
-def result(closed: list[int], bleu: float) -> dict:
-    """A result whose closed questions q0..qN are right where `closed` has 1 ("yes" is the gold answer)."""
+def result(closed: list[int], reports: list[str] | None = None) -> dict:
+    """A result whose closed questions q0..qN are right where `closed` has 1 ("yes" is the gold answer).
+
+    `reports`, when given, are its generated reports r0..rM against REFERENCES.
+    """
+    from mmedpo.evaluation.metrics import score_rows
+
     predictions = [
         {
-            "id": f"q{i}",
+            "id": f"q{i:02d}",
             "task": "vqa",
             "answer_type": "closed",
             "answer": "yes",
@@ -24,35 +29,80 @@ def result(closed: list[int], bleu: float) -> dict:
         }
         for i, ok in enumerate(closed)
     ]
-    return {"metrics": {"closed_accuracy": sum(closed) / len(closed), "bleu_1": bleu}, "predictions": predictions}
+    predictions += [
+        {
+            "id": f"r{i:02d}",
+            "task": "report",
+            "answer_type": None,
+            "answer": REFERENCES[i],
+            "prediction": text,
+            "question": "Describe.",
+        }
+        for i, text in enumerate(reports or [])
+    ]
+    return {"metrics": score_rows(predictions), "predictions": predictions}
 
 
-def test_chain_holds_only_when_every_step_is_strictly_better():
+REFERENCES = [f"small {side} pleural effusion, no pneumothorax." for side in ("left", "right")] * 10
+
+
+def test_a_step_whose_interval_spans_zero_is_within_noise_not_holds():
+    # The issue's case: every point estimate is ordered, but dpo - base (3 gained, 2 lost of 40) is noise. mmedpo gains
+    # 12 of dpo's 40 questions and loses none: better. So the chain is WITHIN NOISE, not HOLDS.
     results = {
-        "mmedpo": result([1] * 18 + [0] * 2, 0.30),
-        "dpo": result([1] * 12 + [0] * 8, 0.30),
-        "base": result([1] * 10 + [0] * 10, 0.20),
+        "mmedpo": result([1] * 33 + [0] * 7),
+        "dpo": result([1] * 18 + [0] * 2 + [1] * 3 + [0] * 17),
+        "base": result([1] * 20 + [0] * 20),
     }
-    chain = chain_verdict(results, ["mmedpo", "dpo", "base"], metrics=["closed_accuracy", "bleu_1"])
-    verdicts = {v["metric"]: v for v in chain}
-    closed = verdicts["closed_accuracy"]
-    assert closed["holds"] is True
-    assert closed["values"] == {"mmedpo": 0.9, "dpo": 0.6, "base": 0.5}
+    (closed,) = chain_verdict(results, ["mmedpo", "dpo", "base"], metrics=["closed_accuracy"])
+    assert closed["values"] == {"mmedpo": 0.825, "dpo": 0.525, "base": 0.5}
     first, second = closed["steps"]
-    assert first["difference"] == pytest.approx(0.3) and first["significant"] is True  # 6 of 20 flips, all one way
-    assert second["difference"] == pytest.approx(0.1) and second["significant"] is False  # 2 of 20: within noise
-    assert second["low"] <= 0 <= second["high"]
-    bleu = verdicts["bleu_1"]
-    assert bleu["holds"] is False  # mmedpo ties dpo: a tie is not "better"
-    lines = verdict_lines([closed, bleu])
-    assert lines[0].startswith("closed_accuracy: mmedpo 0.9000 > dpo 0.6000 > base 0.5000: HOLDS")
-    assert "within noise" in lines[0]
-    assert lines[1].startswith("bleu_1: mmedpo 0.3000 = dpo 0.3000 > base 0.2000: does NOT hold")
+    assert (first["upper"], first["lower"], first["verdict"]) == ("mmedpo", "dpo", "better")
+    assert first["difference"] == pytest.approx(0.3) and first["low"] > 0
+    assert second["difference"] == pytest.approx(0.025) and second["low"] <= 0 <= second["high"]
+    assert second["verdict"] == "within noise"
+    assert (closed["status"], closed["holds"]) == ("within noise", False)
+    (line,) = verdict_lines([closed])
+    assert line.startswith("closed_accuracy: mmedpo 0.8250 > dpo 0.5250 > base 0.5000: WITHIN NOISE (")
+    assert "mmedpo - dpo +0.3000 [95% CI +0.1" in line and "] better; dpo - base +0.0250 [95% CI -0.0" in line
+
+
+def test_chain_holds_only_when_every_step_is_better_and_fails_when_one_is_worse():
+    results = {
+        "mmedpo": result([1] * 40),
+        "dpo": result([1] * 30 + [0] * 10),
+        "base": result([1] * 20 + [0] * 20),
+    }
+    (holds,) = chain_verdict(results, ["mmedpo", "dpo", "base"], metrics=["closed_accuracy"])
+    assert [step["verdict"] for step in holds["steps"]] == ["better", "better"] and holds["status"] == "holds"
+    (fails,) = chain_verdict(results, ["dpo", "mmedpo", "base"], metrics=["closed_accuracy"])
+    assert [step["verdict"] for step in fails["steps"]] == ["worse", "better"] and fails["status"] == "fails"
+    assert verdict_lines([fails])[0].startswith("closed_accuracy: dpo 0.7500 < mmedpo 1.0000 > base 0.5000: FAILS")
+
+
+def test_report_metrics_get_intervals_too():
+    # 20 reports: "good" copies each reference, "bad" names the wrong side and drops the negation's object.
+    good = list(REFERENCES)
+    bad = [text.replace("left", "right").replace("pneumothorax", "") for text in REFERENCES]
+    results = {"good": result([1, 0], good), "bad": result([1, 0], bad)}
+    verdicts = {v["metric"]: v for v in chain_verdict(results, ["good", "bad"], metrics=["bleu_4", "rouge_l"])}
+    assert verdicts["bleu_4"]["status"] == verdicts["rouge_l"]["status"] == "holds"
+    assert verdicts["bleu_4"]["steps"][0]["difference"] == pytest.approx(
+        results["good"]["metrics"]["bleu_4"] - results["bad"]["metrics"]["bleu_4"]
+    )
+    # METEOR has no per-item statistics: no interval, so its chain is never said to hold.
+    for value, name in ((0.5, "good"), (0.1, "bad")):
+        results[name]["metrics"]["meteor"] = value
+    (meteor,) = chain_verdict(results, ["good", "bad"], metrics=["meteor"])
+    assert "verdict" not in meteor["steps"][0] and meteor["status"] == "within noise"
+    assert verdict_lines([meteor]) == [
+        "meteor: good 0.5000 > bad 0.1000: WITHIN NOISE (good - bad +0.4000 no interval)"
+    ]
 
 
 def test_claim_naming_an_unevaluated_variant_is_an_error():
     with pytest.raises(ValueError, match="not evaluated"):
-        chain_verdict({"base": result([1], 0.1)}, ["mmedpo", "base"])
+        chain_verdict({"base": result([1])}, ["mmedpo", "base"])
 
 
 def fake_run(tmp_path: Path) -> Path:
@@ -83,8 +133,8 @@ def fake_run(tmp_path: Path) -> Path:
     )
     write_jsonl(run / "pairs.scored.jsonl", [pair])
     (run / "eval").mkdir()
-    (run / "eval" / "base.json").write_text(json.dumps(result([1, 0, 0, 1], 0.2)))
-    (run / "eval" / "mmedpo.json").write_text(json.dumps(result([1, 1, 0, 1], 0.3)))
+    (run / "eval" / "base.json").write_text(json.dumps(result([1, 0, 0, 1])))
+    (run / "eval" / "mmedpo.json").write_text(json.dumps(result([1, 1, 0, 1])))
     (run / "stages").mkdir()
     (run / "stages" / "train.mmedpo.json").write_text(json.dumps({"status": "done", "seconds": 12.5, "summary": {}}))
     (run / "config.yaml").write_text("seed: 0\nclaim: [mmedpo, base]\nablations: [[base, mmedpo]]\n")
@@ -96,10 +146,16 @@ def test_report_escapes_text_and_copies_its_images(tmp_path):
     page = index.read_text()
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;b&gt;nodule&lt;/b&gt;" in page
-    assert "closed_accuracy: mmedpo 0.7500 &gt; base 0.5000: HOLDS" in page
-    # An ablation chain is checked and shown like the claim, failing here.
+    # One of 4 questions gained: the point estimate is higher, the interval [0, 0.75] is not above 0.
+    assert (
+        "<li class='noise'>closed_accuracy: mmedpo 0.7500 &gt; base 0.5000: WITHIN NOISE "
+        "(mmedpo - base +0.2500 [95% CI +0.0000, +0.7500] within noise)</li>"
+    ) in page
+    # An ablation chain is checked and shown like the claim.
     assert "Does base &gt; mmedpo hold?" in page
-    assert "closed_accuracy: base 0.5000 &lt; mmedpo 0.7500: does NOT hold" in page
+    assert "<li class='noise'>closed_accuracy: base 0.5000 &lt; mmedpo 0.7500: WITHIN NOISE" in page
+    assert "<small class='noise'>Δ +0.250 [+0.000, +0.750] within noise</small>" in page
+    assert "<tr class='majority'><td>majority answer (test split)</td><td>1.0000</td>" in page
     for name in ("0-image.png", "0-region.png", "0-noised.png"):
         assert (index.parent / "img" / name).exists()
     assert "http://" not in page and "https://" not in page  # nothing from a CDN
@@ -146,13 +202,13 @@ def test_report_renders_in_headless_chromium_from_a_copied_folder(tmp_path):
     ).stdout
     probe_json = output.split('data-probe="', 1)[1].split('"', 1)[0].replace("&quot;", '"')
     rendered = json.loads(probe_json)
-    assert rendered["rows"] == 3  # header, base, mmedpo
+    assert rendered["rows"] == 4  # header, base, mmedpo, the majority answer
     assert rendered["gallery"] == 3  # image, region and noised image all decoded
 
 
 def test_results_follow_the_configs_variant_order(tmp_path):
     (tmp_path / "eval").mkdir()
     for name in ("alpha", "base", "zeta", "extra"):
-        (tmp_path / "eval" / f"{name}.json").write_text(json.dumps(result([1, 0], 0.1)))
+        (tmp_path / "eval" / f"{name}.json").write_text(json.dumps(result([1, 0])))
     (tmp_path / "config.yaml").write_text("variants: {zeta: {}, alpha: {}}\n")
     assert list(load_results(tmp_path)) == ["base", "zeta", "alpha", "extra"]

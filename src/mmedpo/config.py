@@ -199,8 +199,13 @@ class EvalConfig(Section):
     max_new_tokens_report: int = Field(64, ge=1, description="generation length for reports")
     protocol: str = Field(
         "mmedpo",
-        description="'mmedpo': every wrong closed answer counts; 'llava-med': LLaVA-Med's scorer, quirks included, "
+        description="'mmedpo': strict VQA scoring; 'llava-med-v1.0.0': LLaVA-Med v1.0.0's scorer, quirks included, "
         "only to compare with published tables (docs/evaluation.md)",
+    )
+    report_tokenization: Literal["mmedpo", "r2gen-iu-xray", "r2gen-mimic-cxr"] = Field(
+        "mmedpo",
+        description="words the report metrics compare: ours (punctuation and hyphens dropped) or R2Gen's cleaning "
+        "(keeps hyphens and ' . ' sentence tokens; docs/evaluation.md)",
     )
     meteor: bool = Field(False, description="also compute METEOR for reports (starts Java; slower)")
     prompts: dict[str, str] = Field(

@@ -119,7 +119,7 @@ NORMALISERS = Registry(
 PROTOCOLS = Registry(
     "evaluation protocol",
     {
-        "mmedpo": "mmedpo.evaluation.metrics:score_vqa",
-        "llava-med": "mmedpo.evaluation.llava_med:score_vqa",
+        "mmedpo": "mmedpo.evaluation.metrics:vqa_item_scores",
+        "llava-med-v1.0.0": "mmedpo.evaluation.llava_med:vqa_item_scores",
     },
 )

@@ -1,14 +1,20 @@
-"""Compare evaluated variants with a baseline: relative improvements, paired statistics, tables.
+"""Compare evaluated variants with a baseline: relative improvements, paired differences with verdicts, tables.
 
 `compare_results` builds one JSON-able comparison; `to_markdown`, `to_csv` and
 `to_json` render it, `compare_table` is markdown in one call.
 
 Relative improvements alone hide whether a difference is noise on a small test
-set, so the per-question metrics (closed accuracy, open recall) also get the
-mean paired difference with a percentile bootstrap confidence interval (the
-same questions are resampled for both models, far tighter than two independent
-intervals) and a two-sided approximate-randomisation p-value (each question's
-pair of scores is swapped at random). Both depend only on the inputs and the seed.
+set, so every metric with per-item statistics (`item_scores`: closed and open
+VQA metrics, BLEU, ROUGE-L, CIDEr, clinical P/R/F1) also gets the paired
+difference with a bootstrap interval, a sign-flip p-value and a verdict:
+"better" when the interval lies above 0, "worse" when below, "within noise"
+otherwise (`intervals.paired_difference`). Closed accuracy also gets the
+smallest difference this test split can detect (`power`), from the observed
+discordance of the two variants' answers.
+
+Beside the variants, the table shows the majority-answer baseline of the test
+split (`baselines`), so a closed accuracy can be read against always answering
+the commonest answer.
 
 The paper's "average improvement" is the mean of the relative improvements over
 a task's headline metrics: closed accuracy and open recall for Med-VQA; BLEU-1..4,
@@ -20,18 +26,22 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from mmedpo.evaluation.metrics import closed_correct, open_recall
+from mmedpo.evaluation.intervals import paired_difference
+from mmedpo.evaluation.item_scores import ITEM_METRICS
+from mmedpo.evaluation.power import discordance, minimum_detectable_difference
 
 COMPARED_METRICS = (
     "closed_accuracy",
+    "closed_balanced_accuracy",
+    "closed_accuracy_yes",
+    "closed_accuracy_no",
     "open_recall",
     "open_exact",
     "open_f1",
+    "open_precision",
     "bleu_1",
     "bleu_2",
     "bleu_3",
@@ -50,86 +60,7 @@ HEADLINE_METRICS = {
     "vqa": ("closed_accuracy", "open_recall"),
     "report": ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "meteor"),
 }
-
-# Metric with a per-sample score -> (answer type of the questions it covers, the per-sample score).
-PAIRED_METRICS: dict[str, tuple[str, Callable[[str, str], float]]] = {
-    "closed_accuracy": ("closed", lambda prediction, gold: float(closed_correct(prediction, gold))),
-    "open_recall": ("open", open_recall),
-}
-# Resamples drawn per numpy call, so memory stays bounded on large test sets.
-_BLOCK = 1000
-
-
-def paired_bootstrap(
-    variant: Sequence[float],
-    baseline: Sequence[float],
-    seed: int = 0,
-    n_resamples: int = 1000,
-    confidence: float = 0.95,
-) -> tuple[float, float, float]:
-    """Mean per-sample difference (variant - baseline) and its percentile bootstrap interval.
-
-    Both sequences score the same samples in the same order; each resample
-    draws sample indices with replacement and applies them to both.
-    The result depends only on the inputs and `seed`.
-    """
-    differences = _differences(variant, baseline)
-    rng = np.random.default_rng(seed)
-    means = np.concatenate(
-        [
-            differences[rng.integers(0, differences.size, size=(size, differences.size))].mean(axis=1)
-            for size in _blocks(n_resamples)
-        ]
-    )
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(differences.mean()), float(low), float(high)
-
-
-def approximate_randomization(
-    variant: Sequence[float], baseline: Sequence[float], seed: int = 0, n_resamples: int = 10000
-) -> float:
-    """Two-sided p-value that variant and baseline score alike, by approximate randomisation.
-
-    Each shuffle swaps the two scores of every sample with probability 1/2 (flips
-    the sign of its difference); p = (1 + shuffles whose |mean difference| reaches
-    the observed one) / (1 + shuffles). Deterministic for a seed.
-    """
-    differences = _differences(variant, baseline)
-    observed = abs(differences.mean())
-    rng = np.random.default_rng(seed)
-    reached = 0
-    for size in _blocks(n_resamples):
-        signs = rng.integers(0, 2, size=(size, differences.size)) * 2 - 1
-        # A tolerance, so that a shuffle equal to the observed mean counts despite rounding.
-        reached += int(np.count_nonzero(np.abs((signs * differences).mean(axis=1)) >= observed - 1e-12))
-    return (1 + reached) / (1 + n_resamples)
-
-
-def _differences(variant: Sequence[float], baseline: Sequence[float]) -> np.ndarray:
-    variant_scores, baseline_scores = np.asarray(variant, dtype=float), np.asarray(baseline, dtype=float)
-    if variant_scores.shape != baseline_scores.shape or variant_scores.ndim != 1 or variant_scores.size == 0:
-        raise ValueError(
-            "paired statistics need two equally long non-empty score lists, "
-            f"got {variant_scores.shape} and {baseline_scores.shape}"
-        )
-    return variant_scores - baseline_scores
-
-
-def _blocks(total: int) -> list[int]:
-    if total < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {total}")
-    return [min(_BLOCK, total - start) for start in range(0, total, _BLOCK)]
-
-
-def per_sample_scores(result: Mapping[str, Any], metric: str) -> dict[str, float]:
-    """Per-sample score of `metric` (closed_accuracy or open_recall) by sample id, from a result's predictions."""
-    answer_type, score = PAIRED_METRICS[metric]
-    return {
-        str(row["id"]): score(row["prediction"], row["answer"])
-        for row in result["predictions"]
-        if row["task"] == "vqa" and row["answer_type"] == answer_type
-    }
+MAJORITY = "majority answer"
 
 
 def visual_metrics(dependence: Mapping[str, Any]) -> dict[str, float]:
@@ -150,19 +81,17 @@ def compare_results(
     """The comparison of every variant with `baseline`, JSON-able.
 
     `results` maps a variant name to what `evaluate_model` returned (metrics and
-    predictions). All must be scored under the same protocol. Paired statistics
-    are computed under the `mmedpo` protocol only: under `llava-med` a wrong
-    closed answer may have no score at all.
+    predictions). All must be scored under the same protocol and report
+    tokenization, and the paired metrics on the same test items.
     """
     if baseline not in results:
         raise ValueError(f"baseline {baseline!r} is not among the results: {', '.join(results)}")
-    protocols = {name: result["metrics"].get("protocol", "mmedpo") for name, result in results.items()}
-    if len(set(protocols.values())) > 1:
-        raise ValueError(f"results were scored under different protocols, not comparable: {protocols}")
-    protocol = protocols[baseline]
+    scorings = {name: _scoring(result) for name, result in results.items()}
+    if len(set(scorings.values())) > 1:
+        raise ValueError(f"results were scored under different protocols, not comparable: {scorings}")
     base = results[baseline]
     metrics = [name for name in COMPARED_METRICS if name in base["metrics"]]
-    paired = [name for name in PAIRED_METRICS if name in base["metrics"]] if protocol == "mmedpo" else []
+    paired = [name for name in metrics if name in ITEM_METRICS]
     variants = []
     for name in [baseline, *(name for name in results if name != baseline)]:
         values = {metric: results[name]["metrics"].get(metric) for metric in metrics}
@@ -173,15 +102,19 @@ def compare_results(
             for task, headline in HEADLINE_METRICS.items()
             if any(m in relative for m in headline)
         }
-        entry["paired"] = {
-            metric: _paired(results[name], base, name, metric, seed, n_resamples, confidence, n_permutations)
-            for metric in paired
-            if name != baseline
-        }
+        entry["paired"] = {}
+        if name != baseline:
+            for metric in paired:
+                stats = paired_difference(results[name], base, metric, seed, n_resamples, n_permutations, confidence)
+                if metric == "closed_accuracy":
+                    stats.update(_power(results[name], base, stats["n"], 1 - confidence))
+                entry["paired"][metric] = stats
         variants.append(entry)
+    majority = base["metrics"].get("majority") or {}
     return {
         "baseline": baseline,
-        "protocol": protocol,
+        "protocol": scorings[baseline][0],
+        "report_tokenization": scorings[baseline][1],
         "seed": seed,
         "n_resamples": n_resamples,
         "n_permutations": n_permutations,
@@ -189,7 +122,20 @@ def compare_results(
         "metrics": metrics,
         "paired_metrics": paired,
         "variants": variants,
+        "majority": {"answers": majority.get("answers", {}), "metrics": {m: majority.get(m) for m in metrics}},
     }
+
+
+def _scoring(result: Mapping[str, Any]) -> tuple[str, str | None]:
+    metrics = result["metrics"]
+    return metrics.get("protocol", "mmedpo"), metrics.get("report_tokenization")
+
+
+def _power(variant: Mapping[str, Any], base: Mapping[str, Any], n: int, alpha: float) -> dict[str, float | None]:
+    """The observed discordance and the smallest closed-accuracy difference detectable at `alpha` with 80% power."""
+    observed = discordance(variant, base)
+    mde = minimum_detectable_difference(n, observed, alpha=alpha) if observed > 0 else None
+    return {"discordance": observed, "mde": mde}
 
 
 def _relative(value: float | None, base_value: float) -> float | None:
@@ -203,39 +149,13 @@ def _average(values: Sequence[float | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
-def _paired(
-    result: Mapping[str, Any],
-    base: Mapping[str, Any],
-    name: str,
-    metric: str,
-    seed: int,
-    n_resamples: int,
-    confidence: float,
-    n_permutations: int,
-) -> dict[str, float]:
-    variant_scores, base_scores = per_sample_scores(result, metric), per_sample_scores(base, metric)
-    if variant_scores.keys() != base_scores.keys():
-        raise ValueError(f"variant {name!r} was not evaluated on the same {metric} questions as the baseline")
-    ids = sorted(base_scores)
-    ours, theirs = [variant_scores[i] for i in ids], [base_scores[i] for i in ids]
-    mean, low, high = paired_bootstrap(ours, theirs, seed=seed, n_resamples=n_resamples, confidence=confidence)
-    p_value = approximate_randomization(ours, theirs, seed=seed, n_resamples=n_permutations)
-    return {"n": len(ids), "difference": mean, "low": low, "high": high, "p_value": p_value}
-
-
 def to_markdown(comparison: Mapping[str, Any]) -> str:
-    """A markdown table: metrics with relative improvement, average improvement per task, paired statistics."""
-    metrics, paired = comparison["metrics"], comparison["paired_metrics"]
+    """Two markdown tables: metrics with relative improvements (and the majority baseline), then paired differences."""
+    metrics = comparison["metrics"]
     averages = [
         task for task in HEADLINE_METRICS if any(task in v["average_improvement"] for v in comparison["variants"])
     ]
-    level = f"{comparison['confidence']:.0%}"
-    header = [
-        "variant",
-        *metrics,
-        *(f"avg improvement {task}" for task in averages),
-        *(f"Δ {name} [{level} CI] p" for name in paired),
-    ]
+    header = ["variant", *metrics, *(f"avg improvement {task}" for task in averages)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in comparison["variants"]:
         is_baseline = variant["name"] == comparison["baseline"]
@@ -251,29 +171,55 @@ def to_markdown(comparison: Mapping[str, Any]) -> str:
         for task in averages:
             average = variant["average_improvement"].get(task)
             cells.append("–" if is_baseline or average is None else f"{average:+.1f}%")
-        for metric in paired:
-            stats = variant["paired"].get(metric)
-            cells.append(
-                "–"
-                if stats is None
-                else f"{stats['difference']:+.4f} [{stats['low']:+.4f}, {stats['high']:+.4f}] p={stats['p_value']:.3g}"
-            )
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", _note(comparison)]
+    majority = comparison["majority"]["metrics"]
+    if any(value is not None for value in majority.values()):
+        cells = [f"{MAJORITY} (test split)", *(_cell(majority[metric]) for metric in metrics), *("–" for _ in averages)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *_paired_table(comparison), "", _note(comparison)]
     return "\n".join(lines) + "\n"
 
 
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _paired_table(comparison: Mapping[str, Any]) -> list[str]:
+    """One row per variant and paired metric: difference, interval, p-value, verdict (and MDE for closed accuracy)."""
+    level = f"{comparison['confidence']:.0%}"
+    lines = [f"| variant - {comparison['baseline']} | metric | Δ | {level} CI | p | verdict | MDE |", "|---" * 7 + "|"]
+    for variant in comparison["variants"]:
+        for metric, stats in variant["paired"].items():
+            lines.append(
+                f"| {variant['name']} | {metric} | {stats['difference']:+.4f} | "
+                f"[{stats['low']:+.4f}, {stats['high']:+.4f}] | {stats['p_value']:.3g} | {stats['verdict']} | "
+                f"{_mde(stats)} |"
+            )
+    return lines if len(lines) > 2 else []
+
+
+def _mde(stats: Mapping[str, Any]) -> str:
+    if "mde" not in stats:
+        return "–"
+    return "undetectable" if stats["mde"] is None else f"{stats['mde']:.4f}"
+
+
 def _note(comparison: Mapping[str, Any]) -> str:
-    if comparison["protocol"] == "llava-med":
-        return (
-            "Protocol llava-med: LLaVA-Med's own VQA scorer with its quirks (wrong closed answers that contain "
-            "'yes' or 'no' as a substring are dropped from the denominator; see docs/evaluation.md). For comparison "
-            "with published tables only; no paired statistics."
-        )
+    protocol = comparison["protocol"]
+    scored = (
+        "LLaVA-Med v1.0.0's own VQA scorer with its quirks ('no' inside 'nodule' counts as no; see "
+        "docs/evaluation.md), for comparison with published tables only"
+        if protocol.startswith("llava-med")
+        else "strict VQA scoring"
+    )
     return (
-        f"Protocol mmedpo. Δ: mean paired difference with a {comparison['confidence']:.0%} bootstrap interval "
-        f"({comparison['n_resamples']} resamples) and an approximate-randomisation p-value "
-        f"({comparison['n_permutations']} shuffles), seed {comparison['seed']}."
+        f"Protocol {protocol}: {scored}. Δ: paired difference with a {comparison['confidence']:.0%} bootstrap "
+        f"interval over test items ({comparison['n_resamples']} resamples) and a sign-flip p-value "
+        f"({comparison['n_permutations']} shuffles), seed {comparison['seed']}; better / worse: the interval lies "
+        "above / below 0, else within noise. MDE: the smallest closed-accuracy difference these items detect "
+        f"(two-sided, {1 - comparison['confidence']:.2g} level, 80% power, at the observed discordance; "
+        "undetectable: not even one as large as the discordance). "
+        f"{MAJORITY.capitalize()}: the commonest gold answer of each question type, given to every question."
     )
 
 
@@ -281,11 +227,26 @@ def to_json(comparison: Mapping[str, Any]) -> str:
     return json.dumps(comparison, indent=2, ensure_ascii=False) + "\n"
 
 
-CSV_COLUMNS = ("variant", "metric", "value", "relative_pct", "difference", "ci_low", "ci_high", "p_value", "n")
+CSV_COLUMNS = (
+    "variant",
+    "metric",
+    "value",
+    "relative_pct",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "verdict",
+    "mde",
+    "n",
+)
 
 
 def to_csv(comparison: Mapping[str, Any]) -> str:
-    """One row per variant and metric (long format); average improvements are rows named avg_improvement_TASK."""
+    """One row per variant and metric (long format); average improvements are rows named avg_improvement_TASK.
+
+    The majority-answer baseline's metrics are rows of the variant "majority answer".
+    """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -302,11 +263,16 @@ def to_csv(comparison: Mapping[str, Any]) -> str:
                     "ci_low": stats.get("low"),
                     "ci_high": stats.get("high"),
                     "p_value": stats.get("p_value"),
+                    "verdict": stats.get("verdict"),
+                    "mde": stats.get("mde"),
                     "n": stats.get("n"),
                 }
             )
         for task, average in variant["average_improvement"].items():
             writer.writerow({"variant": variant["name"], "metric": f"avg_improvement_{task}", "relative_pct": average})
+    for metric, value in comparison["majority"]["metrics"].items():
+        if value is not None:
+            writer.writerow({"variant": MAJORITY, "metric": metric, "value": value})
     return buffer.getvalue()
 
 

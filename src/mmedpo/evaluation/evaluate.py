@@ -75,6 +75,7 @@ def evaluate_model(
     prompts: Mapping[str, str] | None = None,
     protocol: str = "mmedpo",
     loaded: tuple | None = None,
+    report_tokenization: str = "mmedpo",
 ) -> dict[str, Any]:
     """Answer every sample greedily with the model in `model_dir`, score, and write `out_path`.
 
@@ -82,7 +83,8 @@ def evaluate_model(
     the order of `samples`. `max_new_tokens` overrides the defaults per task;
     `prompts` maps a task to its prompt template (see `render_prompt`).
     `loaded` is the (model, processor) of `model_dir` when the caller already
-    holds it, so a large model is not loaded twice.
+    holds it, so a large model is not loaded twice. `protocol` and
+    `report_tokenization` choose how answers are scored (`metrics.score_rows`).
     """
     # Imported here so that scoring and comparing stored results never pays for loading torch/transformers.
     from mmedpo.models.vlm import generate_answers, load_vlm
@@ -115,21 +117,28 @@ def evaluate_model(
             store.extend(made)
             done.update((prediction.id, prediction) for prediction in made)
     predictions = [done[sample.id] for sample in samples]
-    result = score_result(str(model_dir), predictions, meteor=meteor, protocol=protocol)
+    result = score_result(str(model_dir), predictions, meteor, protocol, report_tokenization)
     dump_json(result, out_path)
     store.path.unlink()
     return result
 
 
 def score_result(
-    model: str, predictions: Sequence[Prediction], meteor: bool = False, protocol: str = "mmedpo"
+    model: str,
+    predictions: Sequence[Prediction],
+    meteor: bool = False,
+    protocol: str = "mmedpo",
+    report_tokenization: str = "mmedpo",
 ) -> dict[str, Any]:
     """The evaluation file's content: model name, metrics, and the predictions."""
     rows = [prediction.model_dump() for prediction in predictions]
-    return {"model": model, "metrics": score_rows(rows, meteor=meteor, protocol=protocol), "predictions": rows}
+    metrics = score_rows(rows, meteor=meteor, protocol=protocol, report_tokenization=report_tokenization)
+    return {"model": model, "metrics": metrics, "predictions": rows}
 
 
-def rescore_file(path: Path, meteor: bool = False, protocol: str = "mmedpo") -> dict[str, Any]:
+def rescore_file(
+    path: Path, meteor: bool = False, protocol: str = "mmedpo", report_tokenization: str = "mmedpo"
+) -> dict[str, Any]:
     """Recompute the metrics of a stored evaluation file (under any protocol); the file is not changed."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     predictions = []
@@ -138,7 +147,7 @@ def rescore_file(path: Path, meteor: bool = False, protocol: str = "mmedpo") -> 
             predictions.append(Prediction.model_validate(row))
         except ValidationError as error:
             raise ValueError(f"{path}: prediction {index} ({row.get('id')}): {describe_error(error)}") from None
-    return score_result(data.get("model", str(path)), predictions, meteor=meteor, protocol=protocol)
+    return score_result(data.get("model", str(path)), predictions, meteor, protocol, report_tokenization)
 
 
 def _check_same_prompts(done: Iterable[Prediction], asked: Mapping[str, str], path: Path) -> None:

@@ -1,17 +1,23 @@
-"""The `llava-med` protocol: LLaVA-Med's own VQA scorer (llava/eval/run_eval.py), quirks included.
+"""The `llava-med-v1.0.0` protocol: LLaVA-Med v1.0.0's VQA scorer (llava/eval/run_eval.py), quirks included.
 
-Published Med-VQA tables (LLaVA-Med, and papers that reuse its script, MMedPO
-among them) were scored this way, so these numbers are comparable with them.
-They are NOT trustworthy measures; the default `mmedpo` protocol is. The quirks,
-reproduced on purpose:
+Reimplemented from github.com/microsoft/LLaVA-Med at tag v1.0.0 (commit b9a98a7,
+2023-12-11, "fix closed accuracy calculation (#35)"): its `evaluate` in
+llava/eval/run_eval.py and `calculate_f1score`, `calculate_exactmatch`,
+`normalize_word` in llava/eval/eval_metrics/. Published Med-VQA tables
+(LLaVA-Med, and papers that reuse its script) were scored with this script, so
+these numbers are comparable with them. They are NOT trustworthy measures; the
+default `mmedpo` protocol is. The quirks, reproduced on purpose:
 
-- Closed questions: the prediction is first normalised (`normalize_word`); then
-  if "yes" or "no" occurs in it AS A SUBSTRING ("no" is in "nodule", "not",
-  "normal", "know"; "yes" in "eyes"), the question is a hit when the gold answer
-  also occurs as a substring, and is DROPPED from the denominator otherwise.
-  Only answers containing neither substring count as wrong. So wrong answers
-  that mention yes/no vanish, and accuracy is hits / (not dropped), 0.0 when
-  nothing is left.
+- Closed questions: the prediction and the gold answer are lower-cased and
+  normalised (`normalize_word`); the question is a hit when "yes" or "no"
+  occurs in the prediction AS A SUBSTRING ("no" is in "nodule", "not",
+  "normal", "know"; "yes" in "eyes") and the gold answer occurs in it as a
+  substring too; otherwise it is a miss. So "nodule" is right for gold "no",
+  and a choice answer ("MRI" for gold "MRI") is a miss unless it happens to
+  contain "yes" or "no". Accuracy is hits over every closed question.
+  The first public release (commit e9972cf, 2023-11-08) instead dropped a
+  prediction containing yes/no but not the gold answer from the denominator;
+  v1.0.0 fixed that, and that older behaviour is not offered here.
 - Open "recall" is the recall of `calculate_f1score`: word types of the gold
   answer, but a shared word counts as many times as the PREDICTION repeats it
   (tp), against gold words missing from the prediction (fn): tp / (tp + fn).
@@ -35,8 +41,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import Any
 
 _PUNCTUATION = tuple(';/[]"{}()=+\\_-><@`,?!')
 # The script's lookbehind is mistyped "(?!<=\d)", a lookahead that always holds: every period not before a digit goes.
@@ -83,16 +87,14 @@ def _prepare(text: str) -> str:
     return normalize_word(normalize_word(text.lower()))
 
 
-def closed_hit(prediction: str, gold: str) -> int | None:
-    """1 (hit), 0 (miss) or None (dropped from the denominator), as LLaVA-Med scores a closed question.
+def closed_hit(prediction: str, gold: str) -> int:
+    """1 (hit) or 0 (miss), as LLaVA-Med v1.0.0 scores a closed question.
 
-    >>> closed_hit("nodule", "no"), closed_hit("nodule", "yes"), closed_hit("right lung", "yes")
-    (1, None, 0)
+    >>> closed_hit("nodule", "no"), closed_hit("unknown", "yes"), closed_hit("MRI", "MRI")
+    (1, 0, 0)
     """
     predicted, expected = normalize_word(prediction.lower()), normalize_word(gold.lower())
-    if "yes" in predicted or "no" in predicted:
-        return 1 if expected in predicted else None
-    return 0
+    return int(("yes" in predicted or "no" in predicted) and expected in predicted)
 
 
 def f1_precision_recall(prediction: str, gold: str) -> tuple[float, float, float]:
@@ -125,25 +127,19 @@ def exact_match(prediction: str, gold: str) -> float:
     return sum(1 for word in expected if word in predicted) / total if total else 0.0
 
 
-def score_vqa(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """LLaVA-Med's closed accuracy (with its denominator) and open recall/precision/F1/"exact" over VQA rows."""
-    closed = [r for r in rows if r["task"] == "vqa" and r["answer_type"] == "closed"]
-    open_ = [r for r in rows if r["task"] == "vqa" and r["answer_type"] == "open"]
-    metrics: dict[str, Any] = {}
-    if closed:
-        hits = [closed_hit(r["prediction"], r["answer"]) for r in closed]
-        kept = [hit for hit in hits if hit is not None]
-        metrics["closed_accuracy"] = sum(kept) / len(kept) if kept else 0.0
-        metrics["n_closed_dropped"] = len(hits) - len(kept)
-    if open_:
-        scores = [f1_precision_recall(r["prediction"], r["answer"]) for r in open_]
-        metrics["open_recall"] = _mean(recall for _, _, recall in scores)
-        metrics["open_precision"] = _mean(precision for _, precision, _ in scores)
-        metrics["open_f1"] = _mean(f1 for f1, _, _ in scores)
-        metrics["open_exact"] = _mean(exact_match(r["prediction"], r["answer"]) for r in open_)
-    return metrics
+def open_scores(prediction: str, gold: str) -> dict[str, float]:
+    """The open-question scores of one answer: recall, precision and F1 of `calculate_f1score`, and its "exact"."""
+    f1, precision, recall = f1_precision_recall(prediction, gold)
+    return {
+        "open_recall": recall,
+        "open_precision": precision,
+        "open_f1": f1,
+        "open_exact": exact_match(prediction, gold),
+    }
 
 
-def _mean(values: Iterable[float]) -> float:
-    values = list(values)
-    return sum(values) / len(values)
+def vqa_item_scores(row: dict) -> dict[str, float]:
+    """This protocol's scores of one VQA row: {"closed": 1 or 0}, or `open_scores`."""
+    if row["answer_type"] == "closed":
+        return {"closed": float(closed_hit(row["prediction"], row["answer"]))}
+    return open_scores(row["prediction"], row["answer"])

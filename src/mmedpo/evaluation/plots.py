@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 # One chart per group, so metrics of similar scale share an axis (CIDEr runs past 1).
 GROUPS = {
-    "vqa": ("closed_accuracy", "open_recall", "open_exact", "open_f1"),
+    "vqa": ("closed_accuracy", "closed_balanced_accuracy", "open_recall", "open_exact", "open_f1"),
     "report": ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "meteor", "cider"),
     "clinical": ("clinical_precision", "clinical_recall", "clinical_f1"),
     "visual": ("visual_changed_noised", "visual_drop_noised", "visual_drop_blank"),

@@ -45,6 +45,7 @@ def evaluate_run_model(
         prompts=settings.prompts or None,
         protocol=settings.protocol,
         loaded=loaded,
+        report_tokenization=settings.report_tokenization,
     )
     if loaded is None:
         return result

@@ -1,13 +1,16 @@
-"""Does the paper's claim hold on this run? "MMedPO > DPO > base", metric by metric.
+"""Does the paper's claim hold on this run? "MMedPO > DPO > base", metric by metric, judged by intervals.
 
 The claim is a chain of variants, best first, e.g.
 `[mmedpo, dpo-text-visual, dpo-text, base]`: each step adds one part of the
-method (textual pairs, then visual pairs, then clinical weights). For every
-metric the chain holds when each variant scores strictly above the next. For
-per-question metrics (closed accuracy, open recall) each step also gets the
-paired bootstrap interval of its difference, so a step that "holds" by a
-margin inside the noise is visible as such: `significant` says whether the
-interval excludes zero.
+method (textual pairs, then visual pairs, then clinical weights). Each step
+gets the paired difference of the metric between its two variants on the same
+test items with its bootstrap interval (`evaluation.intervals`), and a verdict:
+"better" when the interval lies above 0, "worse" when below, "within noise"
+otherwise. A chain HOLDS for a metric only when every step is "better"; it
+FAILS when a step is "worse"; otherwise it is "within noise". A point
+estimate alone never decides: a step of +0.02 whose interval spans 0 is
+"within noise". Metrics without per-item statistics (METEOR) get no interval,
+so their chains are never said to hold.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mmedpo.evaluation.compare import PAIRED_METRICS, paired_bootstrap, per_sample_scores
+from mmedpo.evaluation.intervals import paired_bootstrap, verdict
+from mmedpo.evaluation.item_scores import ITEM_METRICS, aggregate, paired_statistics
 
-HEADLINE = ("closed_accuracy", "open_recall", "bleu_1", "bleu_4", "rouge_l")
+HEADLINE = ("closed_accuracy", "closed_balanced_accuracy", "open_recall", "bleu_1", "bleu_4", "rouge_l")
 
 
 def chain_verdict(
@@ -26,8 +30,15 @@ def chain_verdict(
     metrics: Sequence[str] = HEADLINE,
     seed: int = 0,
     n_resamples: int = 1000,
+    confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
-    """One entry per metric: the values along the chain, whether the order holds, and each step's interval."""
+    """One entry per metric: the values along the chain, each step's interval and verdict, and the chain's status.
+
+    An entry has metric, values (variant -> value), steps (upper, lower,
+    difference, and low, high, verdict where the metric has an interval),
+    status ("holds", "within noise" or "fails") and holds (status == "holds").
+    Metrics missing for a variant of the chain are left out.
+    """
     missing = [name for name in chain if name not in results]
     if missing:
         raise ValueError(f"claim names variant(s) {missing} that were not evaluated: {', '.join(results)}")
@@ -36,54 +47,71 @@ def chain_verdict(
         values = [results[name]["metrics"].get(metric) for name in chain]
         if any(value is None for value in values):
             continue
-        steps = []
-        for better, worse in zip(chain, chain[1:]):
-            difference = _value(results, better, metric) - _value(results, worse, metric)
-            step: dict[str, Any] = {"better": better, "worse": worse, "difference": difference}
-            if metric in PAIRED_METRICS:
-                ours, theirs = per_sample_scores(results[better], metric), per_sample_scores(results[worse], metric)
-                ids = sorted(theirs)
-                if ids and ours.keys() == theirs.keys():
-                    _, low, high = paired_bootstrap(
-                        [ours[i] for i in ids], [theirs[i] for i in ids], seed=seed, n_resamples=n_resamples
-                    )
-                    step.update(low=low, high=high, significant=low > 0 or high < 0)
-            steps.append(step)
+        steps = [
+            _step(results, upper, lower, metric, seed, n_resamples, confidence)
+            for upper, lower in zip(chain, chain[1:])
+        ]
+        status = _chain_status([step.get("verdict") for step in steps])
         verdicts.append(
             {
                 "metric": metric,
                 "values": dict(zip(chain, values)),
-                "holds": all(step["difference"] > 0 for step in steps),
+                "status": status,
+                "holds": status == "holds",
                 "steps": steps,
             }
         )
     return verdicts
 
 
-def _value(results: Mapping[str, Mapping[str, Any]], name: str, metric: str) -> float:
-    return float(results[name]["metrics"][metric])
+def _step(
+    results: Mapping[str, Mapping[str, Any]],
+    upper: str,
+    lower: str,
+    metric: str,
+    seed: int,
+    n_resamples: int,
+    confidence: float,
+) -> dict[str, Any]:
+    difference = float(results[upper]["metrics"][metric]) - float(results[lower]["metrics"][metric])
+    step: dict[str, Any] = {"upper": upper, "lower": lower, "difference": difference}
+    if metric in ITEM_METRICS:
+        _, ours, theirs = paired_statistics(results[upper], results[lower], metric)
+        _, low, high = paired_bootstrap(ours, theirs, seed, n_resamples, confidence, aggregate(metric))
+        step.update(low=low, high=high, verdict=verdict(low, high))
+    return step
 
 
-def verdict_lines(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Plain sentences, one per metric, e.g. 'closed_accuracy: mmedpo 0.71 > base 0.55: HOLDS'.
+def _chain_status(step_verdicts: Sequence[str | None]) -> str:
+    if "worse" in step_verdicts:
+        return "fails"
+    if all(step == "better" for step in step_verdicts):
+        return "holds"
+    return "within noise"  # some step within noise, or without an interval
 
-    Each step shows the relation measured (>, = or <), not the one claimed.
+
+def verdict_lines(verdicts: Sequence[Mapping[str, Any]], confidence: float = 0.95) -> list[str]:
+    """Plain sentences, one per metric, e.g.
+
+    'closed_accuracy: mmedpo 0.71 > base 0.55: HOLDS (mmedpo - base +0.16 [95% CI +0.08, +0.24] better)'.
+
+    Each step shows the relation of the point estimates (>, = or <) and its
+    verdict; the chain's word is HOLDS, WITHIN NOISE or FAILS.
     """
     lines = []
-    for verdict in verdicts:
-        names = list(verdict["values"])
-        chain = f"{names[0]} {verdict['values'][names[0]]:.4f}"
-        for step, name in zip(verdict["steps"], names[1:]):
+    for entry in verdicts:
+        names = list(entry["values"])
+        chain = f"{names[0]} {entry['values'][names[0]]:.4f}"
+        for step, name in zip(entry["steps"], names[1:]):
             relation = ">" if step["difference"] > 0 else "=" if step["difference"] == 0 else "<"
-            chain += f" {relation} {name} {verdict['values'][name]:.4f}"
-        notes = []
-        for step in verdict["steps"]:
-            if "low" in step:
-                mark = "" if step["significant"] else ", within noise"
-                notes.append(
-                    f"{step['better']} - {step['worse']} {step['difference']:+.4f} "
-                    f"[95% CI {step['low']:+.4f}, {step['high']:+.4f}{mark}]"
-                )
-        status = "HOLDS" if verdict["holds"] else "does NOT hold"
-        lines.append(f"{verdict['metric']}: {chain}: {status}" + (f" ({'; '.join(notes)})" if notes else ""))
+            chain += f" {relation} {name} {entry['values'][name]:.4f}"
+        notes = [_step_note(step, confidence) for step in entry["steps"]]
+        lines.append(f"{entry['metric']}: {chain}: {entry['status'].upper()} ({'; '.join(notes)})")
     return lines
+
+
+def _step_note(step: Mapping[str, Any], confidence: float) -> str:
+    text = f"{step['upper']} - {step['lower']} {step['difference']:+.4f}"
+    if "verdict" not in step:
+        return text + " no interval"
+    return text + f" [{confidence:.0%} CI {step['low']:+.4f}, {step['high']:+.4f}] {step['verdict']}"

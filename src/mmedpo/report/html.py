@@ -25,13 +25,16 @@ from mmedpo.report.ablation import chain_verdict, verdict_lines
 from mmedpo.report.figures import weight_histogram
 
 GALLERY_SIZE = 12
+# The colour of a verdict: a step's (better, within noise, worse) or a chain's (holds, within noise, fails).
+VERDICT_CLASS = {"better": "better", "holds": "better", "within noise": "noise", "worse": "worse", "fails": "worse"}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: .9rem; }
 th, td { border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
-.holds { color: #176117; } .fails { color: #a11; }
+/* verdicts: better (interval above 0) / within noise / worse (interval below 0) */
+.better { color: #176117; } .noise { color: #8a5a00; } .worse { color: #a11; }
 .pair { display: inline-block; vertical-align: top; width: 360px; margin: .5rem; font-size: .85rem;
         border: 1px solid #ddd; padding: .4rem; }
 .pair img { width: 110px; image-rendering: pixelated; margin-right: 4px; }
@@ -90,7 +93,7 @@ def _chain_section(results: dict, chain: list[str], seed: int, is_claim: bool) -
         return ""
     verdicts = chain_verdict(results, chain, seed=seed)
     items = "".join(
-        f"<li class='{'holds' if v['holds'] else 'fails'}'>{_e(line)}</li>"
+        f"<li class='{VERDICT_CLASS[v['status']]}'>{_e(line)}</li>"
         for v, line in zip(verdicts, verdict_lines(verdicts))
     )
     kind = "id='claim'" if is_claim else "class='ablation'"
@@ -110,12 +113,25 @@ def _comparison_table(comparison: dict) -> str:
                 text += f" ({relative:+.1f}%)"
             stats = variant["paired"].get(metric)
             if stats:
-                text += f"<br><small>Δ {stats['difference']:+.3f} [{stats['low']:+.3f}, {stats['high']:+.3f}]</small>"
+                text += (
+                    f"<br><small class='{VERDICT_CLASS[stats['verdict']]}'>Δ {stats['difference']:+.3f} "
+                    f"[{stats['low']:+.3f}, {stats['high']:+.3f}] {_e(stats['verdict'])}</small>"
+                )
+                if stats.get("mde") is not None:
+                    text += f"<br><small>MDE {stats['mde']:.3f}</small>"
             cells.append(f"<td>{text}</td>")
         rows.append(f"<tr><td>{_e(variant['name'])}</td>{''.join(cells)}</tr>")
+    majority = comparison["majority"]["metrics"]
+    if any(value is not None for value in majority.values()):
+        cells = "".join(f"<td>{'-' if majority[m] is None else f'{majority[m]:.4f}'}</td>" for m in metrics)
+        rows.append(f"<tr class='majority'><td>majority answer (test split)</td>{cells}</tr>")
     note = (
         f"<p><small>Relative change against {_e(comparison['baseline'])}; Δ: paired difference with its "
-        f"{comparison['confidence']:.0%} bootstrap interval on the same test questions.</small></p>"
+        f"{comparison['confidence']:.0%} bootstrap interval on the same test questions, "
+        "<span class='better'>better</span> when the interval lies above 0, "
+        "<span class='worse'>worse</span> when below, else <span class='noise'>within noise</span>. "
+        "MDE: the smallest closed-accuracy difference these questions can detect (80% power). "
+        "Majority answer: the commonest gold answer of each question type, given to every question.</small></p>"
     )
     return f"<table id='results'><tr><th>variant</th>{head}</tr>{''.join(rows)}</table>{note}"
 

@@ -63,6 +63,8 @@ SUFFIXES = (
 FORMATS = ("jsonl", "mmedpo", "parquet", "trl-parquet", "trl", "hf", "ms-swift", "llama-factory")
 NEEDS_IMAGES = ("trl", "trl-parquet", "ms-swift", "llama-factory")
 EXPORT_ONLY = ("ms-swift", "llama-factory")
+MMEDPO_KEYS = {"conversations", "rejected_conversations"}
+PAIR_KEYS = {"question", "chosen", "rejected"}
 IDENTICAL = "chosen and rejected are the same answer (case and spacing aside): the pair prefers nothing"
 
 
@@ -108,18 +110,18 @@ def read_pairs(path: Path | str, image_roots: Sequence[Path | str] = ()) -> tupl
 
 
 def _read_json_pairs(path: Path) -> tuple[list[PreferencePair], list[Reject]]:
+    """Our records or MMedPO records, whichever the file holds (by the records' keys, not the name)."""
     records = json_records(path)
-    first = next((record for _, record in records if isinstance(record, dict)), {})
-    if "conversations" in first or "rejected_conversations" in first:
-        mmedpo = True
-    elif "chosen" in first:
-        mmedpo = False
-    else:  # nothing recognisable: each record is rejected by the reader its name implies
-        mmedpo = path.name.removesuffix(".gz").endswith(".json")
-    if mmedpo:
+    keys = [set(record) for _, record in records if isinstance(record, dict)]
+    if keys and not any(MMEDPO_KEYS & k or PAIR_KEYS <= k for k in keys):
+        raise ValueError(
+            f"{path}: records of no known kind (MMedPO records have conversations and rejected_conversations, "
+            f"mmedpo pairs have question, chosen and rejected; the first record's keys: {', '.join(sorted(keys[0]))})"
+        )
+    if any(MMEDPO_KEYS & k for k in keys) or not keys and not path.name.removesuffix(".gz").endswith(".jsonl"):
         result = records_to_pairs(records)
         return result.pairs, result.rejects
-    return _our_pairs(records)
+    return _our_pairs(records)  # no object at all: each record is rejected saying why
 
 
 def _our_pairs(records: list) -> tuple[list[PreferencePair], list[Reject]]:
@@ -127,8 +129,8 @@ def _our_pairs(records: list) -> tuple[list[PreferencePair], list[Reject]]:
     for source, record in records:
         record_id = record.get("id") if isinstance(record, dict) else None
         try:
-            if isinstance(record, Exception):
-                raise record
+            if isinstance(record, Exception):  # a line that did not parse
+                raise ValueError(str(record))
             if not isinstance(record, dict):
                 raise ValueError(f"record must be an object, got {type(record).__name__}")
             bad = bad_utf8(record)

@@ -196,8 +196,8 @@ def records_to_pairs(records: list[tuple[str, Any]], task: str | None = None) ->
     for source, record in records:
         record_id = record.get("id") if isinstance(record, dict) else None
         try:
-            if isinstance(record, Exception):
-                raise record
+            if isinstance(record, Exception):  # a line that did not parse
+                raise ValueError(str(record))
             pair = record_to_pair(record, task)
             if pair.id in seen:
                 raise ValueError(f"duplicate id {pair.id!r}")

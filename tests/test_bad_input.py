@@ -436,3 +436,13 @@ def test_convert_with_image_roots_decodes_every_image(target, tmp_path):
     expected = [reason.replace("ROOT", str(root.resolve())) for reason in IMAGE_REASONS.values()]
     assert [r["reason"] for r in rejects] == expected + [expected[0]]
     assert [r["source"] for r in rejects] == [f"{source} (pair p{i})" for i in (0, 1, 2, 3, 4, 10)]
+
+
+def test_pairs_with_the_same_answer_twice_are_counted_on_the_command_line(tmp_path):
+    slake = FIXTURES / "slake_dpo_weighted_sample.json"  # one of its 24 pairs answers "Right" twice
+    result = CliRunner().invoke(app, ["convert", str(slake), str(tmp_path / "out.jsonl")])
+    assert (result.exit_code, result.output) == (
+        0,
+        f"read 24 = accepted 23 + rejected 1 (reasons in {tmp_path / 'out.rejects.jsonl'}; "
+        "1 with the same answer twice)\n",
+    )

@@ -77,6 +77,7 @@ def test_released_files_go_through_every_format_and_back_byte_for_byte(fixture, 
     for target in [*TARGETS, "p.json"]:
         summary = convert_pairs(fixture, tmp_path / target, image_roots=[tmp_path / "images"])
         assert (summary["read"], summary["accepted"], summary["rejected"]) == (24, 24 - len(same), len(same))
+        assert summary["identical"] == len(same)
         back = tmp_path / f"back-{target}.json"
         assert convert_pairs(tmp_path / target, back)["accepted"] == 24 - len(same)
         assert back.read_bytes() == expected, target
@@ -315,3 +316,23 @@ def test_cards_say_what_the_data_are(tmp_path):
     for card_file in ("out.hf/README.md", "out.trl/README.md"):
         assert "not for clinical use" in (tmp_path / card_file).read_text()
     assert len(load_from_disk(str(tmp_path / "out.hf"))) == 4  # the card does not disturb the dataset
+
+
+def test_the_command_line_prints_each_warning_on_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmedpo.cli import app
+
+    pairs = visual_and_text_pairs(tmp_path)
+    source = tmp_path / "p.jsonl"
+    source.write_text("".join(p.model_dump_json() + "\n" for p in pairs))
+    result = CliRunner().invoke(app, ["convert", str(source), str(tmp_path / "out.trl"), "--image-root", str(tmp_path)])
+    assert result.exit_code == 0
+    lines = [line for line in result.output.splitlines() if line.startswith(("read ", "warning: "))]
+    assert lines == [
+        "read 4 = accepted 4 + rejected 0",
+        "warning: plain TRL's DPOTrainer ignores `rejected_images`: 2 visual pairs would train on the clean image, "
+        "as text pairs (mmedpo's `train_weighted_dpo` uses them)",
+        "warning: plain TRL's DPOTrainer ignores `weight`: 2 pairs' clinical weights would count as 1 "
+        "(mmedpo's `train_weighted_dpo` uses them)",
+    ]

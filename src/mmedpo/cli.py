@@ -243,9 +243,11 @@ def convert(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ExportWarning)
         summary = convert_pairs(source, target, to, image_root or ())
+    identical = f"; {summary['identical']} with the same answer twice" if summary["identical"] else ""
     console.print(
         f"read {summary['read']} = accepted {summary['accepted']} + rejected {summary['rejected']}"
-        + (f" (reasons in {summary['rejects']})" if summary["rejected"] else "")
+        + (f" (reasons in {summary['rejects']}{identical})" if summary["rejected"] else ""),
+        soft_wrap=True,
     )
     for warning in caught:
         if issubclass(warning.category, ExportWarning):

@@ -274,7 +274,8 @@ def ignored_by_tool(format_name: str, pairs: Sequence[PreferencePair]) -> list[s
 def convert_pairs(
     source: Path | str, target: Path | str, to: str | None = None, image_roots: Sequence[Path | str] = ()
 ) -> dict:
-    """Convert `source` to `target`; returns read = accepted + rejected counts and where the rejects went.
+    """Convert `source` to `target`; returns read = accepted + rejected counts, how many rejects were
+    pairs with the same answer twice (`identical`), and where the rejects went.
 
     With `image_roots`, every pair's images must be found and decode. Raises ValueError when the
     source holds no record, or none that could be used (the rejects are written first).
@@ -308,5 +309,6 @@ def convert_pairs(
         "read": read,
         "accepted": len(pairs) - len(unwritable),
         "rejected": len(rejects),
+        "identical": sum(1 for reject in rejects if reject.reason == IDENTICAL),
         "rejects": str(rejected_to),
     }

@@ -113,15 +113,21 @@ def _read_json_pairs(path: Path) -> tuple[list[PreferencePair], list[Reject]]:
     """Our records or MMedPO records, whichever the file holds (by the records' keys, not the name)."""
     records = json_records(path)
     keys = [set(record) for _, record in records if isinstance(record, dict)]
-    if keys and not any(MMEDPO_KEYS & k or PAIR_KEYS <= k for k in keys):
+    if not keys:  # no record is an object: each is rejected, saying why, by the reader the name implies
+        mmedpo = not path.name.removesuffix(".gz").endswith(".jsonl")
+    elif any(MMEDPO_KEYS & k for k in keys):
+        mmedpo = True
+    elif any(PAIR_KEYS <= k for k in keys):
+        mmedpo = False
+    else:
         raise ValueError(
             f"{path}: records of no known kind (MMedPO records have conversations and rejected_conversations, "
             f"mmedpo pairs have question, chosen and rejected; the first record's keys: {', '.join(sorted(keys[0]))})"
         )
-    if any(MMEDPO_KEYS & k for k in keys) or not keys and not path.name.removesuffix(".gz").endswith(".jsonl"):
+    if mmedpo:
         result = records_to_pairs(records)
         return result.pairs, result.rejects
-    return _our_pairs(records)  # no object at all: each record is rejected saying why
+    return _our_pairs(records)
 
 
 def _our_pairs(records: list) -> tuple[list[PreferencePair], list[Reject]]:

@@ -85,7 +85,10 @@ def test_llava_med_normalisation_quirks():
 
 
 def test_unknown_protocol_is_refused():
-    with pytest.raises(ValueError, match=r"unknown evaluation protocol 'llava-med'; did you mean 'llava-med-v1.0.0'\? valid: mmedpo, llava-med-v1"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown evaluation protocol 'llava-med'; did you mean 'llava-med-v1.0.0'\? valid: mmedpo, llava-med-v1",
+    ):
         score_predictions([_vqa("c1", "yes", "closed")], ["yes"], protocol="llava-med")
 
 

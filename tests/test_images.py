@@ -130,3 +130,43 @@ def test_paths_escaping_the_root_are_refused(tmp_path):
             resolve_image(relative, [root])
     Image.new("L", (4, 4), 9).save(root / "in.png")
     assert pixels(open_image("in.png", [root]))[0, 0] == 9
+
+
+def test_the_guard_limits_are_inclusive_and_read_from_the_header(tmp_path):
+    from mmedpo.data.images import MAX_ASPECT_RATIO, MAX_PIXELS, check_size
+
+    check_size("a.png", MAX_ASPECT_RATIO * 3, 3)  # exactly 20 : 1 passes
+    with pytest.raises(ImageError, match=r"a.png is 63 x 3 pixels: more elongated than 20 : 1 \(the limit\)"):
+        check_size("a.png", MAX_ASPECT_RATIO * 3 + 3, 3)
+    check_size("a.png", 10_000, MAX_PIXELS // 10_000)  # exactly 50 MP passes
+    with pytest.raises(ImageError, match=r"a.png is 10000 x 5001 = 50010000 pixels \(limit 50000000\)"):
+        check_size("a.png", 10_000, MAX_PIXELS // 10_000 + 1)
+    Image.new("L", (20, 1)).save(tmp_path / "ok.png")
+    assert load_image(tmp_path / "ok.png").size == (20, 1)
+
+
+def test_file_system_errors_are_not_image_errors(tmp_path, monkeypatch):
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Image, "open", denied)
+    with pytest.raises(PermissionError):  # the system's problem: it must not become a reject
+        load_image(tmp_path / "a.png")
+
+
+def test_portable_images_are_the_file_or_the_picture_the_model_sees(tmp_path):
+    from mmedpo.data.images import portable_image
+
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(tmp_path / "rgb.jpg", quality=95)
+    data, converted = portable_image(tmp_path / "rgb.jpg")
+    assert data == (tmp_path / "rgb.jpg").read_bytes() and not converted  # 8-bit: passed on untouched
+    rgba = np.zeros((1, 1, 4), dtype=np.uint8)
+    rgba[0, 0] = (200, 100, 50, 64)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    dicom = get_testdata_file("MR_small.dcm")
+    for path in (tmp_path / "a.png", dicom):
+        data, converted = portable_image(path)
+        (tmp_path / "out.png").write_bytes(data)
+        assert converted and np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(load_image(path)))

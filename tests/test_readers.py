@@ -1,17 +1,13 @@
-"""Every dataset reader on a small folder that mimics its published layout, and the
-malformed-input corpus: each bad record is one reject naming its file and record."""
+"""Every dataset reader on a small folder that mimics its published layout (bad input: test_bad_input.py)."""
 
 import csv
 import json
-import os
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
 
 from mmedpo.data.readers import read_dataset
 from mmedpo.data.readers.mimic_cxr import report_sections
@@ -320,85 +316,3 @@ def test_generic_llava_multi_turn(tmp_path):
         ("x", "Is there a nodule?", "Yes", "closed"),
         ("x-2", "Where?", "Left upper lobe", "open"),
     ]
-
-
-# --- the malformed-input corpus -----------------------------------------------------------------
-
-GOOD = {"image": "ok.png", "text": "Is it normal?", "answer": "yes", "answer_type": "CLOSED"}
-# (kind, the JSONL line, a piece of the reason); question ids are the line numbers.
-MALFORMED = [
-    ("missing image", {**GOOD, "image": "missing.png"}, "not found"),
-    ("corrupt image", {**GOOD, "image": "corrupt.png"}, "cannot read image"),
-    ("truncated image", {**GOOD, "image": "truncated.jpg"}, "cannot read image"),
-    ("zero-byte image", {**GOOD, "image": "empty.png"}, "cannot read image"),
-    ("DICOM without pixel data", {**GOOD, "image": "plan.dcm"}, "no pixel data"),
-    ("truncated DICOM pixels", {**GOOD, "image": "truncated.dcm"}, "less than expected"),
-    ("empty answer", {**GOOD, "answer": "   "}, "answer: must not be empty"),
-    ("null answer", {**GOOD, "answer": None}, "'answer' and 'gpt4_answer' are both missing or null"),
-    ("missing question", {k: v for k, v in GOOD.items() if k != "text"}, "field 'text' is missing or null"),
-    ("wrong field type", {**GOOD, "text": ["Is", "it"]}, "field 'text' must be a string, got list"),
-    ("boolean answer", {**GOOD, "answer": True}, "field 'answer' must be a string, got bool"),
-    ("unknown answer_type", {**GOOD, "answer_type": "MAYBE"}, "unknown answer_type 'MAYBE'"),
-    ("huge text", {**GOOD, "text": "x" * 20_001}, "20001 characters long"),
-    ("escaping path", {**GOOD, "image": "../outside.png"}, "escapes its image root"),
-    ("absolute path", {**GOOD, "image": "/etc/passwd"}, "must be relative"),
-    ("symlink out", {**GOOD, "image": "link.png"}, "escapes its image root"),
-    ("record not an object", ["a", "list"], "record must be an object, got list"),
-    ("duplicate id", "DUPLICATE", "duplicate id '1'"),
-    ("invalid JSON", "BROKEN", "invalid JSON"),
-    ("invalid UTF-8", "BADUTF8", "not valid UTF-8"),
-]
-
-
-def malformed_folder(root: Path) -> Path:
-    image(root / "ok.png")
-    image(root / "ok.jpg", size=(64, 64))
-    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    (root / "truncated.jpg").write_bytes((root / "ok.jpg").read_bytes()[:300])
-    (root / "empty.png").write_bytes(b"")
-    shutil.copy(get_testdata_file("rtplan.dcm"), root / "plan.dcm")
-    shutil.copy(get_testdata_file("MR_truncated.dcm"), root / "truncated.dcm")
-    image(root.parent / "outside.png")
-    os.symlink(root.parent / "outside.png", root / "link.png")
-    lines = [json.dumps({**GOOD, "question_id": 1}).encode()]
-    for number, (_, record, _) in enumerate(MALFORMED, start=2):
-        if record == "DUPLICATE":
-            lines.append(json.dumps({**GOOD, "question_id": 1}).encode())
-        elif record == "BROKEN":
-            lines.append(b'{"question_id": 5, "text": ')
-        elif record == "BADUTF8":
-            lines.append(
-                json.dumps({**GOOD, "question_id": number, "text": "Is it XX?"}).encode().replace(b"XX", b"\xff\xfe")
-            )
-        elif isinstance(record, dict):
-            lines.append(json.dumps({**record, "question_id": number}).encode())
-        else:
-            lines.append(json.dumps(record).encode())
-    path = root / "test.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    return path
-
-
-def test_every_kind_of_malformed_record_is_one_reject_naming_file_and_line(tmp_path):
-    root = tmp_path / "data"
-    path = malformed_folder(root)
-    samples, rejects = read_dataset("llava-med-vqa", root)
-    assert len(MALFORMED) >= 20
-    assert [s.id for s in samples] == ["1"]
-    assert len(samples) + len(rejects) == 1 + len(MALFORMED)  # read = accepted + rejected
-    for reject, (kind, _, reason) in zip(rejects, MALFORMED):
-        number = MALFORMED.index((kind, _, reason)) + 2
-        assert reject.source == f"{path}:{number}", kind
-        assert reason in reject.reason, (kind, reject.reason)
-        assert "\n" not in reject.reason and len(reject.reason) < 400, kind
-
-
-def test_check_images_none_still_refuses_escaping_paths(tmp_path):
-    root = tmp_path / "data"
-    malformed_folder(root)
-    samples, rejects = read_dataset("llava-med-vqa", root, check_images="none")
-    escaping = [r for r in rejects if "escapes" in r.reason]
-    assert len(escaping) == 1  # '..' is refused without looking; the symlink needs "exists" to be seen
-    assert {s.image for s in samples} >= {"missing.png", "corrupt.png", "link.png"}
-    with pytest.raises(ValueError, match="check_images must be one of decode, exists, none"):
-        read_dataset("llava-med-vqa", root, check_images="yes")

@@ -22,18 +22,31 @@ def test_there_are_three_fixture_files():
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
-def test_released_files_load_as_they_are_and_round_trip_exactly(path, tmp_path):
+def test_released_files_load_as_they_are_and_round_trip_byte_for_byte(path, tmp_path):
     result = read_mmedpo_json(path)
-    original = json.loads(path.read_text(encoding="utf-8"))
-    assert result.rejects == []
-    assert len(result.pairs) == len(original) == 24
+    assert result.rejects == [] and len(result.pairs) == 24
     out = tmp_path / "back.json"
     write_mmedpo_json(result.pairs, out)
-    assert json.loads(out.read_text(encoding="utf-8")) == original
-    # and through our own JSONL format and back
-    convert_pairs(path, tmp_path / "pairs.jsonl")
-    convert_pairs(tmp_path / "pairs.jsonl", tmp_path / "again.json")
-    assert json.loads((tmp_path / "again.json").read_text(encoding="utf-8")) == original
+    assert out.read_bytes() == path.read_bytes()
+
+
+def test_written_json_has_the_released_formatting(tmp_path):
+    pair = make_pair(1, question="Où est la lésion?", chosen="left", rejected="right", clinical_score=0.5)
+    write_mmedpo_json([pair], tmp_path / "a.json")
+    text = (tmp_path / "a.json").read_text(encoding="utf-8")
+    assert text.startswith('[\n    {\n        "id": "p1",') and text.endswith("}\n]")  # 4 spaces, no final newline
+    assert "O\\u00f9 est la l\\u00e9sion?" in text  # ASCII escapes
+
+
+def test_integer_scores_key_order_and_unknown_keys_survive(tmp_path):
+    record = json.loads(FIXTURES[2].read_text())[0]
+    odd = {"weighted_score": 1, "note": "kept", **{k: v for k, v in record.items() if k != "weighted_score"}}
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps([odd], indent=4), encoding="utf-8")
+    pair = read_mmedpo_json(path).pairs[0]
+    assert pair.clinical_score == 1.0
+    write_mmedpo_json([pair], tmp_path / "back.json")
+    assert (tmp_path / "back.json").read_bytes() == path.read_bytes()
 
 
 def test_released_texts_are_cleaned_for_training():

@@ -42,7 +42,7 @@ def friendly_errors(command):
         try:
             return command(*args, **kwargs)
         except (ValueError, OSError, StageIncomplete) as error:
-            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -219,22 +219,41 @@ def compare(
 @friendly_errors
 def convert(
     source: Annotated[Path, typer.Argument(help="pairs: .jsonl, MMedPO .json, .parquet, .trl.parquet, HF folder")],
-    target: Annotated[Path, typer.Argument(help="output; the format follows its extension unless --to is given")],
+    target: Annotated[
+        Path,
+        typer.Argument(
+            help="output: .jsonl, .json (MMedPO), .parquet, .hf (or no suffix), .trl, .trl.parquet, "
+            ".ms-swift, .llama-factory; another suffix needs --to"
+        ),
+    ],
     to: Annotated[
-        str | None, typer.Option(help="jsonl | mmedpo | parquet | trl-parquet | trl | hf (default: by extension)")
+        str | None,
+        typer.Option(help="jsonl | mmedpo | parquet | hf | trl | trl-parquet | ms-swift | llama-factory"),
     ] = None,
     image_root: Annotated[
-        list[Path] | None, typer.Option(help="image folder(s): check images, embed them in TRL output")
+        list[Path] | None,
+        typer.Option(help="image folder(s): check every image decodes; TRL, ms-swift, LLaMA-Factory need them"),
     ] = None,
 ) -> None:
-    """Convert preference pairs between our JSONL, the MMedPO LLaVA JSON, HF datasets and TRL's format."""
-    from mmedpo.data.convert import convert_pairs
+    """Convert preference pairs between our JSONL, the MMedPO JSON, HF datasets, TRL, ms-swift and LLaMA-Factory."""
+    import warnings
 
-    summary = convert_pairs(source, target, to, image_root or ())
+    from mmedpo.data.convert import ExportWarning, convert_pairs
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ExportWarning)
+        summary = convert_pairs(source, target, to, image_root or ())
+    identical = f"; {summary['identical']} with the same answer twice" if summary["identical"] else ""
     console.print(
         f"read {summary['read']} = accepted {summary['accepted']} + rejected {summary['rejected']}"
-        + (f" (reasons in {summary['rejects']})" if summary["rejected"] else "")
+        + (f" (reasons in {summary['rejects']}{identical})" if summary["rejected"] else ""),
+        soft_wrap=True,
     )
+    for warning in caught:
+        if issubclass(warning.category, ExportWarning):
+            console.print(f"[bold yellow]warning:[/] {escape(str(warning.message))}", highlight=False, soft_wrap=True)
+        else:  # not ours: shown as Python would have
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def print_results(layout: RunLayout, results: list[StageResult]) -> None:

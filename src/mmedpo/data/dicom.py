@@ -38,11 +38,26 @@ def is_dicom(path: Path | str) -> bool:
         return False
 
 
+def dicom_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) of the file's frames, from its header alone; ValueError when it has none."""
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError) as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise  # the file system's problem, not the file's
+        raise ValueError(f"not a readable DICOM file: {error}") from None
+    if "Rows" not in dataset or "Columns" not in dataset:
+        raise ValueError("DICOM file has no pixel data")
+    return int(dataset.Columns), int(dataset.Rows)
+
+
 def read_dicom(path: Path | str, frame: int = 0) -> Image.Image:
     """Frame `frame` of a DICOM file as 8-bit RGB; ValueError saying why when it cannot."""
     try:
         dataset = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, EOFError) as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise  # the file system's problem, not the file's
         raise ValueError(f"not a readable DICOM file: {error}") from None
     if not any(tag in dataset for tag in _PIXEL_TAGS):
         raise ValueError("DICOM file has no pixel data")

@@ -3,16 +3,18 @@
 Two layouts, each saved with `save_to_disk` (a folder) or as one Parquet file:
 
 - **pairs**: one column per `PreferencePair` field; `provenance` and `scores`
-  are JSON text (Arrow needs one type per column; these hold anything).
+  are JSON text (Arrow needs one type per column; these hold anything). Images
+  stay paths relative to the image root.
 - **trl**: TRL's conversational vision preference format, the one
   `mmedpo.training.dpo.pairs_to_dataset` feeds DPOTrainer: `prompt`, `chosen`,
   `rejected` (messages), `images`, plus MMedPO's `rejected_images` (the
   rejected answer's own image; empty: reuse `images`), `weight` (a missing
   weight counts 1.0), `kind`, `id`, and `pair`: the whole record as JSON, so
-  that reading back is lossless. Given image roots, the images' bytes are
-  embedded (HF `Image` columns; the dataset travels); without, the image
-  columns hold `{bytes: None, path: RELATIVE}` references. Either way the
-  relative path is kept.
+  that reading back is lossless. The images are embedded (HF `Image` columns,
+  so the dataset travels and plain TRL can open them), as the 8-bit picture the
+  models see where the file itself would mislead another tool (DICOM, 16-bit:
+  `mmedpo.data.images.portable_image`); each keeps its relative path. Plain
+  TRL reads neither `weight` nor `rejected_images`: only our trainer does.
 
 Reading tells the layouts apart by their columns. A TRL dataset from elsewhere
 (no `pair` column) is read from its messages, with image paths from the images.
@@ -25,11 +27,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset, Features, Image, List, Value, load_from_disk
 from pydantic import ValidationError
 
-from mmedpo.data.images import ImageError, resolve_image
+from mmedpo.data.images import ImageError, portable_image, resolve_image
 from mmedpo.data.messages import prompt_messages
 from mmedpo.records import PreferencePair, Reject, describe_error
 
@@ -87,7 +90,15 @@ def pairs_dataset(pairs: Sequence[PreferencePair]) -> Dataset:
     return Dataset.from_list(rows, features=PAIR_FEATURES)
 
 
-def trl_dataset(pairs: Sequence[PreferencePair], image_roots: Sequence[Path | str] = ()) -> Dataset:
+def trl_dataset(pairs: Sequence[PreferencePair], image_roots: Sequence[Path | str]) -> Dataset:
+    """TRL's preference format with every image embedded; refused without image roots.
+
+    Without the images, TRL's DPOTrainer would meet bare paths relative to a root it
+    does not know, and fail on its first batch.
+    """
+    if not image_roots:
+        raise ValueError("a TRL dataset embeds its images: give the image root(s) they are relative to")
+    embedded: dict[str, dict] = {}
     rows = []
     for pair in pairs:
         rows.append(
@@ -96,32 +107,34 @@ def trl_dataset(pairs: Sequence[PreferencePair], image_roots: Sequence[Path | st
                 "prompt": prompt_messages(pair.question),
                 "chosen": prompt_messages(pair.question, pair.chosen)[1:],
                 "rejected": prompt_messages(pair.question, pair.rejected)[1:],
-                "images": [_image_cell(pair.image, image_roots)],
-                "rejected_images": [_image_cell(pair.rejected_image, image_roots)] if pair.rejected_image else [],
+                "images": [_embedded(pair.image, image_roots, embedded)],
+                "rejected_images": [_embedded(pair.rejected_image, image_roots, embedded)]
+                if pair.rejected_image
+                else [],
                 "weight": 1.0 if pair.weight is None else pair.weight,
                 "kind": pair.kind,
                 "pair": pair.model_dump_json(),
             }
         )
-    # Built with images as plain {bytes, path} structs: encoding an Image directly would open
-    # every path, relative to a root it does not know. Only embedded images become Images.
-    dataset = Dataset.from_list(rows, features=_TRL_STORAGE)
-    return dataset.cast(TRL_FEATURES) if image_roots else dataset
+    # Built from {bytes, path} structs and cast: encoding an Image from a path would open it
+    # relative to the working directory, not the image root.
+    return Dataset.from_list(rows, features=_TRL_STORAGE).cast(TRL_FEATURES)
 
 
-def _image_cell(relative: str, image_roots: Sequence[Path | str]) -> dict:
-    if not image_roots:
-        return {"path": relative, "bytes": None}
-    try:
-        return {"path": relative, "bytes": resolve_image(relative, image_roots).read_bytes()}
-    except ImageError as error:
-        raise ValueError(f"cannot embed image: {error}") from None
+def _embedded(relative: str, image_roots: Sequence[Path | str], done: dict[str, dict]) -> dict:
+    if relative not in done:  # VQA sets ask many questions about one image: read it once
+        try:
+            data, _ = portable_image(resolve_image(relative, image_roots))
+        except ImageError as error:
+            raise ValueError(f"cannot embed image: {error}") from None
+        done[relative] = {"path": relative, "bytes": data}
+    return done[relative]
 
 
-def save_dataset(dataset: Dataset, path: Path | str) -> None:
-    """A `.parquet` file, or a `save_to_disk` folder for any other name."""
+def save_dataset(dataset: Dataset, path: Path | str, parquet: bool | None = None) -> None:
+    """One Parquet file, or a `save_to_disk` folder; by default a Parquet file when the name ends in .parquet."""
     path = Path(path)
-    if path.suffix == ".parquet":
+    if path.suffix == ".parquet" if parquet is None else parquet:
         path.parent.mkdir(parents=True, exist_ok=True)
         dataset.to_parquet(str(path))
     else:
@@ -156,9 +169,16 @@ def read_dataset_pairs(path: Path | str) -> tuple[list[PreferencePair], list[Rej
 def _rows(path: Path) -> list[dict[str, Any]]:
     # Raw Arrow rows: images stay {path, bytes} instead of being decoded.
     if path.is_dir():
+        if (path / "dataset_dict.json").is_file():
+            raise ValueError(f"{path}: a DatasetDict folder; convert one split's folder (e.g. {path}/train)")
+        if not (path / "state.json").is_file():
+            raise ValueError(f"{path}: not a dataset folder (save_to_disk writes a state.json; this has none)")
         return load_from_disk(str(path)).with_format("arrow")[:].to_pylist()
     if path.suffix == ".parquet":
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except pa.ArrowException as error:
+            raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
     raise ValueError(f"{path}: not a Parquet file or a save_to_disk folder")
 
 

@@ -13,9 +13,11 @@ answer, a `weighted_score` (the clinical relevance score in [0, 1]: a pair's
 
 Reading strips the `<image>` token and the leading space of answers, so the
 texts are clean for training. Whatever the writer would not reproduce exactly
-(an integer id, other whitespace, the image token elsewhere) is kept in
-`provenance["llava_raw"]`, and used again on writing as long as the cleaned
-text still matches: a file read and written back is byte-for-byte the same JSON.
+(an integer id or score, other whitespace, the image token elsewhere, another key
+order, unknown keys) is kept in `provenance["llava_raw"]`, and used again on
+writing as long as the cleaned text still matches. Files are written as the
+released ones are (`json.dumps(records, indent=4, ensure_ascii=True)`, no final
+newline), so a released file read and written back is the same file, byte for byte.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mmedpo.data.json_files import bad_utf8, json_records
 from mmedpo.records import PreferencePair, Reject, describe_error
 
 IMAGE_TOKEN = "<image>"
@@ -100,10 +103,17 @@ def record_to_pair(record: Any, task: str) -> PreferencePair:
             raise ValueError(f"weighted_score must be a number, got {score!r}")
         if not 0 <= score <= 1:
             raise ValueError(f"weighted_score must lie in [0, 1], got {score}")
+    bad = bad_utf8(record)
+    if bad:
+        raise ValueError(f"{bad} is not valid UTF-8")
     question, chosen, rejected = clean_question(human), gpt.strip(), rejected_gpt.strip()
-    raw = {}
+    raw: dict[str, Any] = {}
     if not isinstance(raw_id, str):
         raw["id"] = raw_id
+    if isinstance(score, int):
+        raw["weighted_score"] = score
+    if list(record) != [k for k in _KNOWN_KEYS if k in record] + [k for k in record if k not in _KNOWN_KEYS]:
+        raw["order"] = list(record)
     if render_question(question) != human:
         raw["human"] = human
     if clean_question(rejected_human) != question or render_question(question) != rejected_human:
@@ -133,7 +143,8 @@ def record_to_pair(record: Any, task: str) -> PreferencePair:
     )
 
 
-_KNOWN_KEYS = {"id", "image", "rejected_image", "conversations", "rejected_conversations", "weighted_score"}
+# In the order the released files (and so the writer) put them.
+_KNOWN_KEYS = ("id", "image", "rejected_image", "conversations", "rejected_conversations", "weighted_score")
 
 
 def _kept(raw: dict, key: str, value: str, clean) -> str:
@@ -159,31 +170,34 @@ def pair_to_record(pair: PreferencePair) -> dict:
         {"from": "gpt", "value": rejected_gpt},
     ]
     if pair.clinical_score is not None:
-        record["weighted_score"] = pair.clinical_score
+        raw_score = raw.get("weighted_score")
+        record["weighted_score"] = raw_score if raw_score == pair.clinical_score else pair.clinical_score
     record.update(raw.get("extra", {}))
+    order = raw.get("order")
+    if order and set(order) == set(record):
+        record = {key: record[key] for key in order}
     return record
 
 
 def read_mmedpo_json(path: Path | str, task: str | None = None) -> ReadResult:
-    """Read a released MMedPO preference file (JSON list, or JSON Lines).
+    """Read a released MMedPO preference file (a JSON list, or JSON Lines).
 
-    Bad records go to `rejects` with a reason naming the file and index; they
-    never stop the read. Duplicate ids are rejected after the first.
+    Bad records go to `rejects` with a reason naming the file and record; they never
+    stop the read. Duplicate ids are rejected after the first. A file that is not a
+    container of records (empty, binary, a single object) raises one ValueError.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
-    records = _parse_records(path, text)
-    task = task or _infer_task([r for r in records if isinstance(r, dict)])
+    return records_to_pairs(json_records(path), task)
+
+
+def records_to_pairs(records: list[tuple[str, Any]], task: str | None = None) -> ReadResult:
+    """Pairs from (source, record) items as `json_records` gives them; `task` inferred when None."""
+    task = task or _infer_task([record for _, record in records if isinstance(record, dict)])
     result, seen = ReadResult(), set()
-    for index, record in enumerate(records):
-        source = f"{path}#{index}"
+    for source, record in records:
         record_id = record.get("id") if isinstance(record, dict) else None
         try:
-            if isinstance(record, ValueError):
-                raise record
+            if isinstance(record, Exception):  # a line that did not parse
+                raise ValueError(str(record))
             pair = record_to_pair(record, task)
             if pair.id in seen:
                 raise ValueError(f"duplicate id {pair.id!r}")
@@ -197,27 +211,9 @@ def read_mmedpo_json(path: Path | str, task: str | None = None) -> ReadResult:
     return result
 
 
-def _parse_records(path: Path, text: str) -> list[Any]:
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
-        return data
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                # Kept in place as an error, so the line is rejected with its reason, not lost.
-                records.append(ValueError(f"line {number}: invalid JSON: {error.msg}"))
-    return records
-
-
 def write_mmedpo_json(pairs: Iterable[PreferencePair], path: Path | str) -> None:
+    """The released files' formatting: 4-space indents, ASCII escapes, no final newline."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     records = [pair_to_record(pair) for pair in pairs]
-    path.write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(records, indent=4, ensure_ascii=True), encoding="utf-8")

@@ -4,14 +4,15 @@ that turns each raw record into samples or a reject with a one-line reason.
 A reader never stops on a bad record: `Collector.add` catches the record's error
 and writes a `Reject` naming the file and the record, so that
 read = accepted + rejected always holds. Whole-file problems (a missing split
-file, JSON that does not parse at all) are configuration errors and raise.
+file, an empty one, JSON that does not parse, an object where a list of records
+belongs) are configuration errors: one line naming the file.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
-import json
+import io
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from mmedpo.data.images import ImageError, load_image, resolve_image
+from mmedpo.data.json_files import RecordError, read_text
 from mmedpo.records import Reject, Sample, describe_error
 
 ImageCheck = Literal["decode", "exists", "none"]
@@ -26,10 +28,6 @@ IMAGE_CHECKS = ("decode", "exists", "none")
 # Longer than any real question or report by far; a bigger field is a broken export.
 MAX_TEXT = 20_000
 CLOSED_ANSWERS = {"yes", "no"}
-
-
-class RecordError(ValueError):
-    """What is wrong with one record; becomes the reject's reason."""
 
 
 class Collector:
@@ -93,50 +91,14 @@ class Collector:
         return None
 
 
-# --- reading files ------------------------------------------------------------------------------
-
-
-def read_text(path: Path) -> str:
-    """The file as text; undecodable bytes survive as lone surrogates so the records
-    holding them can be rejected one by one (`check_text`) instead of the whole file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
-    return data.decode("utf-8-sig", errors="surrogateescape")
-
-
-def load_json(path: Path) -> Any:
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
-
-
-def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, record) per non-blank line; a line that does not parse yields a RecordError."""
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
-        if line.strip():
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                yield number, RecordError(f"invalid JSON: {error.msg}")
-
-
-def json_records(path: Path) -> Iterator[tuple[str, Any]]:
-    """(source, record) of a JSON list or a JSON Lines file, whichever `path` holds."""
-    if path.suffix == ".jsonl" or not read_text(path).lstrip().startswith("["):
-        for number, record in json_lines(path):
-            yield f"{path}:{number}", record
-    else:
-        for index, record in enumerate(load_json(path)):
-            yield f"{path}#{index}", record
+# --- reading files (JSON and JSON Lines: mmedpo.data.json_files) ----------------------------------
 
 
 def csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row) of a CSV file, plain or gzipped."""
-    yield from enumerate(csv.DictReader(read_text(path).splitlines()), start=2)
+    """(line number, row) of a CSV file, plain or gzipped; a quoted field may span lines."""
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    for row in reader:
+        yield reader.line_num, row
 
 
 # --- fields -------------------------------------------------------------------------------------
@@ -159,6 +121,8 @@ def text(record: dict, key: str, required: bool = True) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise RecordError(f"field {key!r} must be a string, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecordError(f"field {key!r} is {value}, not a value")
     value = str(value)
     check_text(key, value)
     return value.strip()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmedpo.data.json_files import load_json
 from mmedpo.data.readers.base import (
     Collector,
     ImageCheck,
@@ -25,7 +26,6 @@ from mmedpo.data.readers.base import (
     csv_rows,
     find_file,
     image_path,
-    load_json,
     normal_split,
     record_id,
     text,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmedpo.data.json_files import json_records
 from mmedpo.data.readers.base import (
     Collector,
     ImageCheck,
@@ -27,7 +28,6 @@ from mmedpo.data.readers.base import (
     answer_type,
     as_record,
     image_path,
-    json_records,
     record_id,
     text,
 )

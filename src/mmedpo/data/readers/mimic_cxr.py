@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from mmedpo.data.json_files import read_text
 from mmedpo.data.readers.base import (
     Collector,
     ImageCheck,
@@ -29,7 +30,6 @@ from mmedpo.data.readers.base import (
     find_file,
     image_path,
     normal_split,
-    read_text,
 )
 from mmedpo.records import REPORT_INSTRUCTION, Reject, Sample
 

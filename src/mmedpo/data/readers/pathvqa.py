@@ -16,6 +16,7 @@ import io
 import pickle
 from pathlib import Path
 
+from mmedpo.data.json_files import load_json
 from mmedpo.data.readers.base import (
     Collector,
     ImageCheck,
@@ -23,7 +24,6 @@ from mmedpo.data.readers.base import (
     answer_type,
     as_record,
     image_path,
-    load_json,
     normal_split,
     text,
 )

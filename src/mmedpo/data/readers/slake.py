@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mmedpo.data.json_files import load_json
 from mmedpo.data.readers.base import (
     Collector,
     ImageCheck,
@@ -28,7 +29,6 @@ from mmedpo.data.readers.base import (
     as_record,
     find_file,
     image_path,
-    load_json,
     normal_split,
     record_id,
     text,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmedpo.data.json_files import load_json
 from mmedpo.data.readers.base import (
     Collector,
     ImageCheck,
@@ -19,7 +20,6 @@ from mmedpo.data.readers.base import (
     as_record,
     find_file,
     image_path,
-    load_json,
     record_id,
     text,
 )

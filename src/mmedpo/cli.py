@@ -59,8 +59,11 @@ def _config(config: Path | None, overrides: list[str] | None):
     return loaded
 
 
-def _print_stage(result: StageResult) -> None:
-    console.print(f"[bold]{result.name:<14}[/] {result.status:<8} {result.seconds:8.1f} s  {_short(result.summary)}")
+def _print_stage(result: StageResult, prefix: str = "") -> None:
+    console.print(
+        f"{escape(prefix)}[bold]{result.name:<14}[/] {result.status:<8} {result.seconds:8.1f} s  "
+        f"{escape(_short(result.summary))}"
+    )
 
 
 def _short(summary: dict) -> str:
@@ -79,6 +82,27 @@ def run(config: ConfigOption = None, override: OverrideOption = None, force: For
     cfg = _config(config, override)
     results = run_pipeline(cfg, force=force, on_stage=_print_stage)
     print_results(RunLayout.of(cfg), results)
+
+
+@app.command()
+@friendly_errors
+def study(
+    config: ConfigOption = None,
+    override: OverrideOption = None,
+    seeds: Annotated[str, typer.Option(help="seeds to repeat the run over, e.g. 0,1,2 or 0-4")] = "0,1,2",
+    readme: Annotated[Path | None, typer.Option(help="also write the results into this README's study block")] = None,
+) -> None:
+    """Repeat the run over seeds; write what holds across them (RUNS_DIR/NAME/results.md and report/)."""
+    from mmedpo.pipeline.study import parse_seeds, run_study
+    from mmedpo.report.study import write_readme_block
+
+    cfg = _config(config, override)
+    study_dir = run_study(cfg, parse_seeds(seeds), on_stage=lambda seed, result: _print_stage(result, f"seed {seed} "))
+    console.print((study_dir / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
+    if readme is not None:
+        words = ["mmedpo study", *(["--config", str(config)] if config else []), f"--seeds {seeds}"]
+        write_readme_block(readme, study_dir, " ".join(words + [f"-o {o}" for o in override or []]))
+        console.print(f"wrote the results into {readme}")
 
 
 @curate_app.command("text")

@@ -194,6 +194,9 @@ class TrainConfig(DPOSettings):
 
 
 class EvalConfig(Section):
+    split: Literal["test", "val"] = Field(
+        "test", description="the split evaluated: 'val' while choosing settings (mmedpo tune), 'test' for results"
+    )
     batch_size: int = Field(32, ge=1, description="generation batch size")
     max_new_tokens_vqa: int = Field(8, ge=1, description="generation length for VQA answers")
     max_new_tokens_report: int = Field(64, ge=1, description="generation length for reports")

@@ -7,6 +7,7 @@
     runs/NAME/pairs.visual-whole.jsonl    visual pairs, noise on the whole image (+ .rejects.jsonl)
     runs/NAME/pairs.scored.jsonl          every pair with each judge's score and its clinical score
     runs/NAME/pairs.VARIANT.jsonl         exactly what one variant trains on, with its weights
+    runs/NAME/pairs.VARIANT.heldout.jsonl the same kinds of pair made on the validation split, never trained on
     runs/NAME/images/                     drawn images; noised/ copies and their masks
     runs/NAME/models/VARIANT/             the base (SFT) model and each trained variant
     runs/NAME/eval/VARIANT.json           metrics and per-sample predictions
@@ -92,6 +93,10 @@ class RunLayout:
     def variant_pairs(self, variant: str) -> Path:
         """The pairs one variant trains on, with their final weights."""
         return self.dir / f"pairs.{variant}.jsonl"
+
+    def heldout_pairs(self, variant: str) -> Path:
+        """Pairs of the variant's kinds made on the validation split: never trained on, for reward accuracy."""
+        return self.dir / f"pairs.{variant}.heldout.jsonl"
 
     @property
     def preview(self) -> Path:

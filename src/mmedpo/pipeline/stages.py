@@ -24,9 +24,13 @@ from mmedpo.records import PreferencePair, Sample, read_jsonl, rejects_path, wri
 PAIR_SETTINGS = ("pair_kinds", "visual_region", "judges", "weighted")
 
 
-def split(layout: RunLayout, name: str) -> list[Sample]:
-    """The run's samples of one pipeline split (sft, pref, test), in file order."""
-    return [sample for sample in read_jsonl(layout.samples, Sample) if sample.split == name]
+# Preference pairs are made for these splits: pref's to train on, val's to measure held-out reward accuracy.
+CURATED_SPLITS = ("pref", "val")
+
+
+def split(layout: RunLayout, *names: str) -> list[Sample]:
+    """The run's samples of the given pipeline splits (sft, pref, val, test), in file order."""
+    return [sample for sample in read_jsonl(layout.samples, Sample) if sample.split in names]
 
 
 def stage_samples(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:
@@ -62,7 +66,7 @@ def stage_curate_text(layout: RunLayout, config: RunConfig, show_progress: bool,
     from mmedpo.curation.text import curate_text
 
     summary = curate_text(
-        split(layout, "pref"),
+        split(layout, *CURATED_SPLITS),
         layout.text_pairs,
         config.curate_text,
         layout.image_roots,
@@ -77,14 +81,14 @@ def stage_curate_text(layout: RunLayout, config: RunConfig, show_progress: bool,
 def merge_curate_text(layout: RunLayout, config: RunConfig, shards: int) -> dict:
     from mmedpo.curation.text import merge_shards
 
-    return merge_shards(split(layout, "pref"), layout.text_pairs, shards)
+    return merge_shards(split(layout, *CURATED_SPLITS), layout.text_pairs, shards)
 
 
 def stage_curate_visual(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:
     from mmedpo.curation.visual import curate_visual_regions
 
     return curate_visual_regions(
-        split(layout, "pref"),
+        split(layout, *CURATED_SPLITS),
         {region: layout.visual_pairs(region) for region in config.curate_visual.regions},
         config.curate_visual,
         layout.image_roots,
@@ -119,6 +123,8 @@ def stage_pairs(layout: RunLayout, config: RunConfig, variant: str) -> dict:
         return write_variant_pairs(
             layout.scored_pairs,
             layout.variant_pairs(variant),
+            layout.heldout_pairs(variant),
+            {sample.id for sample in split(layout, "val")},
             config.score,
             kinds=train.pair_kinds,
             visual_region=train.visual_region,
@@ -144,7 +150,7 @@ def stage_eval(layout: RunLayout, config: RunConfig, variant: str) -> dict:
     settings = config.eval
     result = evaluate_run_model(
         layout.model(variant),
-        split(layout, "test"),
+        split(layout, config.eval.split),
         layout.image_roots,
         layout.eval(variant),
         settings,
@@ -220,7 +226,7 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
                 f"pairs:{variant}",
                 _pair_settings(variant),
                 ("score",),
-                lambda r, v=variant: [r.variant_pairs(v)],
+                lambda r, v=variant: [r.variant_pairs(v), r.heldout_pairs(v)],
                 lambda r, c, p, v=variant: stage_pairs(r, c, v),
             )
         )

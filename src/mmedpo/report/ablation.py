@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mmedpo.evaluation.intervals import paired_bootstrap, verdict
-from mmedpo.evaluation.item_scores import ITEM_METRICS, aggregate, paired_statistics
+import numpy as np
+
+from mmedpo.evaluation.intervals import difference_over_seeds
+from mmedpo.evaluation.item_scores import ITEM_METRICS
 
 HEADLINE = ("closed_accuracy", "closed_balanced_accuracy", "open_recall", "bleu_1", "bleu_4", "rouge_l")
 
@@ -39,13 +41,32 @@ def chain_verdict(
     status ("holds", "within noise" or "fails") and holds (status == "holds").
     Metrics missing for a variant of the chain are left out.
     """
+    over_seeds = {name: [result] for name, result in results.items()}
+    return chain_verdict_over_seeds(over_seeds, chain, metrics, seed, n_resamples, confidence)
+
+
+def chain_verdict_over_seeds(
+    results: Mapping[str, Sequence[Mapping[str, Any]]],
+    chain: Sequence[str],
+    metrics: Sequence[str] = HEADLINE,
+    seed: int = 0,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+) -> list[dict[str, Any]]:
+    """`chain_verdict` over seeds: `results[variant]` holds one evaluation result per seed, in seed order.
+
+    Values are means over the seeds; each step's difference is the mean of the
+    per-seed differences (`per_seed`) with a paired hierarchical bootstrap
+    interval over seeds and test items (`evaluation.intervals.difference_over_seeds`).
+    With one seed this is the paired item bootstrap.
+    """
     missing = [name for name in chain if name not in results]
     if missing:
         raise ValueError(f"claim names variant(s) {missing} that were not evaluated: {', '.join(results)}")
     verdicts = []
     for metric in metrics:
-        values = [results[name]["metrics"].get(metric) for name in chain]
-        if any(value is None for value in values):
+        per_seed = {name: [result["metrics"].get(metric) for result in results[name]] for name in chain}
+        if any(value is None for values in per_seed.values() for value in values):
             continue
         steps = [
             _step(results, upper, lower, metric, seed, n_resamples, confidence)
@@ -55,7 +76,7 @@ def chain_verdict(
         verdicts.append(
             {
                 "metric": metric,
-                "values": dict(zip(chain, values)),
+                "values": {name: float(np.mean(values)) for name, values in per_seed.items()},
                 "status": status,
                 "holds": status == "holds",
                 "steps": steps,
@@ -65,7 +86,7 @@ def chain_verdict(
 
 
 def _step(
-    results: Mapping[str, Mapping[str, Any]],
+    results: Mapping[str, Sequence[Mapping[str, Any]]],
     upper: str,
     lower: str,
     metric: str,
@@ -73,12 +94,16 @@ def _step(
     n_resamples: int,
     confidence: float,
 ) -> dict[str, Any]:
-    difference = float(results[upper]["metrics"][metric]) - float(results[lower]["metrics"][metric])
-    step: dict[str, Any] = {"upper": upper, "lower": lower, "difference": difference}
+    per_seed = [
+        float(ours["metrics"][metric]) - float(theirs["metrics"][metric])
+        for ours, theirs in zip(results[upper], results[lower], strict=True)
+    ]
+    step: dict[str, Any] = {"upper": upper, "lower": lower, "difference": float(np.mean(per_seed))}
     if metric in ITEM_METRICS:
-        _, ours, theirs = paired_statistics(results[upper], results[lower], metric)
-        _, low, high = paired_bootstrap(ours, theirs, seed, n_resamples, confidence, aggregate(metric))
-        step.update(low=low, high=high, verdict=verdict(low, high))
+        found = difference_over_seeds(results[upper], results[lower], metric, seed, n_resamples, confidence)
+        step.update(low=found["low"], high=found["high"], verdict=found["verdict"])
+    if len(per_seed) > 1:
+        step["per_seed"] = per_seed
     return step
 
 

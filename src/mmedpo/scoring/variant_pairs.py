@@ -82,26 +82,42 @@ def variant_pairs(
 def write_variant_pairs(
     scored_path: Path,
     out_path: Path,
+    heldout_path: Path,
+    heldout_samples: set[str],
     settings: ScoreConfig,
     kinds: Sequence[str],
     visual_region: str = "lesion",
     judges: Sequence[str] | None = None,
     weighted: bool = True,
 ) -> dict:
-    """Write one variant's pairs file from the scored pairs; returns counts and weight figures per kind.
+    """Write one variant's pairs file, and its held-out pairs (those of `heldout_samples`) beside it.
 
-    Raises ValueError when a pair kind the variant trains on has no pair: a
-    variant configured for text and visual pairs never trains on one kind alone.
+    The held-out pairs are selected and weighted the same way (over themselves) and
+    never trained on: the trainer measures its reward accuracy on them. Returns
+    counts and weight figures per kind. Raises ValueError when a pair kind the
+    variant trains on has no pair: a variant configured for text and visual pairs
+    never trains on one kind alone.
     """
     scored = read_jsonl(scored_path, PreferencePair)
-    pairs = variant_pairs(scored, settings, kinds, visual_region, judges, weighted)
+    heldout = [pair for pair in scored if pair.sample_id in heldout_samples]
+    train = [pair for pair in scored if pair.sample_id not in heldout_samples]
+    pairs = variant_pairs(train, settings, kinds, visual_region, judges, weighted)
     by_kind = Counter(pair.kind for pair in pairs)
     missing = [kind for kind in kinds if not by_kind[kind]]
     if missing:
         region = f" (visual_region {visual_region})" if "visual" in missing else ""
         raise ValueError(f"no {'/'.join(missing)} pairs{region} in {scored_path}: the variant trains on {list(kinds)}")
     write_jsonl(out_path, pairs)
-    return {"pairs": len(pairs), "by_kind": dict(by_kind), "weights": _weight_figures(pairs)}
+    selected = select_pairs(heldout, kinds, visual_region)
+    write_jsonl(
+        heldout_path, variant_pairs(selected, settings, kinds, visual_region, judges, weighted) if selected else []
+    )
+    return {
+        "pairs": len(pairs),
+        "by_kind": dict(by_kind),
+        "weights": _weight_figures(pairs),
+        "heldout_pairs": len(selected),
+    }
 
 
 def _weight_figures(pairs: Sequence[PreferencePair]) -> dict[str, dict[str, float]]:

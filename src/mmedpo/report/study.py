@@ -1,0 +1,282 @@
+"""What a study found: every variant over seeds, and each chain's verdict from intervals.
+
+    mmedpo study --seeds 0,1,2        # writes these into runs/NAME/
+    runs/NAME/study.json              everything below, as data
+    runs/NAME/results.md              the table and verdicts (the README's results block)
+    runs/NAME/report/index.html       the same, coloured by verdict
+
+For every metric and variant: the per-seed values, their mean and a 95%
+interval over seeds and test items (a paired hierarchical bootstrap,
+`evaluation.intervals`). For every chain (the claim and each ablation), each
+step's mean difference with its interval and verdict: "better" (interval above
+0), "within noise" or "worse" (below 0); a chain holds only when every step is
+better. Beside them: the majority-answer baseline, how many test answers each
+variant changes against the base and the SFT control, what each variant trained
+on (pairs, optimizer steps) and its reward accuracy on held-out pairs, and the
+smallest closed-accuracy difference the study can detect.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmedpo.evaluation.intervals import difference_over_seeds
+from mmedpo.evaluation.item_scores import ITEM_METRICS
+from mmedpo.evaluation.power import discordance, minimum_detectable_difference
+from mmedpo.evaluation.text import normalize_report
+from mmedpo.layout import RunLayout, read_run_config
+from mmedpo.records import dump_json
+from mmedpo.report.ablation import HEADLINE, chain_verdict_over_seeds, verdict_lines
+from mmedpo.report.html import STYLE, VERDICT_CLASS, load_results
+
+CONTROL = "sft"  # the variant name of the supervised control, when a study has one
+
+
+def seed_dir(study_dir: Path, seed: int) -> Path:
+    return Path(study_dir) / f"seed-{seed}"
+
+
+def load_study(study_dir: Path, seeds: Sequence[int]) -> dict[str, list[dict]]:
+    """Evaluation results by variant, one per seed in seed order; only variants every seed evaluated."""
+    per_seed = [load_results(seed_dir(study_dir, seed)) for seed in seeds]
+    if not per_seed or not per_seed[0]:
+        raise ValueError(f"{study_dir}: no evaluated seed run (expected {seed_dir(study_dir, seeds[0])}/eval/)")
+    names = [name for name in per_seed[0] if all(name in results for results in per_seed)]
+    return {name: [results[name] for results in per_seed] for name in names}
+
+
+def summarize_study(study_dir: Path, seeds: Sequence[int], metrics: Sequence[str] = HEADLINE) -> dict[str, Any]:
+    """The study's findings as JSON-able data (see the module docstring)."""
+    results = load_study(study_dir, seeds)
+    config = read_run_config(study_dir)
+    metrics = [m for m in metrics if all(m in r["metrics"] for runs in results.values() for r in runs)]
+    table = {
+        metric: {name: _over_seeds(runs, metric) for name, runs in results.items() if metric in ITEM_METRICS}
+        for metric in metrics
+    }
+    chains = []
+    for index, chain in enumerate([config.get("claim") or [], *(config.get("ablations") or [])]):
+        present = [name for name in chain if name in results]
+        if len(present) >= 2:
+            verdicts = chain_verdict_over_seeds(results, present, metrics, seed=min(seeds))
+            chains.append({"chain": present, "is_claim": index == 0, "verdicts": verdicts})
+    return {
+        "seeds": list(seeds),
+        "variants": list(results),
+        "metrics": metrics,
+        "table": table,
+        "majority": _majority(results, metrics),
+        "chains": chains,
+        "changed": _changed_answers(results),
+        "training": _training(study_dir, seeds, list(results)),
+        "power": _power(results, chains),
+    }
+
+
+def _over_seeds(runs: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:
+    found = difference_over_seeds(runs, None, metric)
+    return {key: found[key] for key in ("per_seed", "mean", "low", "high")}
+
+
+def _majority(results: Mapping[str, Sequence[Mapping]], metrics: Sequence[str]) -> dict[str, float]:
+    """The majority-answer baseline of the test split, averaged over seeds (the same for every variant)."""
+    runs = next(iter(results.values()))
+    majorities = [run["metrics"].get("majority") or {} for run in runs]
+    return {m: float(np.mean([found[m] for found in majorities])) for m in metrics if all(m in f for f in majorities)}
+
+
+def _changed_answers(results: Mapping[str, Sequence[Mapping]]) -> dict[str, dict[str, float]]:
+    """Per variant: the share of test answers unlike the base's, and unlike the SFT control's (mean over seeds)."""
+    changed = {}
+    for name, runs in results.items():
+        shares = {}
+        for other in ("base", CONTROL):
+            if other in results and other != name:
+                shares[f"vs_{other}"] = float(np.mean([_share_changed(a, b) for a, b in zip(runs, results[other])]))
+        changed[name] = shares
+    return changed
+
+
+def _share_changed(result: Mapping[str, Any], other: Mapping[str, Any]) -> float:
+    theirs = {row["id"]: normalize_report(row["prediction"]) for row in other["predictions"]}
+    rows = [row for row in result["predictions"] if row["id"] in theirs]
+    return float(np.mean([normalize_report(row["prediction"]) != theirs[row["id"]] for row in rows])) if rows else 0.0
+
+
+def _training(study_dir: Path, seeds: Sequence[int], variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per trained variant, from each seed's train stage: pairs by kind, optimizer steps, held-out reward accuracy."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in variants:
+        summaries = [_stage_summary(seed_dir(study_dir, seed), f"train:{name}") for seed in seeds]
+        if not all(summaries):
+            continue
+        entry = {"pairs": [s.get("pairs") for s in summaries], "steps": [s.get("steps") for s in summaries]}
+        accuracies = [s.get("heldout", {}).get("reward_accuracy") for s in summaries]
+        if all(a is not None for a in accuracies):
+            entry["heldout_reward_accuracy"] = accuracies
+        found[name] = entry
+    return found
+
+
+def _stage_summary(run_dir: Path, stage: str) -> dict:
+    path = RunLayout(run_dir).stage_state(stage)
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state.get("summary", {}) if state.get("status") == "done" else {}
+
+
+def _power(results: Mapping[str, Sequence[Mapping]], chains: Sequence[Mapping]) -> dict[str, Any]:
+    """The smallest closed-accuracy difference each claim step can detect (95% level, 80% power) over these seeds."""
+    claim = next((chain["chain"] for chain in chains if chain["is_claim"]), None)
+    if not claim or "closed_accuracy" not in next(iter(results.values()))[0]["metrics"]:
+        return {}
+    steps = {}
+    for upper, lower in zip(claim, claim[1:]):
+        runs = list(zip(results[upper], results[lower]))
+        psi = float(np.mean([discordance(a, b) for a, b in runs]))
+        differences = [a["metrics"]["closed_accuracy"] - b["metrics"]["closed_accuracy"] for a, b in runs]
+        tau2 = float(np.var(differences, ddof=1)) if len(runs) > 1 else 0.0
+        n_items = int(np.mean([a["metrics"]["n_closed"] for a, _ in runs]))
+        mde = minimum_detectable_difference(n_items, psi, len(runs), tau2) if psi > 0 else None
+        steps[f"{upper} - {lower}"] = {"n_items": n_items, "discordance": psi, "seed_variance": tau2, "mde": mde}
+    return steps
+
+
+TRAINING_HEADER = ["variant", "pairs (per seed)", "optimizer steps", "held-out reward accuracy",
+                   "answers changed vs base", f"vs {CONTROL}"]  # fmt: skip
+
+
+def training_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """Per variant: what it trained on, its held-out reward accuracy, and how many test answers it changed."""
+    rows = []
+    for name in summary["variants"]:
+        training, changed = summary["training"].get(name, {}), summary["changed"].get(name, {})
+        rows.append(
+            [
+                name,
+                _list(training.get("pairs")),
+                _list(training.get("steps")),
+                _list(training.get("heldout_reward_accuracy"), "{:.3f}"),
+                _share(changed.get("vs_base")),
+                _share(changed.get(f"vs_{CONTROL}")),
+            ]
+        )
+    return rows
+
+
+def power_lines(summary: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for step, power in summary["power"].items():
+        mde = "nothing detectable" if power["mde"] is None else f"{power['mde']:.3f}"
+        lines.append(
+            f"Smallest closed-accuracy difference detectable for {step} (95% level, 80% power): {mde} "
+            f"({power['n_items']} closed items per seed, discordance {power['discordance']:.3f}, "
+            f"seed variance {power['seed_variance']:.5f})."
+        )
+    return lines
+
+
+def study_markdown(summary: Mapping[str, Any]) -> str:
+    """The study as markdown: the table over seeds, each chain's verdicts, training and power notes."""
+    variants = summary["variants"]
+    lines = [
+        f"Seeds {', '.join(map(str, summary['seeds']))}; mean over seeds with a 95% interval over seeds and test "
+        "items (paired hierarchical bootstrap).",
+        "",
+        "| metric | " + " | ".join(variants) + " | majority answer |",
+        "|---|" + "---|" * (len(variants) + 1),
+    ]
+    for metric in summary["metrics"]:
+        row = summary["table"].get(metric, {})
+        majority = summary["majority"].get(metric)
+        cells = [_cell(row.get(name)) for name in variants] + ["-" if majority is None else f"{majority:.3f}"]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    for chain in summary["chains"]:
+        lines += ["", f"**{'Claim' if chain['is_claim'] else 'Ablation'}: {' > '.join(chain['chain'])}**", ""]
+        lines += [f"- {line}" for line in verdict_lines(chain["verdicts"])]
+    lines += ["", "| " + " | ".join(TRAINING_HEADER) + " |", "|---" * len(TRAINING_HEADER) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in training_rows(summary)]
+    lines += ["", *power_lines(summary)]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(entry: Mapping[str, Any] | None) -> str:
+    if not entry:
+        return "-"
+    return f"{entry['mean']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+
+
+def _list(values, form: str = "{}") -> str:
+    return "-" if not values or any(v is None for v in values) else ", ".join(form.format(v) for v in values)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def study_html(summary: Mapping[str, Any], title: str) -> str:
+    """The study report page: the same content as the markdown, verdicts in colour, every text escaped."""
+    e = html.escape
+    variants = summary["variants"]
+
+    def table(header: Sequence[str], rows: Sequence[Sequence[str]], table_id: str) -> str:
+        head = "".join(f"<th>{e(cell)}</th>" for cell in header)
+        body = "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+        return f"<table id='{table_id}'><tr>{head}</tr>{body}</table>"
+
+    metric_rows = [
+        [metric, *(_cell(summary["table"].get(metric, {}).get(name)) for name in variants)]
+        for metric in summary["metrics"]
+    ]
+    parts = [table(["metric", *variants], metric_rows, "study")]
+    for chain in summary["chains"]:
+        items = "".join(
+            f"<li class='{VERDICT_CLASS[verdict['status']]}'>{e(line)}</li>"
+            for verdict, line in zip(chain["verdicts"], verdict_lines(chain["verdicts"]))
+        )
+        kind = "Claim" if chain["is_claim"] else "Ablation"
+        parts.append(f"<h3>{kind}: {e(' > '.join(chain['chain']))}</h3><ul>{items}</ul>")
+    parts.append("<h3>What each variant trained on and changed</h3>")
+    parts.append(table(TRAINING_HEADER, training_rows(summary), "training"))
+    parts += [f"<p>{e(line)}</p>" for line in power_lines(summary)]
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{STYLE}</style></head>"
+        f"<body><h1>{e(title)}</h1><p>Seeds {e(', '.join(map(str, summary['seeds'])))}: mean over seeds with a 95% "
+        f"interval over seeds and test items.</p>{''.join(parts)}</body></html>"
+    )
+
+
+def write_study(study_dir: Path | str, seeds: Sequence[int]) -> Path:
+    """Write study.json, results.md and report/index.html into the study folder; returns the report page."""
+    study_dir = Path(study_dir)
+    summary = summarize_study(study_dir, seeds)
+    dump_json(summary, study_dir / "study.json")
+    (study_dir / "results.md").write_text(study_markdown(summary), encoding="utf-8")
+    page = study_dir / "report" / "index.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(study_html(summary, f"mmedpo study {study_dir.name}"), encoding="utf-8")
+    return page
+
+
+README_BEGIN = "<!-- study results: written by `mmedpo study --readme README.md`; do not edit by hand -->"
+README_END = "<!-- end of study results -->"
+
+
+def write_readme_block(readme: Path, study_dir: Path, command: str) -> None:
+    """Replace the README's study block (between its two markers) with the study's results.md."""
+    text = Path(readme).read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme}: no study block; add the lines {README_BEGIN!r} and {README_END!r}")
+    results = (Path(study_dir) / "results.md").read_text(encoding="utf-8")
+    before, rest = text.split(README_BEGIN, 1)
+    after = rest.split(README_END, 1)[1]
+    block = f"{README_BEGIN}\nMade by `{command}`.\n\n{results}{README_END}"
+    Path(readme).write_text(before + block + after, encoding="utf-8")

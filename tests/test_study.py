@@ -1,0 +1,126 @@
+"""A study over seeds: its table, chain verdicts from intervals, controls and the README block, on made-up answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from mmedpo.config import load_config
+from mmedpo.evaluation.evaluate import Prediction, score_result
+from mmedpo.pipeline.study import parse_seeds, seed_config
+from mmedpo.records import dump_json
+from mmedpo.report.study import (
+    README_BEGIN,
+    README_END,
+    study_markdown,
+    summarize_study,
+    write_readme_block,
+    write_study,
+)
+
+N_ITEMS = 40
+
+
+def _result(name: str, right: list[bool]) -> dict:
+    """An evaluation of closed questions whose gold answer alternates yes/no; `right[i]`: item i answered right."""
+    predictions = []
+    for index, correct in enumerate(right):
+        gold = "yes" if index % 2 else "no"
+        wrong = "no" if gold == "yes" else "yes"
+        predictions.append(
+            Prediction(
+                id=f"q{index:02d}",
+                task="vqa",
+                question="Is there a nodule?",
+                answer=gold,
+                prediction=gold if correct else wrong,
+                answer_type="closed",
+                meta={"question_kind": "presence"},
+            )
+        )
+    return score_result(name, predictions)
+
+
+def _write_study(tmp_path, right_by_seed: dict[int, dict[str, list[bool]]]) -> None:
+    config = {
+        "seed": 0,
+        "variants": {"sft": {}, "dpo": {}},
+        "claim": ["dpo", "sft", "base"],
+        "ablations": [["dpo", "base"]],
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    for seed, by_variant in right_by_seed.items():
+        run = tmp_path / f"seed-{seed}"
+        (run / "config.yaml").parent.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        for name, right in by_variant.items():
+            dump_json(_result(name, right), run / "eval" / f"{name}.json")
+        dump_json({"status": "done", "summary": {"pairs": 30 + seed, "steps": 12}}, run / "stages" / "train.dpo.json")
+
+
+def _right(count: int) -> list[bool]:
+    return [index < count for index in range(N_ITEMS)]
+
+
+def test_a_study_reports_seeds_means_intervals_and_interval_verdicts(tmp_path):
+    # base 20/40 right, sft 21/40 (one more: inside the noise), dpo 36/40 (far above both), in both seeds.
+    _write_study(tmp_path, {s: {"base": _right(20), "sft": _right(21), "dpo": _right(36)} for s in (0, 1)})
+    summary = summarize_study(tmp_path, [0, 1])
+    accuracy = summary["table"]["closed_accuracy"]
+    assert accuracy["dpo"]["per_seed"] == [0.9, 0.9] and accuracy["dpo"]["mean"] == pytest.approx(0.9)
+    assert accuracy["dpo"]["low"] < 0.9 < accuracy["dpo"]["high"]
+    claim = summary["chains"][0]
+    assert claim["chain"] == ["dpo", "sft", "base"] and claim["is_claim"]
+    closed = next(v for v in claim["verdicts"] if v["metric"] == "closed_accuracy")
+    dpo_over_sft, sft_over_base = closed["steps"]
+    assert dpo_over_sft["verdict"] == "better" and dpo_over_sft["per_seed"] == pytest.approx([0.375, 0.375])
+    # One item of forty in each seed: the interval spans 0, so the chain is within noise, not "holds".
+    assert sft_over_base["verdict"] == "within noise" and closed["status"] == "within noise"
+    assert summary["chains"][1]["verdicts"][0]["status"] == "holds"
+    # Answers changed: dpo differs from base on 16 of 40 items, from the SFT control on 15.
+    assert summary["changed"]["dpo"] == {"vs_base": pytest.approx(0.4), "vs_sft": pytest.approx(0.375)}
+    assert summary["training"]["dpo"] == {"pairs": [30, 31], "steps": [12, 12]}
+    assert summary["majority"]["closed_accuracy"] == pytest.approx(0.5)  # yes and no tie: one of them, half right
+    assert summary["power"]["sft - base"]["n_items"] == N_ITEMS
+
+
+def test_more_seeds_of_the_same_effect_narrow_the_interval(tmp_path):
+    def width(seeds: int) -> float:
+        folder = tmp_path / str(seeds)
+        folder.mkdir()
+        _write_study(folder, {s: {"base": _right(20), "sft": _right(24), "dpo": _right(28)} for s in range(seeds)})
+        entry = summarize_study(folder, list(range(seeds)))["chains"][0]["verdicts"][0]["steps"][1]
+        return entry["high"] - entry["low"]
+
+    assert width(4) < width(1)
+
+
+def test_study_files_and_the_readme_block(tmp_path):
+    _write_study(tmp_path, {s: {"base": _right(20), "sft": _right(22), "dpo": _right(30)} for s in (0, 1, 2)})
+    page = write_study(tmp_path, [0, 1, 2])
+    assert json.loads((tmp_path / "study.json").read_text())["seeds"] == [0, 1, 2]
+    markdown = (tmp_path / "results.md").read_text()
+    assert markdown == study_markdown(summarize_study(tmp_path, [0, 1, 2]))
+    assert "| closed_accuracy | 0.500 [" in markdown and "Claim: dpo > sft > base" in markdown
+    assert "class='better'" in page.read_text()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\noutro\n")
+    write_readme_block(readme, tmp_path, "mmedpo study --seeds 0,1,2")
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{README_END}\noutro\n")
+    assert "old table" not in text and "Made by `mmedpo study --seeds 0,1,2`." in text and markdown in text
+    readme.write_text("no block")
+    with pytest.raises(ValueError, match="no study block"):
+        write_readme_block(readme, tmp_path, "x")
+
+
+def test_seed_runs_live_in_the_study_folder_and_share_the_judge_cache():
+    config = load_config(None, ["name=s", "runs_dir=/tmp/r"])
+    one = seed_config(config, 1)
+    assert (str(one.run_dir), one.seed) == ("/tmp/r/s/seed-1", 1)
+    assert one.score.cache_path == seed_config(config, 2).score.cache_path == "/tmp/r/s/judge_cache.jsonl"
+    assert parse_seeds("0,2-4") == [0, 2, 3, 4]
+    with pytest.raises(ValueError, match="seeds must look like"):
+        parse_seeds("a,b")

@@ -105,6 +105,23 @@ def study(
         console.print(f"wrote the results into {readme}")
 
 
+@app.command()
+@friendly_errors
+def tune(
+    plan: Annotated[Path, typer.Argument(help="a tuning file: run config, variants, validation metric, grid")],
+    override: OverrideOption = None,
+    out: Annotated[Path, typer.Option(help="where the table of what was tried goes")] = Path("docs/tuning.md"),
+) -> None:
+    """Choose training settings on the validation split: train the grid, write every point's scores and the best."""
+    from mmedpo.pipeline.tune import read_plan, run_tuning, tuning_markdown
+
+    tuning = read_plan(plan, override or [])
+    result = run_tuning(tuning, on_stage=_print_stage)
+    words = ["mmedpo tune", str(plan), *(f"-o {o}" for o in override or [])]
+    out.write_text(tuning_markdown(tuning, result, " ".join(words)), encoding="utf-8")
+    console.print(f"chosen on the validation split: {result['best']['settings']} (table in {out})")
+
+
 @curate_app.command("text")
 @friendly_errors
 def curate_text(

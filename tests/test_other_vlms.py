@@ -43,8 +43,9 @@ from transformers.utils import is_torchvision_available
 
 from mmedpo.models.tiny import train_tokenizer
 from mmedpo.models.vlm import generate_answers, load_vlm
-from mmedpo.training.dpo import PAIR_BATCH_KEYS, WeightedDPOTrainer, pairs_to_dataset, train_weighted_dpo
+from mmedpo.training.dpo import WeightedDPOTrainer, train_weighted_dpo
 from mmedpo.training.dpo_config import WeightedDPOConfig
+from mmedpo.training.pairs import PAIR_BATCH_KEYS, pairs_to_dataset
 from mmedpo.training.settings import DEFAULT_LORA_TARGETS, DPOSettings
 from test_training import ANSWERS, QUESTIONS, make_pair
 
@@ -302,7 +303,9 @@ def check_trained(out, base_dir, model_type):
     answers = generate_answers(model, processor, images, questions, max_new_tokens=4, batch_size=2)
     assert len(answers) == 2 and all(len(answer) == 1 and isinstance(answer[0], str) for answer in answers)
     assert answers == generate_answers(model, processor, images, questions, max_new_tokens=4, batch_size=1)
-    steps = [entry for entry in json.loads((out / "train_log.json").read_text()) if "loss/weighted" in entry]
+    steps = [
+        entry for entry in json.loads((out / "train_log.json").read_text())["log_history"] if "loss/weighted" in entry
+    ]
     assert len(steps) == 2  # 4 pairs / batch 2
     assert any("rewards/margins/visual" in step for step in steps) and any(
         "rewards/margins/text" in step for step in steps
@@ -330,7 +333,7 @@ def run_dir(tmp_path, image_root):
 @pytest.mark.parametrize("arch", ["llava_med", "qwen2_vl"])
 def test_full_fine_tuning(request, arch, image_root, tmp_path):
     base = request.getfixturevalue(f"{arch}_dir")
-    settings = DPOSettings(batch_size=2, logging_steps=1)
+    settings = DPOSettings(per_device_train_batch_size=2, logging_steps=1)
     out = train_weighted_dpo(base, training_pairs(), [image_root], run_dir(tmp_path, image_root), settings)
 
     model, _ = check_trained(out, base, {"llava_med": "llava", "qwen2_vl": "qwen2_vl"}[arch])
@@ -352,13 +355,13 @@ def test_lora_with_the_documented_configuration(request, arch, train_projector, 
     base = request.getfixturevalue(f"{arch}_dir")
     documented = {
         "llava_med": {"lora_r": 64, "lora_alpha": 128},
-        "qwen2_vl": {"lora_r": 32, "lora_alpha": 64, "lora_targets": list(DEFAULT_LORA_TARGETS)},
+        "qwen2_vl": {"lora_r": 32, "lora_alpha": 64, "lora_target_modules": list(DEFAULT_LORA_TARGETS)},
     }[arch]
     settings = DPOSettings(
-        lora=True,
+        use_peft=True,
         precompute_ref=True,
         gradient_checkpointing=True,
-        batch_size=2,
+        per_device_train_batch_size=2,
         logging_steps=1,
         max_length=None,
         train_projector=train_projector,

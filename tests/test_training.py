@@ -13,8 +13,9 @@ from trl import DPOConfig, DPOTrainer
 
 from mmedpo.data.images import open_image
 from mmedpo.records import PreferencePair
-from mmedpo.training.dpo import PAIR_BATCH_KEYS, WeightedDPOTrainer, _reduce, pairs_to_dataset, train_weighted_dpo
+from mmedpo.training.dpo import WeightedDPOTrainer, _reduce, train_weighted_dpo
 from mmedpo.training.dpo_config import WeightedDPOConfig, to_trl_config
+from mmedpo.training.pairs import PAIR_BATCH_KEYS, pairs_to_dataset
 from mmedpo.training.settings import DPOSettings
 
 QUESTIONS = ["Is there a nodule in the left lung?", "Is the heart enlarged?", "Which side is the effusion on?"]
@@ -114,7 +115,9 @@ def test_pairs_to_dataset_names_the_bad_pair(image_root):
 
 
 def test_settings_map_to_trl_config(tmp_path):
-    settings = DPOSettings(beta=0.2, reduction="normalized", weighted=False, batch_size=2, max_length=99)
+    settings = DPOSettings(
+        beta=0.2, weight_reduction="normalized", pair_weighting=False, per_device_train_batch_size=2, max_length=99
+    )
     config = to_trl_config(settings, tmp_path)
     assert (config.beta, config.loss_type, config.weight_reduction, config.pair_weighting) == (
         0.2,
@@ -125,7 +128,7 @@ def test_settings_map_to_trl_config(tmp_path):
     assert (config.per_device_train_batch_size, config.max_length, config.learning_rate) == (2, 99, 5e-4)
     assert all(field.description for field in DPOSettings.model_fields.values())
     with pytest.raises(ValueError):
-        DPOSettings(reduction="sum")
+        DPOSettings(weight_reduction="sum")
 
 
 def test_unsupported_options_are_refused_before_loading(tmp_path):
@@ -245,7 +248,11 @@ def test_batch_routes_rejected_images(tiny_vlm_dir, image_root, tmp_path):
 def test_train_weighted_dpo_updates_and_saves(tiny_vlm_dir, image_root, tmp_path):
     pairs = [make_pair(i, weight=0.25 * (i % 4), rejected_image="right.png" if i % 2 else None) for i in range(8)]
     out = train_weighted_dpo(
-        tiny_vlm_dir, pairs, [image_root], tmp_path / "model", DPOSettings(batch_size=4, logging_steps=1)
+        tiny_vlm_dir,
+        pairs,
+        [image_root],
+        tmp_path / "model",
+        DPOSettings(per_device_train_batch_size=4, logging_steps=1),
     )
 
     assert out == tmp_path / "model"
@@ -257,7 +264,7 @@ def test_train_weighted_dpo_updates_and_saves(tiny_vlm_dir, image_root, tmp_path
     processor = AutoProcessor.from_pretrained(out, local_files_only=True)
     assert model.config.model_type == "llava" and processor.tokenizer.pad_token == "<pad>"
 
-    log = json.loads((out / "train_log.json").read_text())
+    log = json.loads((out / "train_log.json").read_text())["log_history"]
     steps = [entry for entry in log if "loss/weighted" in entry]
     assert len(steps) == 2  # 8 pairs / batch 4, one entry per step
     # Weights 0, .25, .5, .75 per batch of 4: mean w = 0.375, and at step 1 policy = reference, every loss = log 2.

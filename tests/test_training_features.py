@@ -11,15 +11,10 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, TrainerCallback
 
-from mmedpo.training.dpo import (
-    PAIR_BATCH_KEYS,
-    WeightedDPOTrainer,
-    pairs_to_dataset,
-    train_from_mmedpo_json,
-    train_weighted_dpo,
-)
+from mmedpo.training.dpo import WeightedDPOTrainer, objective, train_from_mmedpo_json, train_weighted_dpo
 from mmedpo.training.dpo_config import WeightedDPOConfig
 from mmedpo.training.lora import lora_config, merge_adapter
+from mmedpo.training.pairs import PAIR_BATCH_KEYS, pairs_to_dataset
 from mmedpo.training.ref_cache import data_hash
 from mmedpo.training.settings import DPOSettings
 from test_training import loss_and_grads, make_pair, perturb
@@ -46,10 +41,30 @@ def count_forwards(model):
     return calls
 
 
-def test_dpo_plus_nll_adds_the_chosen_mean_token_nll(tiny_vlm_dir, image_root, tmp_path):
+def test_objective_by_hand():
+    """Per-pair DPO losses l = [1, 2], NLLs n = [0.5, 1.5], clinical weights w = [0, 2], nll_weight c = 0.5.
+
+    No NLL term (the paper's loss): mean(w*l) = (0 + 4) / 2 = 2.
+    NLL not scaled by the weight (the default): mean(w*l) + c*mean(n) = 2 + 0.5 * 1 = 2.5.
+    NLL scaled by the weight: mean(w*(l + c*n)) = (0 * 1.25 + 2 * 2.75) / 2 = 2.75.
+    'normalized': sum(w*l)/sum(w) = 4/2 = 2, + c*mean(n) = 2.5; scaled: 5.5/2 = 2.75.
+    """
+    losses, nll, weights = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 1.5]), torch.tensor([0.0, 2.0])
+    assert objective(losses, nll, weights, 0.0, False, "mean").item() == pytest.approx(2.0)
+    assert objective(losses, nll, weights, 0.0, True, "mean").item() == pytest.approx(2.0)
+    assert objective(losses, nll, weights, 0.5, False, "mean").item() == pytest.approx(2.5)
+    assert objective(losses, nll, weights, 0.5, True, "mean").item() == pytest.approx(2.75)
+    assert objective(losses, nll, torch.tensor([1.0, 3.0]), 0.5, False, "normalized").item() == pytest.approx(
+        (1 + 6) / 4 + 0.25 * 2
+    )
+    assert objective(losses, nll, weights, 0.5, True, "normalized").item() == pytest.approx(2.75)
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["nll-unweighted", "nll-scaled-by-weight"])
+def test_dpo_plus_nll_adds_the_chosen_mean_token_nll(tiny_vlm_dir, image_root, tmp_path, scaled):
     dataset = pairs_to_dataset([make_pair(0), make_pair(2, weight=0.5)], [image_root])
     plain = trainer_for(str(tiny_vlm_dir), dataset, tmp_path / "plain")
-    nll = trainer_for(str(tiny_vlm_dir), dataset, tmp_path / "nll", nll_weight=0.5)
+    nll = trainer_for(str(tiny_vlm_dir), dataset, tmp_path / "nll", nll_weight=0.5, nll_scaled_by_weight=scaled)
     perturb(plain.model)
     perturb(nll.model)
     rows = list(dataset)
@@ -63,7 +78,8 @@ def test_dpo_plus_nll_adds_the_chosen_mean_token_nll(tiny_vlm_dir, image_root, t
         chosen_logps, _ = plain.compute_ref_log_probs(plain.model, batch)
     tokens = batch["completion_mask"][:2, 1:].sum(dim=1)
     per_pair_nll = -chosen_logps / tokens
-    expected = loss_plain + 0.5 * (torch.tensor([1.0, 0.5]) * per_pair_nll).mean()  # weighted, mean reduction
+    weights = torch.tensor([1.0, 0.5]) if scaled else torch.ones(2)  # mean reduction
+    expected = loss_plain + 0.5 * (weights * per_pair_nll).mean()
     assert per_pair_nll.min() > 0.1
     torch.testing.assert_close(loss_nll, expected, atol=1e-6, rtol=0)
 
@@ -139,7 +155,7 @@ def test_lora_reference_is_the_policy_without_adapter(tiny_vlm_dir, image_root, 
     monkeypatch.setattr(trl_dpo, "create_model_from_path", lambda *a, **k: loads.append(1) or original(*a, **k))
     dataset = pairs_to_dataset([make_pair(0), make_pair(1, rejected_image="right.png")], [image_root])
     model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir, local_files_only=True)
-    settings = DPOSettings(lora=True, lora_r=4, train_projector=True)
+    settings = DPOSettings(use_peft=True, lora_r=4, train_projector=True)
     trainer = trainer_for(model, dataset, tmp_path, peft_config=lora_config(model, settings))
 
     assert loads == [] and trainer.ref_model is None
@@ -157,7 +173,7 @@ def test_lora_adapter_reloads_on_a_fresh_base_and_merges(tiny_vlm_dir, image_roo
     pairs = [make_pair(i, rejected_image="right.png" if i % 2 else None) for i in range(4)]
     dataset = pairs_to_dataset(pairs, [image_root])
     model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir, local_files_only=True)
-    settings = DPOSettings(lora=True, lora_r=4, train_projector=True)
+    settings = DPOSettings(use_peft=True, lora_r=4, train_projector=True)
     trainer = trainer_for(
         model,
         dataset,
@@ -191,7 +207,11 @@ def test_lora_adapter_reloads_on_a_fresh_base_and_merges(tiny_vlm_dir, image_roo
 def test_full_fine_tuning_freezes_the_vision_tower(tiny_vlm_dir, image_root, tmp_path):
     pairs = [make_pair(i) for i in range(2)]
     out = train_weighted_dpo(
-        tiny_vlm_dir, pairs, [image_root], tmp_path / "m", DPOSettings(batch_size=2, learning_rate=1e-2)
+        tiny_vlm_dir,
+        pairs,
+        [image_root],
+        tmp_path / "m",
+        DPOSettings(per_device_train_batch_size=2, learning_rate=1e-2),
     )
     before, after = load_file(tiny_vlm_dir / "model.safetensors"), load_file(out / "model.safetensors")
     vision = [key for key in before if "vision_tower" in key]
@@ -212,7 +232,7 @@ class StopAt(TrainerCallback):
 @pytest.mark.slow
 def test_resuming_ends_where_an_uninterrupted_run_ends(tiny_vlm_dir, image_root, tmp_path):
     pairs = [make_pair(i, weight=0.25 * (1 + i % 4), rejected_image="right.png" if i % 2 else None) for i in range(8)]
-    settings = DPOSettings(batch_size=2, save_steps=2, learning_rate=1e-2, logging_steps=1)
+    settings = DPOSettings(per_device_train_batch_size=2, save_steps=2, learning_rate=1e-2, logging_steps=1)
     whole = train_weighted_dpo(tiny_vlm_dir, pairs, [image_root], tmp_path / "whole", settings)
     interrupted = train_weighted_dpo(tiny_vlm_dir, pairs, [image_root], tmp_path / "b", settings, [StopAt(2)])
     halfway = load_file(interrupted / "model.safetensors")
@@ -222,7 +242,7 @@ def test_resuming_ends_where_an_uninterrupted_run_ends(tiny_vlm_dir, image_root,
     assert any(not torch.equal(halfway[key], expected[key]) for key in expected)  # stopped early indeed
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=0, msg=key)
-    log = json.loads((resumed / "train_log.json").read_text())
+    log = json.loads((resumed / "train_log.json").read_text())["log_history"]
     assert [entry["step"] for entry in log if "loss" in entry] == [1, 2, 3, 4]  # the checkpoint keeps the first half
 
 
@@ -243,7 +263,9 @@ def test_train_from_mmedpo_json(tiny_vlm_dir, image_root, tmp_path):
     path = tmp_path / "pairs.json"
     path.write_text(json.dumps(records))
 
-    summary = train_from_mmedpo_json(path, image_root, tiny_vlm_dir, tmp_path / "out", DPOSettings(batch_size=2))
+    summary = train_from_mmedpo_json(
+        path, image_root, tiny_vlm_dir, tmp_path / "out", DPOSettings(per_device_train_batch_size=2)
+    )
 
     assert (summary["read"], summary["trained"], summary["rejected"]) == (4, 2, 2)
     rejects = [json.loads(line) for line in (tmp_path / "out" / "pairs.rejects.jsonl").read_text().splitlines()]

@@ -20,9 +20,10 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, TrainerCallback
 
-from mmedpo.training.dpo import WeightedDPOTrainer, pairs_to_dataset, train_weighted_dpo
+from mmedpo.training.dpo import WeightedDPOTrainer, train_weighted_dpo
 from mmedpo.training.dpo_config import to_trl_config
 from mmedpo.training.lora import lora_config
+from mmedpo.training.pairs import pairs_to_dataset
 from mmedpo.training.settings import DPOSettings
 from test_training import make_pair, perturb
 
@@ -57,7 +58,15 @@ def one_step(model_dir, image_root, out_dir, lora: bool, checkpointing_kwargs=No
     dataset = pairs_to_dataset(pairs, [image_root])
     model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True)
     perturb(model)
-    dpo = DPOSettings(batch_size=2, max_steps=1, logging_steps=1, lora=lora, lora_r=4, train_projector=lora, **settings)
+    dpo = DPOSettings(
+        per_device_train_batch_size=2,
+        max_steps=1,
+        logging_steps=1,
+        use_peft=lora,
+        lora_r=4,
+        train_projector=lora,
+        **settings,
+    )
     grab = GradientsBeforeStep()
     args = to_trl_config(dpo, out_dir)
     args.activation_checkpointing_kwargs = checkpointing_kwargs
@@ -89,7 +98,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_vlm_dir, 
     # enable_input_require_grads for PEFT + checkpointing provides them.
     loss, grads, _, calls = one_step(tiny_vlm_dir, image_root, tmp_path / "plain", lora)
     loss_ckpt, grads_ckpt, trainer, calls_ckpt = one_step(
-        tiny_vlm_dir, image_root, tmp_path / "ckpt", lora, kwargs, gradient_checkpointing=True
+        tiny_vlm_dir, image_root, tmp_path / "ckpt", lora, kwargs, activation_checkpointing=True
     )
     base = trainer.model.get_base_model() if lora else trainer.model
     assert base.is_activation_checkpointing
@@ -143,7 +152,13 @@ def test_qlora_loads_4bit_nf4_and_trains(tiny_vlm_dir, image_root, tmp_path):
 
     pairs = [make_pair(i, weight=0.5 + i, rejected_image="right.png" if i % 2 else None) for i in range(4)]
     settings = DPOSettings(
-        lora=True, qlora=True, lora_r=4, train_projector=True, batch_size=2, learning_rate=5e-2, logging_steps=1
+        use_peft=True,
+        load_in_4bit=True,
+        lora_r=4,
+        train_projector=True,
+        per_device_train_batch_size=2,
+        learning_rate=5e-2,
+        logging_steps=1,
     )
     out = train_weighted_dpo(tiny_vlm_dir, pairs, [image_root], tmp_path / "q", settings, [Inspect()])
 
@@ -151,7 +166,7 @@ def test_qlora_loads_4bit_nf4_and_trains(tiny_vlm_dir, image_root, tmp_path):
     assert seen["4bit"] and all("language_model" in name for name in seen["4bit"])
     assert len(seen["4bit"]) == 7 * 2 and seen["quant_type"] == {"nf4"}  # 7 projections x 2 layers
     assert all("lora_" in n or "multi_modal_projector.modules_to_save" in n for n in seen["trainable"])
-    log = [entry for entry in json.loads((out / "train_log.json").read_text()) if "loss" in entry]
+    log = [entry for entry in json.loads((out / "train_log.json").read_text())["log_history"] if "loss" in entry]
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log)
     assert log[0]["loss"] == pytest.approx(1.0 * torch.log(torch.tensor(2.0)).item(), abs=1e-3)  # adapter B = 0
     assert log[1]["rewards/margins"] != 0.0  # the adapter moved the policy off the reference
@@ -170,11 +185,15 @@ def scale_pairs():
 
 
 def scale_settings(**changes) -> dict:
-    return {"batch_size": 4, "learning_rate": 1e-2, "logging_steps": 1, "seed": 0, **changes}
+    return {"per_device_train_batch_size": 4, "learning_rate": 1e-2, "logging_steps": 1, "seed": 0, **changes}
 
 
 def losses(out_dir: Path) -> list[float]:
-    return [entry["loss"] for entry in json.loads((out_dir / "train_log.json").read_text()) if "loss" in entry]
+    return [
+        entry["loss"]
+        for entry in json.loads((out_dir / "train_log.json").read_text())["log_history"]
+        if "loss" in entry
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +275,7 @@ def launch_shipped(tmp_path, tiny_vlm_dir, root, config: str, **kwargs) -> list[
         tmp_path,
         tiny_vlm_dir,
         root,
-        scale_settings(batch_size=2),
+        scale_settings(per_device_train_batch_size=2),
         "--config_file",
         str(ACCELERATE_CONFIGS / f"{config}.yaml"),
         "--mixed_precision",

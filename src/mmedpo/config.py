@@ -19,7 +19,7 @@ from mmedpo.layout import RESERVED_PAIR_NAMES
 from mmedpo.llm.endpoint import ChatConfig, check_no_key
 from mmedpo.records import Task, describe_error
 from mmedpo.registry import GENERATORS, JUDGES, LOCALIZERS, NORMALISERS, PROTOCOLS, READERS, unknown_name
-from mmedpo.training.settings import DPOSettings
+from mmedpo.training.settings import DPOSettings, unknown_setting
 
 
 class Section(BaseModel):
@@ -173,7 +173,7 @@ class ScoreConfig(Section):
 
 
 class TrainConfig(DPOSettings):
-    """Weighted DPO settings (see mmedpo.training.settings) and which pairs a variant trains on."""
+    """Weighted DPO settings (mmedpo.training.settings, TRL's names) and which pairs a variant trains on."""
 
     pair_kinds: list[Literal["text", "visual"]] = Field(["text", "visual"], description="which pairs to train on")
     visual_region: Literal["lesion", "whole"] = Field(
@@ -184,8 +184,6 @@ class TrainConfig(DPOSettings):
         description="weight textual pairs by these panel members only (the single-judge ablation); "
         "empty: the whole panel's weights",
     )
-    epochs: float = Field(2, gt=0, description="passes over the pairs")
-    seed: int | None = Field(None, description="seed of training; empty: the run's seed")
 
     def settings(self, run_seed: int) -> DPOSettings:
         """What the trainer takes: these settings, with the run's seed unless one is set here."""
@@ -265,9 +263,9 @@ class RunConfig(Section):
                 )
             if not isinstance(changes, dict):
                 raise ValueError(f"variant {name}: expected a mapping of train settings")
-            unknown = set(changes) - set(TrainConfig.model_fields)
-            if unknown:
-                raise ValueError(f"variant {name}: unknown train setting(s) {sorted(unknown)}")
+            for setting in changes:
+                if setting not in TrainConfig.model_fields:
+                    raise ValueError(f"variant {name}: {unknown_setting(setting, TrainConfig.model_fields)}")
         return variants
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ Two layouts, each saved with `save_to_disk` (a folder) or as one Parquet file:
   are JSON text (Arrow needs one type per column; these hold anything). Images
   stay paths relative to the image root.
 - **trl**: TRL's conversational vision preference format, the one
-  `mmedpo.training.dpo.pairs_to_dataset` feeds DPOTrainer: `prompt`, `chosen`,
+  `mmedpo.training.pairs.pairs_to_dataset` feeds DPOTrainer: `prompt`, `chosen`,
   `rejected` (messages), `images`, plus MMedPO's `rejected_images` (the
   rejected answer's own image; empty: reuse `images`), `weight` (a missing
   weight counts 1.0), `kind`, `id`, and `pair`: the whole record as JSON, so

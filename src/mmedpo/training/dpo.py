@@ -8,147 +8,46 @@ MMedPO's objective (PAPER.md, "Clinical-aware preference optimisation"):
 Upstream DPOTrainer (TRL 1.16) lacks two things this needs: a per-pair weight w, and
 a rejected sequence x_l with its own image (the lesion-noised one of a visual pair).
 Both travel the way TRL already routes `ref_chosen_logps`: dataset columns kept by the
-signature columns -> a collator that turns them into batch tensors -> the loss. With
-weighting off (or every w = 1) and no rejected images the loss, its gradient and the
-logged rewards are those of upstream DPOTrainer.
+signature columns -> a collator that turns them into batch tensors -> the loss
+(`mmedpo.training.pairs`; where that replaces TRL's private methods, and why:
+`mmedpo.training.trl_overrides`). With weighting off (or every w = 1) and no rejected
+images the loss, its gradient and the logged rewards are those of upstream DPOTrainer.
 
-Beyond upstream: DPO+NLL (`nll_weight`), length-normalised log-probs, and reference
-log-probs precomputed for image data and cached on disk (`precompute_ref_log_probs`, which
-upstream refuses for images), so that no reference model is held or run while training.
+Beyond upstream: DPO+NLL (`nll_weight`; the clinical weight scales the NLL term only with
+`nll_scaled_by_weight`), length-normalised log-probs, and reference log-probs precomputed
+for image data and cached on disk (`precompute_ref_log_probs`, which upstream refuses for
+images), so that no reference model is held or run while training.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import broadcast_object_list, is_peft_model
-from datasets import Dataset
-from safetensors.torch import load_file
-from torch.utils.data import DataLoader
 from transformers import TrainerCallback
-from transformers.core_model_loading import revert_weight_conversion
-from transformers.trainer_utils import get_last_checkpoint
-from trl import DPOTrainer
-from trl.models import prepare_deepspeed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from mmedpo.data.hf_formats import TRL_PAIR_FEATURES
-from mmedpo.data.images import ImageError, open_image, resolve_image
+from mmedpo.data.images import ImageError, resolve_image
 from mmedpo.data.llava_json import read_mmedpo_json
-from mmedpo.data.messages import prompt_messages
 from mmedpo.records import PreferencePair, Reject, write_jsonl
-from mmedpo.training import ref_cache
 from mmedpo.training.dpo_config import WeightedDPOConfig, to_trl_config
 from mmedpo.training.lora import load_policy, lora_config, merge_adapter
+from mmedpo.training.pairs import PAIR_BATCH_KEYS, pairs_to_dataset
 from mmedpo.training.settings import SUPPORTED_LOSS_TYPES, DPOSettings
+from mmedpo.training.trl_overrides import TRLOverrides
 
-# The columns this module adds to TRL's preference format, and the batch keys they become.
-PAIR_COLUMNS = ["rejected_images", "weight", "kind"]
-PAIR_BATCH_KEYS = ("weight", "is_visual")
-REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+log = logging.getLogger(__name__)
 # Batch keys that are not model inputs (TRL's own list, as in DPOTrainer._compute_loss).
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
 
-def pairs_to_dataset(pairs: Sequence[PreferencePair], image_roots: Sequence[Path | str]) -> Dataset:
-    """Pairs in TRL's conversational vision preference format, plus MMedPO's columns.
-
-    Columns: `prompt`, `chosen`, `rejected` (messages), `images` (the clean image),
-    `rejected_images` (the rejected sequence's own image, or empty to reuse `images`),
-    `weight` (the clinical weight; a missing weight counts as 1.0), `kind` and `id`.
-    """
-    if not pairs:
-        raise ValueError("no preference pairs to train on")
-    return Dataset.from_list([_pair_row(pair, image_roots) for pair in pairs], features=TRL_PAIR_FEATURES)
-
-
-def _pair_row(pair: PreferencePair, image_roots: Sequence[Path | str]) -> dict[str, Any]:
-    try:
-        image = open_image(pair.image, image_roots)
-        rejected_images = [open_image(pair.rejected_image, image_roots)] if pair.rejected_image else []
-    except ImageError as error:
-        raise ValueError(f"pair {pair.id}: {error}") from None
-    return {
-        "id": pair.id,
-        "prompt": prompt_messages(pair.question),
-        "chosen": prompt_messages(pair.question, pair.chosen)[1:],
-        "rejected": prompt_messages(pair.question, pair.rejected)[1:],
-        "images": [image],
-        "rejected_images": rejected_images,
-        "weight": 1.0 if pair.weight is None else pair.weight,
-        "kind": pair.kind,
-    }
-
-
-@dataclass
-class PairRoutingCollator:
-    """Wraps a TRL preference collator so each pair brings its weight and rejected image.
-
-    The wrapped collator builds the batch as upstream does ([chosen..., rejected...],
-    the rejected half reusing the chosen images); the rejected half's images are then
-    replaced by each pair's own rejected image. The batch gains `weight` (float, one
-    per pair) and `is_visual` (bool, one per pair), and, when the rows carry precomputed
-    reference log-probs, TRL's `ref_chosen_logps` and `ref_rejected_logps`.
-    """
-
-    collator: Callable[[list[dict[str, Any]]], dict[str, Any]]
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        examples = [dict(example) for example in examples]  # popping must not touch the caller's rows
-        weights = [example.pop("weight", None) for example in examples]
-        weights = [1.0 if weight is None else float(weight) for weight in weights]
-        is_visual = [example.pop("kind", "text") == "visual" for example in examples]
-        own_rejected = [example.pop("rejected_images", None) or [] for example in examples]
-        ref_logps = {key: [example.pop(key) for example in examples] for key in REF_COLUMNS if key in examples[0]}
-        chosen_images = [example["images"] if "images" in example else [example["image"]] for example in examples]
-        batch = self.collator(examples)
-        for key, values in ref_logps.items():
-            batch[key] = torch.tensor(values, dtype=torch.float32)
-        if any(own_rejected):
-            rejected = [own or chosen for own, chosen in zip(own_rejected, chosen_images)]
-            _replace_rejected_images(batch, self.collator.processor, rejected)
-        batch["weight"] = torch.tensor(weights, dtype=torch.float32)
-        batch["is_visual"] = torch.tensor(is_visual, dtype=torch.bool)
-        return batch
-
-
-def _replace_rejected_images(batch: dict[str, Any], processor, rejected: list[list]) -> None:
-    """Put the processed `rejected` images in the second (rejected) half of the batch's image tensors.
-
-    The prompt text already holds one run of image tokens per image, sized for the chosen
-    image; a rejected image of another size would need another run, so it is refused.
-    Both layouts work: one row per image (LLaVA's pixel_values) and the patches of all
-    images in one flat tensor plus per-image sizes (Qwen2-VL's pixel_values and
-    image_grid_thw). The integer tensors (grids, image sizes) must be equal, not only of
-    equal shape: a flat tensor keeps its shape when two pairs swap image sizes.
-    """
-    processed = processor.image_processor(rejected, return_tensors="pt")
-    for key, value in processed.items():
-        if key not in batch:
-            continue
-        half = batch[key].shape[0] // 2
-        expected = batch[key][half:]
-        if expected.shape != value.shape or (
-            not expected.is_floating_point() and not torch.equal(expected, value.to(expected.dtype))
-        ):
-            raise ValueError(
-                f"rejected images must match their chosen images in size: {key} "
-                f"{_describe(value)}, expected {_describe(expected)}"
-            )
-        batch[key] = torch.cat([batch[key][:half], value.to(batch[key].dtype)])
-
-
-def _describe(tensor: torch.Tensor) -> str:
-    """Sizes (integer tensors) by value, pixels by shape."""
-    return f"of shape {tuple(tensor.shape)}" if tensor.is_floating_point() else str(tensor.tolist())
-
-
-class WeightedDPOTrainer(DPOTrainer):
+class WeightedDPOTrainer(TRLOverrides):
     """DPOTrainer with per-pair clinical weights and per-pair rejected images (MMedPO).
 
     Needs a `WeightedDPOConfig`. The dataset may carry `weight`, `rejected_images` and
@@ -167,92 +66,10 @@ class WeightedDPOTrainer(DPOTrainer):
 
     def __init__(self, model, ref_model=None, args: WeightedDPOConfig | None = None, **kwargs):
         _check_supported(args)
-        # TRL refuses precompute_ref_log_probs for image datasets, and without it loads a frozen copy as the
-        # reference. So the flag is hidden from TRL's image check and given back (in `_validate_args`, which
-        # Trainer.__init__ calls in between) before TRL decides about the copy; TRL then keeps no reference
-        # model and calls `_precompute_ref_logps`, which this class implements for images.
-        self._precompute_requested = args.precompute_ref_log_probs
-        args.precompute_ref_log_probs = False
-        try:
-            super().__init__(model, ref_model, args, **kwargs)
-        finally:
-            args.precompute_ref_log_probs = self._precompute_requested
-        self.precompute_ref_logps = self._precompute_requested
-        if self.precompute_ref_logps and ref_model is None and self.ref_model is not None:
-            raise RuntimeError("a reference model was loaded although its log-probs are precomputed")
-        self.data_collator = _routing(self.data_collator)
+        super().__init__(model, ref_model, args, **kwargs)
 
-    def _validate_args(self):
-        self.args.precompute_ref_log_probs = self._precompute_requested
-        super()._validate_args()
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # transformers 5.23 saves a checkpoint in the model's original key format (save_pretrained reverts the
-        # model's key renames, e.g. LLaVA's) but resumes with a raw load_state_dict(strict=False), which then loads
-        # nothing, silently. For a plain single-process model, load it under the model's own names.
-        model = model if model is not None else self.model
-        files = _checkpoint_files(Path(resume_from_checkpoint))
-        if is_peft_model(model) or self.is_deepspeed_enabled or self.is_fsdp_enabled or not files:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        own = model.state_dict()
-        own_name = {id(tensor): name for name, tensor in own.items()}
-        saved_as = {name: own_name[id(t)] for name, t in revert_weight_conversion(model, dict(own)).items()}
-        state = {saved_as.get(name, name): tensor for file in files for name, tensor in load_file(file).items()}
-        model.load_state_dict(state, strict=True)
-
-    def _set_signature_columns_if_needed(self):
-        # Without this, Trainer drops our columns before the collator sees them.
-        if self._signature_columns is None:
-            super()._set_signature_columns_if_needed()
-            self._signature_columns = [*self._signature_columns, *PAIR_COLUMNS, *REF_COLUMNS]
-
-    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
-        """`dataset` with its reference log-probs as columns: read from the cache, or computed once and cached."""
-        settings = {
-            "max_length": self.args.max_length,
-            "truncation_mode": self.args.truncation_mode,
-            "chat_template": getattr(self.processing_class, "chat_template", None),
-            "precision": self.accelerator.mixed_precision,
-        }
-        # Under ZeRO-3 every rank hashes its own shard: all ranks use rank 0's file name.
-        path = [ref_cache.cache_path(self.args.reference_cache_dir, self._precompute_model_hash, dataset, settings)]
-        broadcast_object_list(path, from_process=0)
-        path = path[0]
-        if not path.exists():
-            chosen, rejected = self._reference_pass(dataset, name, batch_size)
-            if self.accelerator.is_main_process:
-                ref_cache.save_ref_logps(path, chosen, rejected)
-            self.accelerator.wait_for_everyone()
-        chosen, rejected = ref_cache.load_ref_logps(path, len(dataset))
-        return ref_cache.add_ref_columns(dataset, chosen, rejected)
-
-    def _reference_pass(self, dataset: Dataset, name: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pass of the reference over `dataset`, with each pair's rejected image (as TRL's, for images)."""
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            collate_fn=_routing(self.data_collator),
-            num_workers=self.args.dataloader_num_workers,
-            shuffle=False,
-        )
-        loader = self.accelerator.prepare(loader)
-        # Before `train`, DeepSpeed has not placed the parameters yet: TRL wraps the model in an inference engine.
-        if self.ref_model is None and self.is_deepspeed_enabled:
-            if self._precompute_engine is None:
-                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
-            model = self._precompute_engine
-        else:
-            model = self.ref_model or self.model
-        chosen, rejected = [], []
-        for batch in loader:
-            batch = {key: value for key, value in batch.items() if key not in PAIR_BATCH_KEYS}
-            batch_chosen, batch_rejected = self.compute_ref_log_probs(model, batch)
-            batch_chosen, batch_rejected = self.accelerator.gather_for_metrics((batch_chosen, batch_rejected))
-            chosen.append(batch_chosen.float().cpu())
-            rejected.append(batch_rejected.float().cpu())
-        return torch.cat(chosen), torch.cat(rejected)
-
-    def _compute_loss(self, model, inputs, return_outputs):
+    def preference_loss(self, model, inputs, return_outputs):
+        """The weighted loss of one micro-batch (docs/method.md), with upstream's metrics and ours."""
         mode = "train" if self.model.training else "eval"
         weights, is_visual = inputs["weight"], inputs["is_visual"]
         batch = {key: value for key, value in inputs.items() if key not in PAIR_BATCH_KEYS}
@@ -261,6 +78,13 @@ class WeightedDPOTrainer(DPOTrainer):
         if self.aux_loss_enabled:
             model_kwargs["output_router_logits"] = True
 
+        # The reference first (no gradient): its forward's transient memory is freed before the policy's
+        # activations, kept for the backward pass, build up (upstream runs it after, on top of them).
+        if self.precompute_ref_logps:
+            ref_chosen_logps, ref_rejected_logps = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        else:
+            reference = self.ref_model if self.ref_model is not None else self.model  # PEFT: adapters disabled
+            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(reference, batch)
         # Log-probs of the completions, summed over tokens, as upstream: the batch is [chosen..., rejected...]
         # and the rejected half already sees its own image x_l.
         completion_mask = batch["completion_mask"]
@@ -268,11 +92,6 @@ class WeightedDPOTrainer(DPOTrainer):
         outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         seq_len = completion_mask.size(1) - 1
         chosen_logps, rejected_logps = outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
-        if self.precompute_ref_logps:
-            ref_chosen_logps, ref_rejected_logps = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-        else:
-            reference = self.ref_model if self.ref_model is not None else self.model  # PEFT: adapters disabled
-            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(reference, batch)
         # Answer tokens of each sequence: the labelled positions, as the log-probs above count them.
         chosen_tokens, rejected_tokens = completion_mask[:, 1:].sum(dim=1).clamp(min=1).chunk(2, dim=0)
         nll = -chosen_logps / chosen_tokens  # the chosen answer's mean per-token NLL (DPO+NLL)
@@ -283,11 +102,10 @@ class WeightedDPOTrainer(DPOTrainer):
         rejected_logratios = rejected_logps - ref_rejected_logps
 
         losses = self._pair_losses(chosen_logratios, rejected_logratios, completion_mask)
-        if self.args.nll_weight:
-            # Per pair, so the clinical weight scales it too and a pair of weight 0 still contributes nothing.
-            losses = losses + self.args.nll_weight * nll
         weights = weights.to(losses.dtype) if self.args.pair_weighting else torch.ones_like(losses)
-        loss = _reduce(losses, weights, self.args.weight_reduction)
+        loss = objective(
+            losses, nll, weights, self.args.nll_weight, self.args.nll_scaled_by_weight, self.args.weight_reduction
+        )
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
 
@@ -355,18 +173,24 @@ class WeightedDPOTrainer(DPOTrainer):
                 metrics[f"loss/unweighted/{kind}"].append(loss[mask].mean().item())
 
 
-def _checkpoint_files(checkpoint: Path) -> list[Path]:
-    """The safetensors weight files of a full-model checkpoint (one file or an index of shards)."""
-    index = checkpoint / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        return [checkpoint / shard for shard in shards]
-    single = checkpoint / "model.safetensors"
-    return [single] if single.exists() else []
+def objective(
+    losses: torch.Tensor,
+    nll: torch.Tensor,
+    weights: torch.Tensor,
+    nll_weight: float,
+    nll_scaled_by_weight: bool,
+    reduction: str,
+) -> torch.Tensor:
+    """The micro-batch loss from per-pair preference losses, NLLs and clinical weights (docs/method.md).
 
-
-def _routing(collator) -> PairRoutingCollator:
-    return collator if isinstance(collator, PairRoutingCollator) else PairRoutingCollator(collator)
+    Without NLL (the paper's loss): reduce(w, l). With `nll_weight` = c, the NLL term c * nll is added per pair:
+    scaled by the weight, reduce(w, l + c * nll); or not (the default), reduce(w, l) + c * mean(nll).
+    """
+    if not nll_weight:
+        return _reduce(losses, weights, reduction)
+    if nll_scaled_by_weight:
+        return _reduce(losses + nll_weight * nll, weights, reduction)
+    return _reduce(losses, weights, reduction) + nll_weight * nll.mean()
 
 
 def _reduce(losses: torch.Tensor, weights: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -389,6 +213,7 @@ def _check_supported(args: WeightedDPOConfig | None) -> None:
         "ld_alpha": args.ld_alpha is not None,
         "f_divergence_type": args.f_divergence_type != "reverse_kl",
         "use_weighting": args.use_weighting,
+        "loss_weights": args.loss_weights is not None,
     }
     if any(unsupported.values()):
         names = ", ".join(name for name, used in unsupported.items() if used)
@@ -407,10 +232,12 @@ def train_weighted_dpo(
 
     Full fine-tuning saves the model in `out_dir`. LoRA saves the adapter in
     `out_dir/adapter` (it reloads with `PeftModel.from_pretrained` on the base) and, with
-    `settings.merge_lora`, base + adapter merged in `out_dir`. A checkpoint left in
-    `out_dir` by an interrupted run (`settings.save_steps`) is resumed from.
-    `out_dir/train_log.json` holds the logged entries (weighted and unweighted loss,
-    rewards, split by pair kind).
+    `settings.merge_lora`, base + adapter merged in `out_dir`. A complete checkpoint left in
+    `out_dir` by an interrupted run (`settings.save_steps`) is resumed from; one that a kill
+    left half-written is removed. After success no checkpoint is kept. `out_dir/train_log.json`
+    holds the optimiser steps, the pairs, the epochs (past 1 when `max_steps` cycles through
+    the pairs) and every logged entry (`log_history`: weighted and unweighted loss, rewards,
+    split by pair kind).
     """
     out_dir = Path(out_dir)
     dataset = pairs_to_dataset(pairs, image_roots)
@@ -419,22 +246,60 @@ def train_weighted_dpo(
         model=model,
         args=to_trl_config(settings, out_dir),
         train_dataset=dataset,
-        peft_config=lora_config(model, settings) if settings.lora else None,
+        peft_config=lora_config(model, settings) if settings.use_peft else None,
         callbacks=callbacks,
     )
     # The model is loaded before the configuration exists, so under ZeRO-3 each process loads it whole and DeepSpeed
     # partitions it afterwards (as TRL does). Loading under zero.Init instead (configuration first) was tried: with
     # transformers 5.23 the saved LLaVA then has its language model under doubled keys ("language_model.model.model.").
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(out_dir) if out_dir.is_dir() else None)
-    if settings.lora:
+    resume = last_complete_checkpoint(out_dir, remove_incomplete=trainer.is_world_process_zero())
+    trainer.train(resume_from_checkpoint=resume)
+    if settings.use_peft:
         trainer.save_model(str(out_dir / "adapter"))  # the adapter and the processor
         if settings.merge_lora and trainer.is_world_process_zero():
             merge_adapter(model_dir, out_dir / "adapter", out_dir)
     else:
         trainer.save_model(str(out_dir))  # the model and the processor
     if trainer.is_world_process_zero():
-        (out_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=2), encoding="utf-8")
+        state = trainer.state
+        summary = {
+            "optimizer_steps": state.global_step,
+            "pairs": len(dataset),
+            "epochs": state.epoch,
+            "log_history": state.log_history,
+        }
+        (out_dir / "train_log.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        for checkpoint in _checkpoints(out_dir):  # only for resuming: the model is saved
+            shutil.rmtree(checkpoint)
     return out_dir
+
+
+def last_complete_checkpoint(out_dir: Path, remove_incomplete: bool = False) -> str | None:
+    """The newest checkpoint in `out_dir` that was written to the end, or None.
+
+    Trainer writes a checkpoint's trainer state last, so a checkpoint without a readable one
+    was cut short (a kill during the save leaves e.g. a 0-byte optimizer.pt): it is skipped,
+    and removed when `remove_incomplete` (the main process), so that no later run trips on it.
+    """
+    for checkpoint in sorted(_checkpoints(out_dir), key=lambda path: int(path.name.rsplit("-", 1)[1]), reverse=True):
+        try:
+            json.loads((checkpoint / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+            return str(checkpoint)
+        except (OSError, ValueError):
+            log.warning("%s: incomplete checkpoint (no readable %s), not resumed from", checkpoint, TRAINER_STATE_NAME)
+            if remove_incomplete:
+                shutil.rmtree(checkpoint)
+    return None
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    if not out_dir.is_dir():
+        return []
+    return [
+        path
+        for path in out_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if path.is_dir() and path.name.rsplit("-", 1)[1].isdigit()
+    ]
 
 
 def train_from_mmedpo_json(

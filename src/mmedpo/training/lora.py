@@ -27,10 +27,10 @@ _NOT_ADAPTED = r".*\b(?:{})\b.*|(?:.*\.)?lm_head".format("|".join(VISION_MODULES
 def load_policy(model_dir: Path | str, settings: DPOSettings) -> PreTrainedModel:
     """The starting model; 4-bit for QLoRA; vision tower frozen for full fine-tuning when asked."""
     kwargs = {}
-    if settings.qlora:
+    if settings.load_in_4bit:
         kwargs["quantization_config"] = _four_bit_config()
     model = create_model_from_path(str(model_dir), **kwargs)
-    if not settings.lora and settings.freeze_vision_tower:
+    if not settings.use_peft and settings.freeze_vision_tower:
         freeze_vision_tower(model)
     return model
 
@@ -42,7 +42,7 @@ def _four_bit_config():
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise ValueError(
-            "qlora needs bitsandbytes (pip install -e '.[qlora]'); or use lora: true, qlora: false"
+            "load_in_4bit needs bitsandbytes (pip install -e '.[qlora]'); or set load_in_4bit: false"
         ) from None
     from transformers import BitsAndBytesConfig
 
@@ -57,8 +57,8 @@ def _four_bit_config():
 
 
 def lora_config(model: torch.nn.Module, settings: DPOSettings) -> LoraConfig:
-    """LoRA on the language model's `settings.lora_targets`, the projector fully trained if asked."""
-    targets = "all-linear" if settings.lora_targets == ["all-linear"] else list(settings.lora_targets)
+    """LoRA on the language model's `settings.lora_target_modules`, the projector fully trained if asked."""
+    targets = "all-linear" if settings.lora_target_modules == ["all-linear"] else list(settings.lora_target_modules)
     adapted = [
         name
         for name, module in model.named_modules()
@@ -67,7 +67,7 @@ def lora_config(model: torch.nn.Module, settings: DPOSettings) -> LoraConfig:
         and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets)
     ]
     if not adapted:
-        raise ValueError(f"no linear layer of the language model is named {settings.lora_targets}")
+        raise ValueError(f"no linear layer of the language model is named {settings.lora_target_modules}")
     names = {part for name, _ in model.named_modules() for part in name.split(".")}
     projector = sorted(names & set(PROJECTOR_MODULES))
     if settings.train_projector and not projector:

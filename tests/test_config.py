@@ -23,8 +23,8 @@ def test_shipped_config_loads(path):
 
 def test_demo_trains_the_ablation_and_states_the_claim():
     config = load_config(Path(__file__).parent.parent / "configs" / "demo.yaml")
-    assert config.variant("dpo-text").pair_kinds == ["text"] and not config.variant("dpo-text").weighted
-    assert config.variant("mmedpo").weighted and config.variant("mmedpo").pair_kinds == ["text", "visual"]
+    assert config.variant("dpo-text").pair_kinds == ["text"] and not config.variant("dpo-text").pair_weighting
+    assert config.variant("mmedpo").pair_weighting and config.variant("mmedpo").pair_kinds == ["text", "visual"]
     assert config.variant("mmedpo").beta == config.train.beta  # shared settings come from the train section
     assert config.claim == ["mmedpo", "dpo-text-visual", "dpo-text", "base"]
     # The paper's further ablations: one judge against the panel, whole-image noise against the lesion's.
@@ -59,8 +59,39 @@ def test_a_setting_changes_only_its_stage_and_the_ones_after_it():
         ("variants={mmedpo: {visual_region: whole}}", r"visual_region 'whole' is not in curate_visual.regions"),
         ("variants={mmedpo: {judges: [gpt4o]}}", r"judges \['gpt4o'\] must be members of score.judges \['findings'\]"),
         ("curate_visual.regions=[]", "curate_visual.regions"),
+        # Old training names say the new one, in the train section and in a variant.
+        ("train.weighted=false", "'weighted' is now called 'pair_weighting'"),
+        ("variants={a: {epochs: 2}}", "variant a: train setting 'epochs' is now called 'num_train_epochs'"),
+        ("train.lerning_rate=0.1", "did you mean 'learning_rate'"),
+        # TRL pass-through: names checked on load, without importing TRL.
+        ("train.trl_args={warmup_ration: 0.1}", "trl_args.warmup_ration: not an argument of TRL's DPOConfig"),
+        ("train.trl_args={beta: 0.2}", "trl_args.beta: set it as the train setting 'beta'"),
+        ("train.trl_args={use_weighting: true}", "does not implement"),
+        ("train.warmup_steps=1.5", "warmup_steps"),
+        ("train.lr_scheduler_type=cosin", "lr_scheduler_type"),
+        ("train.report_to=mlflow", "report_to"),
     ],
 )
 def test_bad_values_name_the_field(override, message):
     with pytest.raises(ValueError, match=message):
         load_config(None, [override])
+
+
+def test_training_knobs_reach_the_settings():
+    config = load_config(
+        None,
+        [
+            "train.warmup_steps=0.03",
+            "train.lr_scheduler_type=cosine",
+            "train.weight_decay=0.01",
+            "train.report_to=[tensorboard]",
+            "train.trl_args={max_grad_norm: 0.5, optim: adamw_torch}",
+            "variants={a: {max_steps: 7}}",
+            "claim=[a, base]",
+        ],
+    )
+    settings = config.variant("a").settings(run_seed=3)
+    assert (settings.warmup_steps, settings.lr_scheduler_type, settings.weight_decay) == (0.03, "cosine", 0.01)
+    assert settings.report_to == ["tensorboard"] and settings.max_steps == 7 and settings.seed == 3
+    assert settings.trl_args == {"max_grad_norm": 0.5, "optim": "adamw_torch"}
+    assert load_config(None, ["train.warmup_steps=10"]).train.warmup_steps == 10

@@ -24,8 +24,8 @@ SMALL = [
     "model.sft_epochs=12",  # enough for answers that are words, so that there are visual pairs
     "model.sft_learning_rate=3e-3",
     "curate_text.candidates=2",
-    "train.epochs=1",
-    "train.batch_size=4",
+    "train.num_train_epochs=1",
+    "train.per_device_train_batch_size=4",
     "eval.batch_size=16",
     "eval.max_new_tokens_report=16",
     # The paper's further ablations, both in one extra variant to keep the test short.

@@ -21,7 +21,7 @@ from mmedpo.pipeline.engine import Stage
 from mmedpo.records import PreferencePair, Sample, read_jsonl, rejects_path, write_jsonl
 
 # The variant settings that choose and weight its pairs (the pairs:VARIANT stage); the rest train.
-PAIR_SETTINGS = ("pair_kinds", "visual_region", "judges", "weighted")
+PAIR_SETTINGS = ("pair_kinds", "visual_region", "judges", "pair_weighting")
 
 
 # Preference pairs are made for these splits: pref's to train on, val's to measure held-out reward accuracy.
@@ -129,7 +129,7 @@ def stage_pairs(layout: RunLayout, config: RunConfig, variant: str) -> dict:
             kinds=train.pair_kinds,
             visual_region=train.visual_region,
             judges=train.judges,
-            weighted=train.weighted,
+            weighted=train.pair_weighting,
         )
     except ValueError as error:
         raise ValueError(f"variant {variant}: {error}") from None

@@ -217,7 +217,7 @@ def check_objective(loss_type: str, weight_reduction: str, nll_weight: float, le
 def unknown_setting(name: str, known) -> str:
     """The message for a setting name that does not exist: its new name, or the closest names."""
     if name in RENAMED and RENAMED[name] in known:
-        return f"train setting {name!r} is now called {RENAMED[name]!r} (TRL's name; docs/training.md)"
+        return f"train setting {name!r} is now called {RENAMED[name]!r} (docs/training.md lists the settings)"
     close = difflib.get_close_matches(name, list(known), n=3)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return f"unknown train setting {name!r}{hint}"

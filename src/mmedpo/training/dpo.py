@@ -234,7 +234,7 @@ def train_weighted_dpo(
     `out_dir/adapter` (it reloads with `PeftModel.from_pretrained` on the base) and, with
     `settings.merge_lora`, base + adapter merged in `out_dir`. A complete checkpoint left in
     `out_dir` by an interrupted run (`settings.save_steps`) is resumed from; one that a kill
-    left half-written is removed. After success no checkpoint is kept. `out_dir/train_log.json`
+    left half-written is removed. Once all steps are done no checkpoint is kept. `out_dir/train_log.json`
     holds the optimiser steps, the pairs, the epochs (past 1 when `max_steps` cycles through
     the pairs) and every logged entry (`log_history`: weighted and unweighted loss, rewards,
     split by pair kind).
@@ -269,8 +269,9 @@ def train_weighted_dpo(
             "log_history": state.log_history,
         }
         (out_dir / "train_log.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        for checkpoint in _checkpoints(out_dir):  # only for resuming: the model is saved
-            shutil.rmtree(checkpoint)
+        if state.global_step >= state.max_steps:  # finished (not stopped early): checkpoints were only for resuming
+            for checkpoint in _checkpoints(out_dir):
+                shutil.rmtree(checkpoint)
     return out_dir
 
 

@@ -359,8 +359,8 @@ def test_lora_with_the_documented_configuration(request, arch, train_projector, 
     }[arch]
     settings = DPOSettings(
         use_peft=True,
-        precompute_ref=True,
-        gradient_checkpointing=True,
+        precompute_ref_log_probs=True,
+        activation_checkpointing=True,
         per_device_train_batch_size=2,
         logging_steps=1,
         max_length=None,

@@ -226,7 +226,9 @@ def launch(work: Path, model_dir, image_root, settings: dict, *launch_args, time
     )
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2"]
     command += ["--main_process_port", str(free_port()), *launch_args, __file__, str(spec)]
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent), **(env or {})}
+    # The workers import this checkout's sources (as the test process does), and this file's helpers.
+    paths = os.pathsep.join([str(ROOT / "src"), str(Path(__file__).parent)])
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": paths, **(env or {})}
     # Its own process group, so a hung launch is killed with every worker it started.
     process = subprocess.Popen(
         command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True

@@ -195,7 +195,7 @@ def memory_report(work: Path) -> None:
         )
         measured[mode] = [float(x) for x in out.stdout.strip().splitlines()[-1].split()]
     weights = measured["lora-model"][0]
-    print(f"peak memory of one step (model {MEMORY_MODEL}, batch {BATCH} pairs, fp32 on CPU; weights {weights:.0f} MiB)")
+    print(f"peak memory of one step (model {MEMORY_MODEL}, batch {BATCH} pairs, fp32, CPU; weights {weights:.0f} MiB)")
     for trainer, model, name in (("lora", "lora-model", "LoRA trainer"), ("full", "full-model", "full FT + ref copy")):
         peak, one = measured[trainer][1], measured[model][1]
         print(
@@ -218,8 +218,14 @@ SHAPES = {
 
 def build_llava(shape: dict, work: Path, device: str, dtype: torch.dtype):
     """A LLaVA-1.5-shaped model with random weights, built on `device`, and a processor for it."""
-    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
-    from transformers import LlavaForConditionalGeneration
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     from mmedpo.models.tiny import CHAT_TEMPLATE, IMAGE, train_tokenizer
 
@@ -347,7 +353,7 @@ def llava_7b(shape_name: str, pairs: int, steps: int, peak_tflops: float) -> Non
     achieved = (text_flops + vision_flops) / seconds
     print(f"7B-shaped LLaVA ({shape_name}: {shape}), {'bf16 on ' + torch.cuda.get_device_name() if cuda else 'CPU'}")
     print(f"  LoRA r16 on 7 projections, activation checkpointing, live reference; {pairs} pairs, {tokens} tokens")
-    print(f"  step (loss, backward, AdamW): median {seconds * 1e3:.0f} ms over {steps}; {tokens / seconds:.0f} tokens/s")
+    print(f"  step (loss, backward, AdamW): median {seconds * 1e3:.0f} ms of {steps}; {tokens / seconds:.0f} tokens/s")
     if cuda:
         print(f"  MFU {achieved / (peak_tflops * 1e12):.3f} ({achieved / 1e12:.1f} TFLOP/s of {peak_tflops:.0f})")
         print(

@@ -145,11 +145,16 @@ def test_unsupported_options_are_refused_before_loading(tmp_path):
         config(weight_reduction="sum")
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
-def test_unit_weights_equal_upstream_trl(tiny_vlm_dir, image_root, tmp_path, loss_type):
-    # Weights 1 and None, no rejected images: the same batch must give upstream's loss and gradients.
-    dataset = pairs_to_dataset([make_pair(0, weight=1.0), make_pair(1), make_pair(2, weight=1.0)], [image_root])
-    ours = make_trainer(tiny_vlm_dir, dataset, tmp_path / "ours", loss_type=loss_type)
+@pytest.mark.parametrize(
+    "loss_type, weights, pair_weighting",
+    [("sigmoid", (1.0, None, 1.0), True), ("ipo", (1.0, None, 1.0), True), ("sigmoid", (0.3, None, 2.0), False)],
+    ids=["sigmoid-unit-weights", "ipo-unit-weights", "sigmoid-weighting-off"],
+)
+def test_unit_weights_equal_upstream_trl(tiny_vlm_dir, image_root, tmp_path, loss_type, weights, pair_weighting):
+    # Weights 1 and None, or any weights with pair_weighting off, no rejected images: the same batch must give
+    # upstream's loss and gradients (plain DPO).
+    dataset = pairs_to_dataset([make_pair(i, weight=w) for i, w in enumerate(weights)], [image_root])
+    ours = make_trainer(tiny_vlm_dir, dataset, tmp_path / "ours", loss_type=loss_type, pair_weighting=pair_weighting)
     theirs = make_trainer(tiny_vlm_dir, dataset, tmp_path / "theirs", upstream=True, loss_type=loss_type)
     perturb(ours.model)
     perturb(theirs.model)

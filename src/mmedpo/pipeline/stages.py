@@ -12,6 +12,7 @@ config and from earlier stages, which is what the resume engine fingerprints.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -139,9 +140,18 @@ def stage_train(layout: RunLayout, config: RunConfig, variant: str) -> dict:
     from mmedpo.training.dpo import train_weighted_dpo
 
     pairs = read_jsonl(layout.variant_pairs(variant), PreferencePair)
+    heldout = read_jsonl(layout.heldout_pairs(variant), PreferencePair)
     settings = config.variant(variant).settings(config.seed)
-    train_weighted_dpo(layout.model("base"), pairs, layout.image_roots, layout.model(variant), settings)
-    return {"pairs": len(pairs), "by_kind": dict(Counter(pair.kind for pair in pairs))}
+    out = layout.model(variant)
+    train_weighted_dpo(layout.model("base"), pairs, layout.image_roots, out, settings, heldout_pairs=heldout or None)
+    log = json.loads((out / "train_log.json").read_text(encoding="utf-8"))
+    return {
+        "pairs": len(pairs),
+        "by_kind": dict(Counter(pair.kind for pair in pairs)),
+        "steps": log["optimizer_steps"],
+        "epochs": round(log["epochs"], 3),
+        "heldout": log["heldout"],
+    }
 
 
 def stage_eval(layout: RunLayout, config: RunConfig, variant: str) -> dict:

@@ -33,9 +33,9 @@ from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from mmedpo.data.images import ImageError, resolve_image
+from mmedpo.data.convert import usable_pairs
 from mmedpo.data.llava_json import read_mmedpo_json
-from mmedpo.records import PreferencePair, Reject, write_jsonl
+from mmedpo.records import PreferencePair, write_jsonl
 from mmedpo.training.dpo_config import WeightedDPOConfig, to_trl_config
 from mmedpo.training.lora import load_policy, lora_config, merge_adapter
 from mmedpo.training.pairs import PAIR_BATCH_KEYS, pairs_to_dataset
@@ -101,7 +101,7 @@ class WeightedDPOTrainer(TRLOverrides):
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
 
-        losses = self._pair_losses(chosen_logratios, rejected_logratios, completion_mask)
+        losses = self._pair_losses(chosen_logratios, rejected_logratios, completion_mask, nll)
         weights = weights.to(losses.dtype) if self.args.pair_weighting else torch.ones_like(losses)
         loss = objective(
             losses, nll, weights, self.args.nll_weight, self.args.nll_scaled_by_weight, self.args.weight_reduction
@@ -121,10 +121,16 @@ class WeightedDPOTrainer(TRLOverrides):
             return loss, outputs
         return loss
 
-    def _pair_losses(self, chosen_logratios, rejected_logratios, completion_mask) -> torch.Tensor:
-        """Each pair's unweighted preference loss; the same formulas as upstream DPOTrainer."""
+    def _pair_losses(self, chosen_logratios, rejected_logratios, completion_mask, nll) -> torch.Tensor:
+        """Each pair's unweighted loss; the same formulas as upstream DPOTrainer, but "sft" per pair.
+
+        Upstream's "sft" averages over every chosen token of the batch; ours is each pair's mean per-token NLL
+        of its chosen answer, so the supervised control is exactly the NLL term of DPO+NLL on its own.
+        """
         loss_type = self.loss_types[0]
         beta = self.beta
+        if loss_type == "sft":
+            return nll
         if loss_type == "sigmoid":
             return -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
         if loss_type == "hinge":
@@ -227,8 +233,13 @@ def train_weighted_dpo(
     out_dir: Path,
     settings: DPOSettings,
     callbacks: list[TrainerCallback] | None = None,
+    heldout_pairs: list[PreferencePair] | None = None,
 ) -> Path:
     """Train the model in `model_dir` on `pairs` with weighted DPO; save it and its processor to `out_dir`.
+
+    With `heldout_pairs` (never trained on), the trained policy is evaluated on them
+    against the reference once training ends; train_log.json's "heldout" holds their
+    reward accuracy and margin (overall and by pair kind) and the loss.
 
     Full fine-tuning saves the model in `out_dir`. LoRA saves the adapter in
     `out_dir/adapter` (it reloads with `PeftModel.from_pretrained` on the base) and, with
@@ -246,6 +257,7 @@ def train_weighted_dpo(
         model=model,
         args=to_trl_config(settings, out_dir),
         train_dataset=dataset,
+        eval_dataset=pairs_to_dataset(heldout_pairs, image_roots) if heldout_pairs else None,
         peft_config=lora_config(model, settings) if settings.use_peft else None,
         callbacks=callbacks,
     )
@@ -254,6 +266,7 @@ def train_weighted_dpo(
     # transformers 5.23 the saved LLaVA then has its language model under doubled keys ("language_model.model.model.").
     resume = last_complete_checkpoint(out_dir, remove_incomplete=trainer.is_world_process_zero())
     trainer.train(resume_from_checkpoint=resume)
+    heldout = _heldout_metrics(trainer, len(heldout_pairs)) if heldout_pairs else None
     if settings.use_peft:
         trainer.save_model(str(out_dir / "adapter"))  # the adapter and the processor
         if settings.merge_lora and trainer.is_world_process_zero():
@@ -266,6 +279,7 @@ def train_weighted_dpo(
             "optimizer_steps": state.global_step,
             "pairs": len(dataset),
             "epochs": state.epoch,
+            "heldout": heldout,
             "log_history": state.log_history,
         }
         (out_dir / "train_log.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -273,6 +287,20 @@ def train_weighted_dpo(
             for checkpoint in _checkpoints(out_dir):
                 shutil.rmtree(checkpoint)
     return out_dir
+
+
+def _heldout_metrics(trainer: WeightedDPOTrainer, pairs: int) -> dict:
+    """Reward accuracy and margin of the trained policy on the held-out pairs (means over evaluation batches)."""
+    trainer.evaluate()
+    logged = trainer.state.log_history[-1]  # evaluate() logs our metrics with the eval_ prefix
+    names = {
+        "eval_rewards/accuracies": "reward_accuracy",
+        "eval_rewards/margins": "reward_margin",
+        "eval_rewards/accuracies/text": "reward_accuracy_text",
+        "eval_rewards/accuracies/visual": "reward_accuracy_visual",
+        "eval_loss": "loss",
+    }
+    return {"pairs": pairs, **{ours: logged[theirs] for theirs, ours in names.items() if theirs in logged}}
 
 
 def last_complete_checkpoint(out_dir: Path, remove_incomplete: bool = False) -> str | None:
@@ -314,22 +342,15 @@ def train_from_mmedpo_json(
 
     Each pair's weight is its `weighted_score` (the clinical score in [0, 1]) as it is: the
     released training multiplies each loss by it (a pair without one weighs 1). Records that
-    cannot be read, and pairs whose image or rejected image is missing, go to
+    cannot be read, and pairs that cannot be trained on (a missing or unreadable image, the
+    same answer chosen and rejected: `data.convert.usable_pairs`), go to
     `out_dir/pairs.rejects.jsonl` with the reason; the rest are trained on. Returns
     {"read", "trained", "rejected", "rejects", "model"}, where read = trained + rejected.
     """
     out_dir = Path(out_dir)
     result = read_mmedpo_json(json_path)
-    pairs, rejects = [], list(result.rejects)
-    for pair in result.pairs:
-        try:
-            for image in (pair.image, pair.rejected_image):
-                if image:
-                    resolve_image(image, [image_folder])
-        except ImageError as error:
-            rejects.append(Reject(id=pair.id, source=str(json_path), reason=str(error)))
-            continue
-        pairs.append(pair)
+    pairs, unusable = usable_pairs(result.pairs, [image_folder], str(json_path))
+    rejects = [*result.rejects, *unusable]
     out_dir.mkdir(parents=True, exist_ok=True)
     rejects_file = out_dir / "pairs.rejects.jsonl"
     write_jsonl(rejects_file, rejects)

@@ -21,7 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Losses whose per-pair value the weighted trainer computes (an explicit list, as TRL does).
-SUPPORTED_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "sigmoid_norm")
+# "sft" is the supervised control: the chosen answer's NLL alone, the baseline a preference loss must beat.
+SUPPORTED_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "sigmoid_norm", "sft")
 REDUCTIONS = ("mean", "normalized")
 # Losses that divide the log-ratios by the answer lengths themselves.
 LENGTH_NORMALIZED = {"ipo", "sigmoid_norm"}
@@ -210,6 +211,8 @@ def check_objective(loss_type: str, weight_reduction: str, nll_weight: float, le
         raise ValueError(f"weight_reduction must be one of {list(REDUCTIONS)}, got {weight_reduction!r}")
     if nll_weight < 0:
         raise ValueError(f"nll_weight must be >= 0, got {nll_weight}")
+    if loss_type == "sft" and nll_weight:
+        raise ValueError("loss_type 'sft' is the chosen answer's NLL already; leave nll_weight at 0")
     if length_normalize and loss_type in LENGTH_NORMALIZED:
         raise ValueError(f"loss_type {loss_type!r} is already length-normalised; leave length_normalize off")
 

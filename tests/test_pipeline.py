@@ -55,9 +55,9 @@ def test_every_stage_runs_and_writes_the_run_folder(finished_run):
         "score",
         "eval:base",
         "pairs:mmedpo",
+        "pairs:ablated",
         "train:mmedpo",
         "eval:mmedpo",
-        "pairs:ablated",
         "train:ablated",
         "eval:ablated",
         "report",
@@ -107,6 +107,10 @@ def test_each_variant_trains_on_exactly_its_pairs_file(finished_run):
     scored = read_jsonl(run.scored_pairs, PreferencePair)
     text = [p.id for p in scored if p.kind == "text"]
     regions = {"mmedpo": "lesion", "ablated": "whole"}
+    # Equal budgets: every variant takes the steps of the one with the most pairs (1 epoch, 4 pairs a step).
+    most = max(len(read_jsonl(run.variant_pairs(variant), PreferencePair)) for variant in regions)
+    steps = {json.loads(run.stage_state(f"train:{v}").read_text())["summary"]["steps"] for v in regions}
+    assert steps == {-(-most // 4)}
     for variant, region in regions.items():
         pairs = read_jsonl(run.variant_pairs(variant), PreferencePair)
         visual = [p.id for p in scored if p.kind == "visual" and p.region == region]

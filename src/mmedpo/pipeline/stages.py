@@ -13,6 +13,7 @@ config and from earlier stages, which is what the resume engine fingerprints.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -142,6 +143,8 @@ def stage_train(layout: RunLayout, config: RunConfig, variant: str) -> dict:
     pairs = read_jsonl(layout.variant_pairs(variant), PreferencePair)
     heldout = read_jsonl(layout.heldout_pairs(variant), PreferencePair)
     settings = config.variant(variant).settings(config.seed)
+    if settings.max_steps is None:
+        settings = settings.model_copy(update={"max_steps": shared_steps(layout, config)})
     out = layout.model(variant)
     train_weighted_dpo(layout.model("base"), pairs, layout.image_roots, out, settings, heldout_pairs=heldout or None)
     log = json.loads((out / "train_log.json").read_text(encoding="utf-8"))
@@ -152,6 +155,22 @@ def stage_train(layout: RunLayout, config: RunConfig, variant: str) -> dict:
         "epochs": round(log["epochs"], 3),
         "heldout": log["heldout"],
     }
+
+
+def shared_steps(layout: RunLayout, config: RunConfig) -> int:
+    """Equal budgets: the optimizer steps of the variant with the most pairs, for every variant without max_steps.
+
+    Every variant then takes as many steps with the same schedule; one with fewer
+    pairs cycles through them more often. Comparing variants that differ in their
+    pairs would otherwise also compare how long they trained.
+    """
+    steps = []
+    for name in config.variants:
+        train = config.variant(name)
+        per_step = train.per_device_train_batch_size * train.gradient_accumulation_steps
+        pairs = len(read_jsonl(layout.variant_pairs(name), PreferencePair))
+        steps.append(train.max_steps or math.ceil(pairs * train.num_train_epochs / per_step))
+    return max(steps)
 
 
 def stage_eval(layout: RunLayout, config: RunConfig, variant: str) -> dict:
@@ -240,11 +259,14 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
                 lambda r, c, p, v=variant: stage_pairs(r, c, v),
             )
         )
+    for variant in config.variants:
+        # Without its own max_steps a variant takes the shared step budget, which every variant's pairs decide.
+        budget = (variant,) if config.variant(variant).max_steps else tuple(config.variants)
         stages.append(
             Stage(
                 f"train:{variant}",
                 _train_settings(variant),
-                ("base", f"pairs:{variant}"),
+                ("base", *(f"pairs:{name}" for name in budget)),
                 lambda r, v=variant: [r.model(v)],
                 lambda r, c, p, v=variant: stage_train(r, c, v),
             )

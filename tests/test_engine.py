@@ -127,3 +127,18 @@ def test_state_files_are_json_with_fingerprint_and_timing(tmp_path):
     run_stages(layout, _stages([]), _config())
     state = json.loads(layout.stage_state("c").read_text())
     assert state["status"] == "done" and len(state["fingerprint"]) == 16 and state["summary"] == {"wrote": "c"}
+
+
+def test_a_given_model_is_linked_not_copied_and_clearing_removes_only_the_link(tmp_path):
+    from mmedpo.config import BaseModelConfig
+    from mmedpo.models.base import make_base_model
+    from mmedpo.pipeline.engine import clear
+
+    given = tmp_path / "llava-med"
+    given.mkdir()
+    (given / "model.safetensors").write_bytes(b"weights")
+    out = tmp_path / "run" / "models" / "base"
+    summary = make_base_model(BaseModelConfig(path=str(given), sft_epochs=0), [], [], tmp_path / "init", out, seed=0)
+    assert summary == {"sft_samples": 0} and out.is_symlink() and (out / "model.safetensors").read_bytes() == b"weights"
+    clear([out])
+    assert not out.exists() and (given / "model.safetensors").exists()

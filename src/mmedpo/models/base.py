@@ -4,7 +4,8 @@ For the tiny LLaVA (no `settings.path`): build it on the run's text corpus,
 pretrain its vision tower on the findings the SFT reports name (the stand-in for
 a pretrained CLIP, `models.vision_pretrain`), then supervised fine-tuning on the
 SFT split (`models.sft`). A given model skips the first two; with
-`sft_epochs: 0` it is used as it is (LLaVA-Med is already supervised).
+`sft_epochs: 0` it is used as it is (LLaVA-Med is already supervised): the
+run's models/base is then a link to it, not a copy.
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ def make_base_model(
         start_dir = _build_tiny(settings, samples, work_dir, seed)
         summary["vision_pretrain"] = _pretrain_vision(settings, start_dir, sft, image_roots, seed, show_progress)
     if settings.sft_epochs == 0:
-        shutil.copytree(start_dir, out_dir, dirs_exist_ok=True)
+        if settings.path:
+            # A given model is used as it is: linked, not copied (a 7B checkpoint is ~14 GB per run or seed).
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            out_dir.symlink_to(Path(settings.path).resolve(), target_is_directory=True)
+        else:
+            shutil.copytree(start_dir, out_dir, dirs_exist_ok=True)
         return {**summary, "sft_samples": 0}
     supervised_finetune(
         start_dir,

@@ -173,7 +173,9 @@ def run_stages(
 
 def clear(paths: Sequence[Path]) -> None:
     for path in paths:
-        if path.is_dir():
+        if path.is_symlink():  # a link to a given model: remove the link, never what it points to
+            path.unlink()
+        elif path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()

@@ -12,7 +12,7 @@ from PIL import Image
 from mmedpo.evaluation.compare import compare_results, render, to_markdown, visual_metrics
 from mmedpo.evaluation.intervals import approximate_randomization
 from mmedpo.evaluation.metrics import score_predictions
-from mmedpo.evaluation.plots import plot_comparison
+from mmedpo.evaluation.plots import metric_panels, plot_comparison
 from mmedpo.records import Sample
 
 
@@ -154,6 +154,16 @@ def test_visual_metrics_join_the_table():
         "visual_drop_noised": 0.25,
         "visual_drop_blank": 0.5,
     }
+
+
+def test_cider_gets_its_own_panel_beside_the_metrics_in_0_1():
+    # CIDEr runs to 10: on BLEU's axis, BLEU's bars would be too short to read.
+    assert metric_panels(["closed_accuracy", "bleu_1", "bleu_4", "rouge_l", "cider", "clinical_f1"]) == {
+        "vqa": [["closed_accuracy"]],
+        "report": [["bleu_1", "bleu_4", "rouge_l"], ["cider"]],
+        "clinical": [["clinical_f1"]],
+    }
+    assert metric_panels(["bleu_1"]) == {"report": [["bleu_1"]]}
 
 
 def test_plots_are_written_as_png(tmp_path):

@@ -105,8 +105,13 @@ def test_claim_naming_an_unevaluated_variant_is_an_error():
         chain_verdict({"base": result([1])}, ["mmedpo", "base"])
 
 
+VARIANTS = ["mmedpo", "dpo-text-visual", "dpo-text", "mmedpo-one-judge", "mmedpo-whole-image"]
+
+
 def fake_run(tmp_path: Path) -> Path:
-    """A run folder with evaluations, a scored visual pair with its images, and stage states."""
+    """A run folder like the demo's: five variants evaluated on questions and reports, one trained with a log,
+    a scored visual pair with its images, the variant's pairs (all visual, all weighing the same), judge agreement
+    and stage states (the report's own still "running", as while the report stage writes the page)."""
     from PIL import Image
 
     from mmedpo.records import PreferencePair, write_jsonl
@@ -132,12 +137,41 @@ def fake_run(tmp_path: Path) -> Path:
         weight=1.0,
     )
     write_jsonl(run / "pairs.scored.jsonl", [pair])
+    write_jsonl(run / "pairs.mmedpo.jsonl", [pair.model_copy(update={"id": f"p{i}", "weight": 1.36}) for i in (1, 2)])
     (run / "eval").mkdir()
-    (run / "eval" / "base.json").write_text(json.dumps(result([1, 0, 0, 1])))
-    (run / "eval" / "mmedpo.json").write_text(json.dumps(result([1, 1, 0, 1])))
+    reports = [text.replace("left", "right") if i % 3 else text for i, text in enumerate(REFERENCES)]
+    for index, name in enumerate(["base", *VARIANTS]):
+        closed = [1, 0, 0, 1] if name == "base" else [1, 1, (index + 1) % 2, 1]  # mmedpo gains one of 4
+        evaluated = result(closed, reports[index : 10 + index])
+        shares = {"visual_changed_noised": 0.1 * index, "visual_drop_noised": 0.05, "visual_drop_blank": 0.02}
+        evaluated["metrics"].update(shares)
+        (run / "eval" / f"{name}.json").write_text(json.dumps(evaluated))
+    (run / "models" / "mmedpo").mkdir(parents=True)
+    history = [
+        {"loss": 0.69 - 0.1 * step, "rewards/margins": 0.05 * step, "rewards/margins/visual": 0.07 * step,
+         "rewards/accuracies": 0.5 + 0.1 * step, "weight/mean": 1.0, "step": step}
+        for step in (1, 2, 3)
+    ] + [{"train_loss": 0.5, "step": 3}]  # fmt: skip
+    heldout = {"pairs": 6, "reward_accuracy": 0.8333, "reward_accuracy_visual": 0.8333, "reward_margin": 0.12}
+    train_log = {"optimizer_steps": 3, "pairs": 2, "pairs_by_kind": {"visual": 2}, "epochs": 1.5, "heldout": heldout,
+                 "log_history": history}  # fmt: skip
+    (run / "models" / "mmedpo" / "train_log.json").write_text(json.dumps(train_log))
     (run / "stages").mkdir()
-    (run / "stages" / "train.mmedpo.json").write_text(json.dumps({"status": "done", "seconds": 12.5, "summary": {}}))
-    (run / "config.yaml").write_text("seed: 0\nclaim: [mmedpo, base]\nablations: [[base, mmedpo]]\n")
+    agreement = {"spearman": {"findings vs embedding": -0.017}, "krippendorff_alpha": -0.377}
+    states = {
+        "score": {"status": "done", "seconds": 3.0, "summary": {"agreement": agreement}},
+        "train.mmedpo": {"status": "done", "seconds": 12.5, "summary": {}},
+        "report": {"status": "running", "seconds": 0, "summary": {}},
+    }
+    for name, state in states.items():
+        (run / "stages" / f"{name}.json").write_text(json.dumps(state))
+    config = {
+        "seed": 0,
+        "claim": ["mmedpo", "base"],
+        "ablations": [["base", "mmedpo"]],
+        "variants": dict.fromkeys(VARIANTS, {}),
+    }
+    (run / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
     return run
 
 
@@ -155,31 +189,59 @@ def test_report_escapes_text_and_copies_its_images(tmp_path):
     assert "Does base &gt; mmedpo hold?" in page
     assert "<li class='noise'>closed_accuracy: base 0.5000 &lt; mmedpo 0.7500: WITHIN NOISE" in page
     assert "<small class='noise'>Δ +0.250 [+0.000, +0.750] within noise</small>" in page
-    assert "<tr class='majority'><td>majority answer (test split)</td><td>1.0000</td>" in page
     for name in ("0-image.png", "0-region.png", "0-noised.png"):
         assert (index.parent / "img" / name).exists()
+    assert "<figcaption>noise region</figcaption>" in page and "<figcaption>noised (rejected)</figcaption>" in page
     assert "http://" not in page and "https://" not in page  # nothing from a CDN
 
 
+def test_results_are_a_row_per_metric_and_a_column_per_variant(tmp_path):
+    page = write_report(fake_run(tmp_path)).read_text()
+    columns = "".join(f"<th>{name}</th>" for name in ["base", *VARIANTS])
+    assert f"<tr><th>metric</th>{columns}<th>majority answer (test split)</th></tr>" in page
+    # Every gold answer is "yes": the majority answer is always right.
+    assert "<td class='majority'>1.0000</td></tr>" in page.split("<tr><td>closed_accuracy</td>", 1)[1]
+    assert "<tr class='group'><th colspan='8'>report</th></tr>" in page
+
+
+def test_report_shows_training_agreement_and_stages_as_tables(tmp_path):
+    index = write_report(fake_run(tmp_path))
+    page = index.read_text()
+    training = page.split("<table id='training'>", 1)[1].split("</table>", 1)[0]
+    assert "<td>mmedpo</td><td>2 (visual 2)</td><td>3</td><td>1.50</td><td>6</td><td>0.833</td><td>-</td>" in training
+    # A curve per metric logged: loss, margins (all and visual), accuracy, weight mean; none for what was not logged.
+    for name in ("curves_loss.png", "curves_margin.png", "curves_accuracy.png", "curves_weight.png"):
+        assert (index.parent / name).exists() and f"src='{name}'" in page
+    assert "<tr><th>Spearman ρ</th><th>findings</th><th>embedding</th></tr>" in page
+    assert "<tr><td>findings</td><td>1</td><td>-0.017</td></tr>" in page
+    assert "<b id='alpha'>-0.377</b>" in page and '"spearman"' not in page  # no raw JSON
+    assert "All 2 visual pairs weigh 1.36" in page
+    stages = page.split("<table id='timings'>", 1)[1]
+    assert "running" not in stages and "<td>train:mmedpo</td><td>done</td>" in stages
+    assert "<tr><td>report</td><td>writing this page</td><td>-</td></tr>" in stages
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# What the browser rendered: the page's width against a 1400-pixel window, the rows of the results table, the
+# gallery's images and the plots that decoded.
+PROBE = (
+    "<script>window.addEventListener('load', () => document.body.setAttribute('data-probe', JSON.stringify({"
+    "scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth,"
+    "rows: document.querySelectorAll('#results tr').length,"
+    "gallery: [...document.querySelectorAll('#gallery img')].filter(i => i.naturalWidth > 0).length,"
+    "plots: [...document.querySelectorAll('img.plot')].filter(i => i.naturalWidth > 0).length,"
+    "widest: Math.max(...[...document.querySelectorAll('img.plot, table')].map(e => e.getBoundingClientRect().right))"
+    "})));</script></body>"
+)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_report_renders_in_headless_chromium_from_a_copied_folder(tmp_path):
+def test_report_renders_in_headless_chromium_from_a_copied_folder_without_sideways_scrolling(tmp_path):
     index = write_report(fake_run(tmp_path))
     copy = tmp_path / "copied-report"
     shutil.copytree(index.parent, copy)
     probe = copy / "probe.html"
-    # The same page, plus a script that records what the browser actually rendered.
-    probe.write_text(
-        index.read_text().replace(
-            "</body>",
-            "<script>window.addEventListener('load', () => document.body.setAttribute('data-probe', JSON.stringify({"
-            "rows: document.querySelectorAll('#results tr').length,"
-            "gallery: [...document.querySelectorAll('#gallery img')].filter(i => i.naturalWidth > 0).length})));"
-            "</script></body>",
-        )
-    )
+    probe.write_text(index.read_text().replace("</body>", PROBE))
     output = subprocess.run(
         [
             CHROMIUM,
@@ -190,6 +252,8 @@ def test_report_renders_in_headless_chromium_from_a_copied_folder(tmp_path):
             "--disable-component-update",
             "--disable-sync",
             "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1400,900",
             f"--user-data-dir={tmp_path / 'profile'}",
             "--virtual-time-budget=5000",
             "--dump-dom",
@@ -202,8 +266,13 @@ def test_report_renders_in_headless_chromium_from_a_copied_folder(tmp_path):
     ).stdout
     probe_json = output.split('data-probe="', 1)[1].split('"', 1)[0].replace("&quot;", '"')
     rendered = json.loads(probe_json)
-    assert rendered["rows"] == 4  # header, base, mmedpo, the majority answer
+    assert rendered["clientWidth"] == 1400
+    # No horizontal scroll at 1400 px with six variants and 15 metrics (a column per metric overflowed).
+    assert rendered["scrollWidth"] <= 1400 and rendered["widest"] <= 1400
+    table = index.read_text().split("<table id='results'>", 1)[1].split("</table>", 1)[0]
+    assert rendered["rows"] == table.count("<tr") == 1 + 15 + 5  # a header, 15 metrics, 5 groups
     assert rendered["gallery"] == 3  # image, region and noised image all decoded
+    assert rendered["plots"] == 4 + 4 + 1  # metric groups, training curves, the weight histogram
 
 
 def test_results_follow_the_configs_variant_order(tmp_path):
@@ -212,3 +281,10 @@ def test_results_follow_the_configs_variant_order(tmp_path):
         (tmp_path / "eval" / f"{name}.json").write_text(json.dumps(result([1, 0])))
     (tmp_path / "config.yaml").write_text("variants: {zeta: {}, alpha: {}}\n")
     assert list(load_results(tmp_path)) == ["base", "zeta", "alpha", "extra"]
+
+
+def test_only_a_kind_whose_weights_are_all_equal_gets_a_note():
+    from mmedpo.report.figures import equal_weight_notes
+
+    notes = equal_weight_notes({"text": [0.5, 1.0, 1.5], "visual": [1.36, 1.36], "alone": [2.0]})
+    assert notes == ["All 2 visual pairs weigh 1.36: their weights do not tell them apart."]

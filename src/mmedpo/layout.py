@@ -9,7 +9,8 @@
     runs/NAME/pairs.VARIANT.jsonl         exactly what one variant trains on, with its weights
     runs/NAME/pairs.VARIANT.heldout.jsonl the same kinds of pair made on the validation split, never trained on
     runs/NAME/images/                     drawn images; noised/ copies and their masks
-    runs/NAME/models/VARIANT/             the base (SFT) model and each trained variant
+    runs/NAME/models/VARIANT/             the base (SFT) model and each trained variant (README.md: its model card)
+    runs/NAME/models/VARIANT/train_log.json what a variant trained on, its logged curves and held-out rewards
     runs/NAME/eval/VARIANT.json           metrics and per-sample predictions
     runs/NAME/stages/STAGE.json           fingerprint, status, wall time and summary of each stage
     runs/NAME/report/index.html           the run report
@@ -108,6 +109,10 @@ class RunLayout:
 
     def model(self, variant: str) -> Path:
         return self.dir / "models" / variant
+
+    def train_log(self, variant: str) -> Path:
+        """Written by `train_weighted_dpo`: optimizer steps, pairs by kind, settings, log history, held-out rewards."""
+        return self.model(variant) / "train_log.json"
 
     @property
     def eval_dir(self) -> Path:

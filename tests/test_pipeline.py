@@ -136,6 +136,22 @@ def test_eval_has_the_metrics_of_every_task(finished_run):
 
 
 @pytest.mark.slow
+def test_each_trained_model_has_a_card_with_its_data_and_test_metrics(finished_run):
+    from huggingface_hub import ModelCard
+
+    config, _ = finished_run
+    run = RunLayout.of(config)
+    card = ModelCard.load(run.model("mmedpo") / "README.md")
+    metrics = json.loads(run.eval("mmedpo").read_text())["metrics"]
+    found = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert found["closed_accuracy"] == round(metrics["closed_accuracy"], 4)
+    assert card.data.base_model == "../base" and card.data.pipeline_tag == "image-text-to-text"
+    by_kind = json.loads(run.train_log("mmedpo").read_text())["pairs_by_kind"]
+    assert f"| visual | {by_kind['visual']} |" in card.text and "noised on the lesion region" in card.text
+    assert "noised on the whole region" in ModelCard.load(run.model("ablated") / "README.md").text
+
+
+@pytest.mark.slow
 def test_rerun_skips_finished_stages_and_a_change_reruns_only_what_follows(finished_run):
     config, _ = finished_run
     again = run_pipeline(config, show_progress=False)

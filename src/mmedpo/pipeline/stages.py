@@ -146,8 +146,16 @@ def stage_train(layout: RunLayout, config: RunConfig, variant: str) -> dict:
     if settings.max_steps is None:
         settings = settings.model_copy(update={"max_steps": shared_steps(layout, config)})
     out = layout.model(variant)
-    train_weighted_dpo(layout.model("base"), pairs, layout.image_roots, out, settings, heldout_pairs=heldout or None)
-    log = json.loads((out / "train_log.json").read_text(encoding="utf-8"))
+    train_weighted_dpo(
+        layout.model("base"),
+        pairs,
+        layout.image_roots,
+        out,
+        settings,
+        heldout_pairs=heldout or None,
+        data_description=pairs_description(config, variant),
+    )
+    log = json.loads(layout.train_log(variant).read_text(encoding="utf-8"))
     return {
         "pairs": len(pairs),
         "by_kind": dict(Counter(pair.kind for pair in pairs)),
@@ -173,8 +181,37 @@ def shared_steps(layout: RunLayout, config: RunConfig) -> int:
     return max(steps)
 
 
+def pairs_description(config: RunConfig, variant: str) -> str:
+    """Where a variant's pairs came from, in a sentence or two (for its model card)."""
+    train = config.variant(variant)
+    sources = {
+        "synthmed": "SynthMed (synthetic chest images, docs/synthmed.md)",
+        "dataset": f"the dataset read by {config.data.dataset!r}",
+        "samples": f"the samples of {config.data.samples}",
+    }
+    kinds = []
+    if "text" in train.pair_kinds:
+        kinds.append(f"text pairs from the generators {', '.join(config.curate_text.generators)}")
+    if "visual" in train.pair_kinds:
+        kinds.append(
+            f"visual pairs whose rejected image is noised on the {train.visual_region} region "
+            f"(localizer {config.curate_visual.localizer!r})"
+        )
+    judges = train.judges or config.score.judges
+    weights = (
+        f"weighted by the clinical scores of the judges {', '.join(judges)} (normaliser {config.score.normaliser!r})"
+        if train.pair_weighting
+        else "unweighted (plain DPO)"
+    )
+    return (
+        f"Preference pairs curated by mmedpo run {config.name!r} from {sources[config.data.source]}, preference "
+        f"split: {'; '.join(kinds)}; {weights}."
+    )
+
+
 def stage_eval(layout: RunLayout, config: RunConfig, variant: str) -> dict:
     from mmedpo.evaluation.suite import evaluate_run_model
+    from mmedpo.training.model_card import write_model_card
 
     settings = config.eval
     result = evaluate_run_model(
@@ -185,6 +222,9 @@ def stage_eval(layout: RunLayout, config: RunConfig, variant: str) -> dict:
         settings,
         seed=config.seed,
     )
+    if layout.train_log(variant).exists():  # a variant trained here: its model card gets the metrics
+        dataset = "SynthMed" if config.data.source == "synthmed" else (config.data.dataset or config.data.samples)
+        write_model_card(layout.model(variant), result["metrics"], dataset=dataset, split=config.eval.split)
     return result["metrics"]
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,13 @@ from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from mmedpo import __version__
 from mmedpo.data.convert import usable_pairs
 from mmedpo.data.llava_json import read_mmedpo_json
 from mmedpo.records import PreferencePair, write_jsonl
 from mmedpo.training.dpo_config import WeightedDPOConfig, to_trl_config
 from mmedpo.training.lora import load_policy, lora_config, merge_adapter
+from mmedpo.training.model_card import base_model_name, push_model, write_model_card
 from mmedpo.training.pairs import PAIR_BATCH_KEYS, pairs_to_dataset
 from mmedpo.training.settings import SUPPORTED_LOSS_TYPES, DPOSettings
 from mmedpo.training.trl_overrides import TRLOverrides
@@ -234,6 +237,7 @@ def train_weighted_dpo(
     settings: DPOSettings,
     callbacks: list[TrainerCallback] | None = None,
     heldout_pairs: list[PreferencePair] | None = None,
+    data_description: str | None = None,
 ) -> Path:
     """Train the model in `model_dir` on `pairs` with weighted DPO; save it and its processor to `out_dir`.
 
@@ -246,9 +250,11 @@ def train_weighted_dpo(
     `settings.merge_lora`, base + adapter merged in `out_dir`. A complete checkpoint left in
     `out_dir` by an interrupted run (`settings.save_steps`) is resumed from; one that a kill
     left half-written is removed. Once all steps are done no checkpoint is kept. `out_dir/train_log.json`
-    holds the optimiser steps, the pairs, the epochs (past 1 when `max_steps` cycles through
-    the pairs) and every logged entry (`log_history`: weighted and unweighted loss, rewards,
-    split by pair kind).
+    holds the optimiser steps, the pairs (and by kind), the epochs (past 1 when `max_steps`
+    cycles through the pairs), the base, the settings, `data_description` (where the pairs came
+    from) and every logged entry (`log_history`: weighted and unweighted loss, rewards, split by
+    pair kind). The model (and the adapter) gets a model card from it (`training.model_card`);
+    with `settings.push_to_hub` the folder is then uploaded to `settings.hub_model_id`.
     """
     out_dir = Path(out_dir)
     dataset = pairs_to_dataset(pairs, image_roots)
@@ -278,11 +284,20 @@ def train_weighted_dpo(
         summary = {
             "optimizer_steps": state.global_step,
             "pairs": len(dataset),
+            "pairs_by_kind": dict(Counter(pair.kind for pair in pairs)),
             "epochs": state.epoch,
             "heldout": heldout,
+            "base_model": base_model_name(model_dir, out_dir),
+            "data": data_description,
+            "settings": settings.model_dump(mode="json"),
+            "mmedpo_version": __version__,
             "log_history": state.log_history,
         }
         (out_dir / "train_log.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_model_card(out_dir)
+        if settings.push_to_hub:
+            folder = out_dir if (out_dir / "config.json").exists() else out_dir / "adapter"
+            log.info("pushed %s to %s", folder, push_model(folder, settings.hub_model_id))
         if state.global_step >= state.max_steps:  # finished (not stopped early): checkpoints were only for resuming
             for checkpoint in _checkpoints(out_dir):
                 shutil.rmtree(checkpoint)
@@ -357,7 +372,8 @@ def train_from_mmedpo_json(
     if not pairs:
         raise ValueError(f"{json_path}: no usable pair ({len(rejects)} rejected, reasons in {rejects_file})")
     pairs = [pair.model_copy(update={"weight": pair.clinical_score}) for pair in pairs]
-    train_weighted_dpo(Path(model_dir), pairs, [Path(image_folder)], out_dir, settings)
+    data = f"The MMedPO preference file `{Path(json_path).name}`; each pair's weight is its `weighted_score`."
+    train_weighted_dpo(Path(model_dir), pairs, [Path(image_folder)], out_dir, settings, data_description=data)
     return {
         "read": result.read,
         "trained": len(pairs),

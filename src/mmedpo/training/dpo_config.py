@@ -55,7 +55,7 @@ class WeightedDPOConfig(DPOConfig):
         return self.ref_cache_dir or str(Path(self.output_dir) / "ref_logps")
 
 
-# Settings that are not DPOConfig arguments: the adapter's and the model's (mmedpo.training.lora), and trl_args.
+# Settings not passed to DPOConfig: the adapter's and the model's (mmedpo.training.lora), trl_args, and sharing.
 NOT_TRL = {
     "use_peft",
     "lora_r",
@@ -67,6 +67,9 @@ NOT_TRL = {
     "freeze_vision_tower",
     "merge_lora",
     "trl_args",
+    # Pushed by train_weighted_dpo with the model card, not by TRL's Trainer (whose own card would replace ours).
+    "push_to_hub",
+    "hub_model_id",
 }
 
 

@@ -169,6 +169,13 @@ class DPOSettings(BaseModel):
     merge_lora: bool = Field(
         True, description="LoRA: also save base+adapter merged in OUT_DIR (the adapter goes to OUT_DIR/adapter)"
     )
+    # --- sharing (TRL's names; done by mmedpo once training ends, so that the model card goes with the model) ---
+    push_to_hub: bool = Field(
+        False,
+        description="upload the trained model and its card to the Hugging Face Hub repository hub_model_id "
+        "(created private; the token comes from HF_TOKEN or `hf auth login`)",
+    )
+    hub_model_id: str | None = Field(None, description="push_to_hub: the repository, e.g. 'me/mmedpo-vqa-rad'")
 
     @model_validator(mode="before")
     @classmethod
@@ -200,6 +207,8 @@ class DPOSettings(BaseModel):
         check_objective(self.loss_type, self.weight_reduction, self.nll_weight, self.length_normalize)
         if self.load_in_4bit and not self.use_peft:
             raise ValueError("load_in_4bit needs use_peft: a 4-bit base can only be trained through an adapter")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id, the Hub repository to upload to (e.g. 'me/my-model')")
         return self
 
 

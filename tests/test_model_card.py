@@ -1,0 +1,112 @@
+"""Model cards: every model weighted DPO trains gets one, LoRA adapters with the right fields; no unasked push."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from huggingface_hub import HfApi, ModelCard
+
+from mmedpo.training.dpo import train_weighted_dpo
+from mmedpo.training.model_card import base_model_name, write_model_card
+from mmedpo.training.settings import DPOSettings
+from test_training import make_pair
+
+
+@pytest.fixture
+def image_root(tmp_path, tiny_images):
+    for name, image in zip(["dark", "bright", "left", "right"], tiny_images):
+        image.save(tmp_path / f"{name}.png")
+    return tmp_path
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Every Hub upload fails the test: nothing may be pushed unless asked."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pushed to the Hub without push_to_hub")
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    monkeypatch.setattr(HfApi, "upload_folder", refuse)
+
+
+def linked_base(tmp_path, tiny_vlm_dir):
+    """The tiny model as a run's models/base."""
+    base = tmp_path / "models" / "base"
+    base.parent.mkdir()
+    base.symlink_to(tiny_vlm_dir, target_is_directory=True)
+    return base
+
+
+def pairs():
+    return [
+        make_pair(0),
+        make_pair(1, rejected_image="right.png"),
+        make_pair(2),
+        make_pair(3, rejected_image="dark.png"),
+    ]
+
+
+def test_a_full_fine_tune_gets_a_card_that_the_eval_metrics_complete(tiny_vlm_dir, image_root, tmp_path, no_hub):
+    base = linked_base(tmp_path, tiny_vlm_dir)
+    out = tmp_path / "models" / "mmedpo"
+    settings = DPOSettings(per_device_train_batch_size=2, max_steps=1, beta=0.2)
+    train_weighted_dpo(base, pairs()[:3], [image_root], out, settings, data_description="Pairs from SynthMed.")
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "../base"  # relative: the run folder can be copied or moved
+    assert (card.data.pipeline_tag, card.data.library_name) == ("image-text-to-text", "transformers")
+    assert card.data.eval_results is None
+    text = card.text
+    assert "research artefact, not for clinical use" in text
+    assert "Pairs from SynthMed." in text
+    assert "| text | 2 |" in text and "| visual | 1 |" in text and "| all | 3 |" in text
+    assert "beta: 0.2" in text and "Optimizer steps: 1," in text
+    assert "Not evaluated yet" in text
+    assert not (out / "adapter").exists()
+
+    metrics = {"closed_accuracy": 0.625, "bleu_4": 0.125, "n_closed": 8, "protocol": "mmedpo"}
+    (written,) = write_model_card(out, metrics, dataset="SynthMed", split="test")
+    card = ModelCard.load(written)
+    found = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert found == {"closed_accuracy": 0.625, "bleu_4": 0.125}
+    assert {result.dataset_split for result in card.data.eval_results} == {"test"}
+    assert "| closed_accuracy | 0.6250 |" in card.text and "8 closed questions" in card.text
+    assert "Not evaluated yet" not in card.text and "Optimizer steps: 1," in card.text  # the rest unchanged
+
+
+@pytest.mark.slow
+def test_a_lora_adapter_card_names_its_base_relatively_and_is_a_peft_image_text_to_text_card(
+    tiny_vlm_dir, image_root, tmp_path, no_hub
+):
+    base = linked_base(tmp_path, tiny_vlm_dir)
+    out = tmp_path / "models" / "lora"
+    settings = DPOSettings(per_device_train_batch_size=2, max_steps=1, use_peft=True, lora_r=4, merge_lora=True)
+    train_weighted_dpo(base, pairs(), [image_root], out, settings)
+
+    adapter = ModelCard.load(out / "adapter" / "README.md")  # PEFT's template replaced
+    assert adapter.data.base_model == "../../base"
+    assert (adapter.data.library_name, adapter.data.pipeline_tag) == ("peft", "image-text-to-text")
+    assert "lora" in adapter.data.tags
+    assert str(tmp_path) not in adapter.content  # no absolute local path
+    assert "PeftModel.from_pretrained" in adapter.text and "not for clinical use" in adapter.text
+    merged = ModelCard.load(out / "README.md")
+    assert (merged.data.library_name, merged.data.base_model) == ("transformers", "../base")
+    assert "merged into its base" in merged.text
+    assert json.loads((out / "train_log.json").read_text())["pairs_by_kind"] == {"text": 2, "visual": 2}
+
+
+def test_a_hub_model_is_named_by_its_id_and_a_local_one_by_a_relative_path(tmp_path):
+    (tmp_path / "base").mkdir()
+    assert base_model_name("llava-hf/llava-1.5-7b-hf", tmp_path / "out") == "llava-hf/llava-1.5-7b-hf"
+    assert base_model_name(tmp_path / "base", tmp_path / "runs" / "out") == "../../base"
+    assert base_model_name(tmp_path / "base", tmp_path) == "./base"
+
+
+def test_push_to_hub_needs_a_repository_and_is_not_a_trl_argument():
+    with pytest.raises(ValueError, match="push_to_hub needs hub_model_id"):
+        DPOSettings(push_to_hub=True)
+    with pytest.raises(ValueError, match="set it as the train setting 'push_to_hub'"):
+        DPOSettings(trl_args={"push_to_hub": True})
+    assert DPOSettings().push_to_hub is False

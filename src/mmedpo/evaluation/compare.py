@@ -139,7 +139,8 @@ def _power(variant: Mapping[str, Any], base: Mapping[str, Any], n: int, alpha: f
 
 
 def _relative(value: float | None, base_value: float) -> float | None:
-    if value is None or base_value == 0:
+    # Against a base of (almost) 0 a relative change means nothing (BLEU-4 of 1e-18 gave "+3e17 %").
+    if value is None or abs(base_value) < 1e-6:
         return None
     return (value - base_value) / base_value * 100
 

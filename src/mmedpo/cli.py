@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from mmedpo.config import load_config
 from mmedpo.errors import StageIncomplete
@@ -307,5 +308,5 @@ def print_results(layout: RunLayout, results: list[StageResult]) -> None:
     for question, lines in chain_reports(layout):
         console.print(f"[bold]{escape(question)}[/]")
         for line in lines:
-            console.print("  " + line, highlight=False, markup=False)
+            console.print(Text("  ") + line, highlight=False)
     Console().print(timings_table(results))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.table import Table
+from rich.text import Text
 
 from mmedpo.layout import RunLayout, read_run_config
 from mmedpo.report.ablation import chain_verdict, verdict_lines
@@ -30,8 +31,12 @@ def results_table(layout: RunLayout) -> Table | None:
     return table
 
 
-def chain_reports(layout: RunLayout) -> list[tuple[str, list[str]]]:
-    """For the claim and each ablation: its question and one verdict line per metric."""
+# A chain's status in the terminal: the HTML report's colours.
+STATUS_STYLE = {"holds": "green", "within noise": "yellow", "fails": "red"}
+
+
+def chain_reports(layout: RunLayout) -> list[tuple[str, list[Text]]]:
+    """For the claim and each ablation: its question and one verdict line per metric, coloured by its status."""
     results = load_results(layout.dir)
     config = read_run_config(layout.dir)
     chains = [config.get("claim") or [], *(config.get("ablations") or [])]
@@ -40,7 +45,8 @@ def chain_reports(layout: RunLayout) -> list[tuple[str, list[str]]]:
         chain = [name for name in chain if name in results]
         if len(chain) >= 2:
             verdicts = chain_verdict(results, chain, seed=config.get("seed", 0))
-            reports.append((f"Does {' > '.join(chain)} hold on the test split?", verdict_lines(verdicts)))
+            lines = [Text(line, style=STATUS_STYLE[v["status"]]) for v, line in zip(verdicts, verdict_lines(verdicts))]
+            reports.append((f"Does {' > '.join(chain)} hold on the test split?", lines))
     return reports
 
 

@@ -2,7 +2,7 @@
 
 Prints noised images per second for `noise_batch` (lesion masks, and whole-image
 masks for the ablation) and the ratio to a naive per-image loop: float64 over
-the whole image, the feather's distance map over the whole image, noise drawn
+the whole image, the fade's distance map over the whole image, noise drawn
 for every pixel. Goal: >= 500 lesion images per second on 2 CPU cores.
 
     python bench/noise.py
@@ -37,10 +37,10 @@ def naive(image: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:
     clean = image / 127.5 - 1.0
     eps = np.random.default_rng(seed).standard_normal(image.shape)
     noised = np.clip(np.sqrt(abar) * clean + np.sqrt(1 - abar) * eps, -1, 1)
-    distance = ndimage.distance_transform_edt(mask)
-    weight = (1 - np.exp(-(distance**2) / (2 * SIGMA**2)))[..., None]
+    distance = ndimage.distance_transform_edt(~mask)  # 0 inside: the full step on every lesion pixel
+    weight = np.where(distance <= 3 * SIGMA, np.exp(-(distance**2) / (2 * SIGMA**2)), 0.0)[..., None]
     blended = np.rint((clean + weight * (noised - clean) + 1) * 127.5).astype(np.uint8)
-    return np.where(mask[..., None], blended, image)
+    return np.where(weight > 0, blended, image)
 
 
 def rate(run, repeats: int = 3) -> tuple[float, float]:

@@ -103,11 +103,92 @@ def test_coco_boxes_file_is_matched_by_file_name_and_rescaled(tmp_path):
         sample, [tmp_path]
     )
     assert region.mask.sum() == 100 and region.mask[20:30, 10:20].all()
-    assert region.label == "nodule" and region.confidence == 1.0
+    assert region.label == "nodule" and region.confidence == 0.0  # a box on a flat image: nothing to see
     with pytest.raises(NoRegion, match=r"no lesion_mask or lesion_boxes annotation or in .*boxes.json"):
         AnnotationLocalizer(boxes_file=tmp_path / "boxes.json").localize(
             image_sample(tmp_path, {}, "other.png"), [tmp_path]
         )
+
+
+def lesion_on_noise(tmp_path, name: str, contrast: float, radius: int, seed: int = 0) -> Sample:
+    """A 128 px image of grey noise (mean 0.45, sd 0.05) with a disc `contrast` brighter, and its mask."""
+    pixels = np.random.default_rng(seed).normal(0.45, 0.05, size=(128, 128))
+    y, x = np.ogrid[:128, :128]
+    disc = (y - 64) ** 2 + (x - 64) ** 2 <= radius**2
+    pixels[disc] += contrast
+    Image.fromarray(np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8)).save(tmp_path / f"{name}.png")
+    Image.fromarray(disc.astype(np.uint8) * 255).save(tmp_path / f"{name}_mask.png")
+    return Sample(id=name, task="vqa", image=f"{name}.png", question="q", answer="a",
+                  meta={"lesion_mask": f"{name}_mask.png"})  # fmt: skip
+
+
+def test_annotation_confidence_rises_with_the_lesions_contrast_and_size(tmp_path):
+    localizer = AnnotationLocalizer()
+    by_contrast = [
+        localizer.localize(lesion_on_noise(tmp_path, f"c{i}", contrast, radius=6), [tmp_path]).confidence
+        for i, contrast in enumerate([0.0, 0.01, 0.03, 0.06, 0.12, 0.25])
+    ]
+    assert by_contrast == sorted(by_contrast) and len(set(by_contrast)) == 6, by_contrast
+    assert by_contrast[0] < 0.1 and by_contrast[-1] > 0.75  # invisible -> low; plain -> high
+    by_size = [
+        localizer.localize(lesion_on_noise(tmp_path, f"r{radius}", 0.05, radius), [tmp_path]).confidence
+        for radius in (2, 4, 8, 16)
+    ]
+    assert by_size == sorted(by_size) and len(set(by_size)) == 4, by_size
+
+
+def test_annotation_confidence_varies_across_synthmed_images(tmp_path):
+    from mmedpo.synth.synthmed import generate_synthmed
+
+    samples = generate_synthmed(tmp_path, {"pref": 30}, seed=0, image_size=128)
+    images = {sample.image: sample for sample in samples if sample.meta["lesion_mask"]}
+    confidences = [AnnotationLocalizer().localize(sample, [tmp_path]).confidence for sample in images.values()]
+    assert len(images) >= 15 and len({round(c, 3) for c in confidences}) >= 10
+    assert max(confidences) - min(confidences) > 0.3 and all(0 <= c < 1 for c in confidences)
+
+
+def test_images_without_annotation_get_a_region_drawn_from_the_splits_lesions(tmp_path):
+    masks = {}
+    for index, (top, left) in enumerate([(5, 5), (40, 60), (70, 10)]):
+        mask = np.zeros((80, 100), dtype=np.uint8)
+        mask[top : top + 8, left : left + 12] = 255
+        masks[f"a{index}.png"] = mask > 0
+        Image.fromarray(mask).save(tmp_path / f"a{index}_mask.png")
+        Image.new("L", (100, 80), 90).save(tmp_path / f"a{index}.png")
+    annotated = [
+        Sample(
+            id=f"a{i}",
+            task="vqa",
+            image=f"a{i}.png",
+            question="q",
+            answer="yes",
+            meta={"lesion_mask": f"a{i}_mask.png"},
+        )  # fmt: skip
+        for i in range(3)
+    ]
+    free = []
+    for index in range(8):
+        size = (200, 160) if index == 0 else (100, 80)  # twice the size: the drawn region is scaled
+        Image.new("L", size, 90).save(tmp_path / f"n{index}.png")
+        free.append(Sample(id=f"n{index}", task="vqa", image=f"n{index}.png", question="q", answer="no",
+                           meta={"findings": [], "lesion_mask": None}))  # fmt: skip
+    with pytest.raises(NoRegion, match="no lesion_mask or lesion_boxes annotation"):
+        AnnotationLocalizer().localize(free[1], [tmp_path])  # no donors: refused, as before
+    localizer = AnnotationLocalizer(dilation=0).drawing_from(annotated + free, seed=0)
+    donors = []
+    for sample in free:
+        region = localizer.localize(sample, [tmp_path])
+        donor = region.label.removeprefix("no finding (region of ").removesuffix(")")
+        donors.append(donor)
+        assert not region.found and region.confidence == 0.1
+        expected = masks[donor] if sample.id != "n0" else np.kron(masks[donor], np.ones((2, 2), dtype=bool))
+        assert np.array_equal(region.mask, expected)
+    assert len(set(donors)) >= 2  # drawn per image, not one region for all
+    again = AnnotationLocalizer(dilation=0).drawing_from(list(reversed(annotated + free)), seed=0)
+    assert [again.localize(s, [tmp_path]).label for s in free] == [f"no finding (region of {d})" for d in donors]
+    other_seed = AnnotationLocalizer(dilation=0).drawing_from(annotated, seed=1)
+    assert [other_seed.localize(s, [tmp_path]).label for s in free] != [f"no finding (region of {d})" for d in donors]
+    assert localizer.localize(annotated[1], [tmp_path]).found  # annotated images keep their own lesion
 
 
 def test_build_localizer_lists_valid_names():
@@ -148,15 +229,36 @@ def test_gradcam_of_a_known_classifier_finds_the_bright_square(tmp_path):
     assert np.array_equal(region.mask, pixels > 0)
     # p = sigmoid(10 * 0.0625 - 1) = sigmoid(-0.375) = 0.40733: below 0.5, no lesion seen.
     assert localizer.heat_map(pixels / 255.0)[1]["spot"] == pytest.approx(0.40733, abs=1e-4)
-    with pytest.raises(NoRegion, match=r"s: classifier sees no lesion \(highest probability 0.41\)"):
-        GradCamLocalizer(localizer.classifier, region=PLAIN).localize(sample, [tmp_path])
-    strict = GradCamLocalizer(localizer.classifier, min_confidence=0.9, region=PLAIN)
+    # Below min_confidence the image still gets its most salient region, marked as no lesion found;
+    # all the map's mass lies in it (concentration 1), so the confidence is the probability.
+    unsure = GradCamLocalizer(localizer.classifier, region=PLAIN).localize(sample, [tmp_path])
+    assert not unsure.found and unsure.label == "no finding (most salient: spot)"
+    assert np.array_equal(unsure.mask, pixels > 0) and unsure.confidence == pytest.approx(0.40733, abs=1e-4)
     pixels[0:8, 0:32] = 255  # 320 px: p = sigmoid(10 * 0.3125 - 1) = 0.89330
     Image.fromarray(pixels).save(tmp_path / "spot.png")
-    with pytest.raises(NoRegion, match=r"classifier sees no lesion \(highest probability 0.89\)"):
-        strict.localize(sample, [tmp_path])
+    strict = GradCamLocalizer(localizer.classifier, min_confidence=0.9, region=PLAIN).localize(sample, [tmp_path])
+    assert not strict.found and strict.confidence == pytest.approx(0.89330, abs=1e-4)
     region = GradCamLocalizer(localizer.classifier, min_confidence=0.5, region=PLAIN).localize(sample, [tmp_path])
-    assert region.confidence == pytest.approx(0.89330, abs=1e-4) and region.label == "spot"
+    assert region.found and region.confidence == pytest.approx(0.89330, abs=1e-4) and region.label == "spot"
+    # A dim background (26/255 on the other 960 px) spreads the map: the square holds 64 of its
+    # 64 + 960 * 0.10196 = 161.9 mass units, 39.53% for 6.25% of the area: concentration
+    # (0.3953 - 0.0625) / 0.9375 = 0.3550; p = sigmoid(10 * 0.15809 - 1) = 0.64131; 0.64131 * 0.3550 = 0.2277.
+    pixels[:] = 26
+    pixels[8:16, 20:28] = 255
+    Image.fromarray(pixels).save(tmp_path / "spot.png")
+    diffuse = GradCamLocalizer(localizer.classifier, min_confidence=0.5, region=PLAIN).localize(sample, [tmp_path])
+    assert diffuse.found and np.array_equal(diffuse.mask, pixels == 255)
+    assert diffuse.confidence == pytest.approx(0.2277, abs=2e-3)
+
+
+def test_confidence_formulas_by_hand():
+    import doctest
+
+    from mmedpo.imaging import conspicuity, regions
+
+    for module in (conspicuity, regions):
+        outcome = doctest.testmod(module)
+        assert outcome.attempted >= 2 and outcome.failed == 0, module.__name__
 
 
 def test_load_classifier_refuses_foreign_files_and_calls_a_factory(tmp_path):

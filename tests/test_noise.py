@@ -15,7 +15,7 @@ from PIL import Image
 
 from mmedpo.data.images import load_image
 from mmedpo.imaging.localizers import AnnotationLocalizer, mask_iou
-from mmedpo.imaging.noise import add_regional_noise, alphas_cumprod, noise_batch, noise_image_file
+from mmedpo.imaging.noise import add_regional_noise, alphas_cumprod, noise_batch, noise_image_file, noise_weight
 from mmedpo.imaging.regions import NoRegion
 from mmedpo.records import Sample
 from mmedpo.registry import LOCALIZERS
@@ -65,9 +65,12 @@ def test_pixels_outside_the_region_are_bit_for_bit_unchanged(dtype, channels):
     mask = np.zeros((40, 40), dtype=bool)
     mask[5:20, 8:30] = True
     mask[25:35, 2:6] = True  # a second, separate blob
-    noised = add_regional_noise(image, mask, timestep=999, seed=3)
+    noised = add_regional_noise(image, mask, timestep=999, seed=3, edge_sigma=0)
     assert noised.dtype == image.dtype and noised.shape == image.shape
     assert np.array_equal(noised[~mask], image[~mask])
+    faded = add_regional_noise(image, mask, timestep=999, seed=3)  # sigma 2: beyond the fade, bit for bit
+    beyond = noise_weight(mask, 2.0) == 0
+    assert np.array_equal(faded[beyond], image[beyond]) and beyond.sum() > 500
     changed = noised[mask] != image[mask]
     assert changed.mean() > 0.9  # and inside, almost every value moved
 
@@ -83,7 +86,8 @@ def test_every_value_outside_the_region_survives_inside_the_lesion_box(dtype):
     ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = True  # box = whole image, inside mostly outside
     noised = add_regional_noise(image, ring, timestep=999, seed=1, edge_sigma=0)
     assert np.array_equal(noised[~ring], image[~ring])
-    assert np.array_equal(add_regional_noise(image, ring, 999, seed=1)[~ring], image[~ring])
+    beyond = noise_weight(ring, 2.0) == 0  # with the fade: every value beyond it comes back
+    assert np.array_equal(add_regional_noise(image, ring, 999, seed=1)[beyond], image[beyond])
 
 
 def test_a_uint8_soft_mask_leaves_its_zero_pixels_alone_and_scales_the_noise():
@@ -173,17 +177,27 @@ def test_t999_is_nearly_pure_noise_inside():
     assert abs(np.corrcoef(noised.ravel(), image.ravel().astype(float))[0, 1]) < 0.05
 
 
-def test_feathered_edge_ramps_up_inside_the_region():
-    # With the same seed the noise is the same, so a feathered pixel moves a fraction
-    # w = 1 - exp(-d^2 / 8) (sigma 2) of the hard-mask change: d=1 -> 0.117503, d=3 -> 0.675348.
-    image = np.full((40, 40), 20000, dtype=np.uint16)
+def test_every_lesion_pixel_gets_the_full_step_and_the_fade_lies_outside():
+    # The weight map: 1 on every region pixel; outside, exp(-d^2 / 8) (sigma 2) at distance d
+    # from the region: d=1 -> 0.882497, d=3 -> 0.324652, d=6 -> 0.011109; 0 beyond 6 (3 sigma).
     mask = square_mask(40, 10, 30, 10, 30)
-    hard = add_regional_noise(image, mask, 200, seed=8, edge_sigma=0).astype(float) - 20000
-    soft = add_regional_noise(image, mask, 200, seed=8, edge_sigma=2.0).astype(float) - 20000
-    first_row, third_row = (slice(10, 11), slice(14, 26)), (slice(12, 13), slice(14, 26))
-    np.testing.assert_allclose(soft[first_row], hard[first_row] * 0.117503, atol=1.0)
-    np.testing.assert_allclose(soft[third_row], hard[third_row] * 0.675348, atol=1.0)
-    np.testing.assert_allclose(soft[18:22, 18:22], hard[18:22, 18:22], atol=2.0)  # deep inside: w ~ 1
+    weight = noise_weight(mask, edge_sigma=2.0)
+    assert np.all(weight[mask] == 1.0)
+    assert weight[9, 20] == pytest.approx(0.882497, abs=1e-6) and weight[7, 20] == pytest.approx(0.324652, abs=1e-6)
+    assert weight[4, 20] == pytest.approx(0.011109, abs=1e-6) and weight[3, 20] == 0.0
+    assert np.array_equal(noise_weight(mask, edge_sigma=0), mask.astype(float))
+    # Measured on the noised images: per pixel, the spread over 400 seeds of a uniform uint16 image
+    # noised at t=500, against the spread with no fade at all, is the weight that pixel's noise got.
+    image = np.full((40, 40), 32768, dtype=np.uint16)
+    seeds = range(400)
+    soft = np.stack([add_regional_noise(image, mask, 500, seed=s, edge_sigma=2.0) for s in seeds]).astype(float)
+    hard = np.stack([add_regional_noise(image, mask, 500, seed=s, edge_sigma=0.0) for s in seeds]).astype(float)
+    measured = soft.std(axis=0) / hard.std(axis=0)[mask].mean()
+    assert measured[mask].mean() == pytest.approx(1.0, abs=0.01)
+    assert measured[mask].min() > 0.85  # sampling error of a std over 400 draws: ~4%; the old ramp gave 0.12
+    assert measured[9, 12:28].mean() == pytest.approx(0.882497, abs=0.03)  # the fade, one pixel outside
+    beyond = noise_weight(mask, 2.0) == 0
+    assert np.all(soft[:, beyond] == 32768)  # bit for bit beyond the fade
 
 
 def test_whole_image_mask_noises_the_border_too():
@@ -238,7 +252,8 @@ def test_noise_image_file_keeps_8_bit_files_and_noises_what_the_model_sees_of_16
     source = pixels if mode != "I;16" else np.asarray(load_image(src))[..., 0]
     assert back.dtype == np.uint8 and back.shape == source.shape
     assert np.array_equal(back, add_regional_noise(source, mask, 500, seed=1))
-    assert np.array_equal(back[~mask], source[~mask])
+    beyond = noise_weight(mask, 2.0) == 0
+    assert np.array_equal(back[beyond], source[beyond])
     assert not list((tmp_path / "out").glob("*.partial"))
 
 
@@ -250,7 +265,7 @@ def test_noise_image_file_reads_jpeg_and_keeps_colour(tmp_path):
         clean = np.asarray(decoded)
     out = noise_image_file(tmp_path / "red.jpg", square_mask(24, 0, 12, 0, 24), tmp_path / "red.png", 30, 0)
     back = np.asarray(Image.open(out))
-    assert np.array_equal(back[12:], clean[12:])
+    assert np.array_equal(back[12 + 6 :], clean[12 + 6 :])  # beyond the region and its fade (3 sigma = 6 px)
     assert back[:12, :, 0].mean() > 200 > back[:12, :, 1].mean()
 
 
@@ -277,7 +292,7 @@ def test_annotation_localizer_resizes_then_dilates_with_a_disk(tmp_path):
     assert region.mask.dtype == bool and region.mask.shape == (100, 100)
     assert region.mask.sum() == 564
     assert region.area_fraction == pytest.approx(0.0564)
-    assert region.confidence == 1.0
+    assert region.confidence == 0.0  # drawn on a flat grey image: the annotation shows nothing
     assert region.label == "nodule, effusion"
     assert region.mask[18:42, 38:62].sum() == 564  # centred on the lesion
 

@@ -3,8 +3,9 @@
 The heat map of each finding the classifier believes present (probability >=
 `min_confidence`) is Grad-CAM at the classifier's `layer`, upsampled to the
 image; each becomes a region through `imaging.regions.map_to_region`, and the region
-is their union. The confidence is the highest probability among the findings
-that gave a region.
+is their union. An image with no such finding gets the region of its most probable
+finding's map, marked as no lesion found. The confidence is the classifier's
+probability times the concentration of the map (see `GradCamLocalizer`).
 
 The default classifier is a small CNN trained on SynthMed's SFT split in
 seconds (multi-label: one sigmoid per finding) and cached on disk:
@@ -47,7 +48,8 @@ from torch import nn
 
 from mmedpo.data.images import resolve_image
 from mmedpo.imaging.localizers import finding_names
-from mmedpo.imaging.regions import NoRegion, Region, RegionOptions, check_area, map_to_region
+from mmedpo.imaging.noise import read_grayscale
+from mmedpo.imaging.regions import NoRegion, Region, RegionOptions, check_area, concentration, map_to_region
 from mmedpo.records import Sample
 
 MODEL_VERSION = 2  # of SynthMedCNN's layout: a checkpoint of another version is retrained, never half-loaded
@@ -109,15 +111,6 @@ class SynthMedCNN(nn.Module):
             hidden = torch.rand(maps.shape[0], 1, maps.shape[2], device=maps.device) < self.cell_dropout
             maps = maps.masked_fill(hidden, -1e4)  # exp(-1e4 r) is 0: a hidden cell adds nothing
         return (torch.logsumexp(self.r * maps, dim=2) - math.log(maps.shape[2])) / self.r
-
-
-def read_grayscale(path: Path) -> np.ndarray:
-    """The image at `path` (8/16-bit, L/RGB, DICOM) as float grayscale in [0, 1] of its bit depth."""
-    from mmedpo.imaging.noise import read_pixels
-
-    pixels, max_value = read_pixels(path)
-    gray = pixels.mean(axis=2) if pixels.ndim == 3 else pixels
-    return gray.astype(np.float32) / np.float32(max_value)
 
 
 def train_default_classifier(
@@ -217,7 +210,17 @@ def load_classifier(path: Path | str, factory: str | None = None) -> Classifier:
 
 @dataclass
 class GradCamLocalizer:
-    """Grad-CAM of a classifier as the lesion region; the confidence is the classifier's probability.
+    """Grad-CAM of a classifier as the lesion region.
+
+    The region is the union of the regions of the findings the classifier
+    believes present (probability >= `min_confidence`). An image where it
+    believes none is present gets the region of the most probable finding's
+    map, its most salient place, with `found=False`: as MedKLIP in the paper,
+    the localizer gives every image a region. The confidence is the classifier's
+    probability (the highest of the region's findings) times the concentration
+    of the map (`regions.concentration`: how much more of the map's mass the
+    region holds than its area would): a sure classifier whose map points at one
+    place gives a high one, a hesitant classifier or a diffuse map a low one.
 
     `classifier` is a `Classifier` or a weights file (see `load_classifier`);
     `region` a `RegionOptions` or a dict of its fields.
@@ -239,21 +242,33 @@ class GradCamLocalizer:
             self.region = RegionOptions(**self.region)
         self._gradcam = LayerGradCam(self.classifier.model, self.classifier.layer)
 
-    def finding_maps(self, pixels: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """Grad-CAM (scaled to peak 1, at the image's size) of each finding with probability >=
-        `min_confidence`, and every label's probability."""
-        inputs = self.classifier.prepare(pixels)
+    def probabilities(self, pixels: np.ndarray) -> dict[str, float]:
+        """Every label's probability for a grayscale image in [0, 1]."""
         with torch.no_grad():
-            probabilities = torch.sigmoid(self.classifier.model(inputs))[0].tolist()
+            return dict(
+                zip(
+                    self.classifier.labels,
+                    torch.sigmoid(self.classifier.model(self.classifier.prepare(pixels)))[0].tolist(),
+                )
+            )
+
+    def finding_maps(
+        self, pixels: np.ndarray, labels: Sequence[str] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Grad-CAM (scaled to peak 1, at the image's size) of each of `labels` (default: each finding with
+        probability >= `min_confidence`) whose map is not all zero, and every label's probability."""
+        probabilities = self.probabilities(pixels)
+        if labels is None:
+            labels = [name for name, p in probabilities.items() if p >= self.min_confidence]
+        inputs = self.classifier.prepare(pixels)
         maps = {}
-        for index, probability in enumerate(probabilities):
-            if probability < self.min_confidence:
-                continue
-            cam = self._gradcam.attribute(inputs, target=index, relu_attributions=True).detach()
+        for name in labels:
+            target = self.classifier.labels.index(name)
+            cam = self._gradcam.attribute(inputs, target=target, relu_attributions=True).detach()
             cam = nn.functional.interpolate(cam, size=pixels.shape, mode="bilinear", align_corners=False)[0, 0]
             if cam.max() > 0:
-                maps[self.classifier.labels[index]] = (cam / cam.max()).numpy()
-        return maps, dict(zip(self.classifier.labels, probabilities))
+                maps[name] = (cam / cam.max()).numpy()
+        return maps, probabilities
 
     def heat_map(self, pixels: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """The pixel-wise maximum of `finding_maps` (all zeros when no finding is confident), and every
@@ -262,18 +277,18 @@ class GradCamLocalizer:
         heat = np.max(list(maps.values()), axis=0) if maps else np.zeros(pixels.shape, dtype=np.float32)
         return heat, probabilities
 
-    def localize(self, sample: Sample, image_roots: Sequence[Path | str]):
-        """The union of the regions of each confident finding's map; raises `NoRegion` when no
-        lesion is confident or no map gives a usable region.
+    def localize(self, sample: Sample, image_roots: Sequence[Path | str]) -> Region:
+        """The union of the regions of each confident finding's map, or the most probable finding's
+        region (`found=False`) when none is confident; raises `NoRegion` when no map gives a usable region.
 
         Each finding gets its own region: thresholded together, a strong nodule map would
         cut a weaker cardiomegaly map away.
         """
-        maps, probabilities = self.finding_maps(read_grayscale(resolve_image(sample.image, image_roots)))
-        confident = {name: p for name, p in probabilities.items() if p >= self.min_confidence}
-        if not confident:
-            best = max(probabilities.values())
-            raise NoRegion(f"sample {sample.id}: classifier sees no lesion (highest probability {best:.2f})")
+        pixels = read_grayscale(resolve_image(sample.image, image_roots))
+        maps, probabilities = self.finding_maps(pixels)
+        found = bool(maps) or any(p >= self.min_confidence for p in probabilities.values())
+        if not found:
+            maps, _ = self.finding_maps(pixels, [max(probabilities, key=probabilities.get)])
         regions, failures = {}, []
         for name, heat in maps.items():
             try:
@@ -288,4 +303,6 @@ class GradCamLocalizer:
         except NoRegion as error:
             raise NoRegion(f"sample {sample.id}: {error}") from None
         heat = np.max([maps[name] for name in regions], axis=0)
-        return Region(mask, max(confident[name] for name in regions), ", ".join(regions), area, heat)
+        confidence = max(probabilities[name] for name in regions) * concentration(heat, mask)
+        label = ", ".join(regions) if found else f"no finding (most salient: {', '.join(regions)})"
+        return Region(mask, confidence, label, area, heat, found=found)

@@ -3,9 +3,11 @@
 A localizer turns a sample into a `Region` (a pixel mask of the image plus a
 confidence) or refuses with `NoRegion`, a ValueError whose message names the
 sample and the reason; the visual-pair stage records that reason as a reject.
-A region covering most of the image is refused too: it marks a failed
-localization, not a lesion (the reference code's mean - std threshold often
-masked the whole image and noised it all).
+As MedKLIP in the paper, a localizer gives a region for every image it can: an
+image where it finds no lesion gets the region where it would look, marked
+`found=False`, with a low confidence. A region covering most of the image is
+refused: it marks a failed localization, not a lesion (the reference code's
+mean - std threshold often masked the whole image and noised it all).
 
 `mmedpo.registry.LOCALIZERS` maps a configuration name to the class
 (`GradCamLocalizer` is in `imaging.gradcam`); `build_localizer` makes one from
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,7 +29,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from mmedpo.data.images import ImageError, resolve_image
-from mmedpo.imaging.noise import read_pixels
+from mmedpo.imaging.conspicuity import conspicuity
+from mmedpo.imaging.noise import image_seed, read_grayscale, read_pixels
 from mmedpo.imaging.regions import NoRegion, Region, check_area, disk
 from mmedpo.records import Sample
 from mmedpo.registry import LOCALIZERS
@@ -48,8 +51,19 @@ class AnnotationLocalizer:
       whose file_name is the sample's image path (or, failing that, its file name).
 
     The region is grown by `dilation` pixels so the noise also covers the
-    lesion's margin. Confidence is 1: an annotation is certain. The label joins
-    the findings the sample lists (or the box names), or is "lesion".
+    lesion's margin. The confidence is the lesion's conspicuity in the image
+    (`imaging.conspicuity`: contrast against its surroundings and size, with
+    `reference_area`): an annotation says where a lesion is, not how plainly
+    the image shows it. The label joins the findings the sample lists (or the
+    box names), or is "lesion".
+
+    An image without any annotation gets no region, unless the localizer was
+    given `donors` (`drawing_from`: the samples of the split): then it gets the
+    annotated region of one of the donors' annotated images, drawn with a
+    generator seeded by `seed` and the image's path, resized to the image: a
+    region of the size, shape and place of a real lesion of the same split.
+    Such a region has `found=False`, the label "no finding" and confidence
+    `no_lesion_confidence`: the localizer is sure of no lesion there.
     """
 
     name: ClassVar[str] = "annotation"
@@ -58,22 +72,61 @@ class AnnotationLocalizer:
     max_area: float = 0.6
     dilation: int = 2
     boxes_file: str | Path | None = None
+    reference_area: float = 0.01
+    no_lesion_confidence: float = 0.1
+    donors: Sequence[Sample] = ()
+    seed: int = 0
 
     def __post_init__(self) -> None:
         self._coco = _read_coco(Path(self.boxes_file)) if self.boxes_file else {}
+        if not 0.0 <= self.no_lesion_confidence <= 1.0:
+            raise ValueError(f"no_lesion_confidence must lie in [0, 1], got {self.no_lesion_confidence}")
+        annotated = {sample.image: sample for sample in self.donors if self._annotated(sample)}
+        self._donors = [annotated[image] for image in sorted(annotated)]  # in an order of their own
+
+    def drawing_from(self, samples: Sequence[Sample], seed: int) -> AnnotationLocalizer:
+        """This localizer, giving each image without annotation a region drawn from `samples`' lesions."""
+        return replace(self, donors=tuple(samples), seed=seed)
 
     def localize(self, sample: Sample, image_roots: Sequence[Path | str]) -> Region:
-        """The annotated region of `sample`'s image; raises `NoRegion` (or `ImageError`) when unusable."""
-        height, width = _image_size(resolve_image(sample.image, image_roots))
+        """The annotated region of `sample`'s image, or one drawn from the donors' lesions when it has no
+        annotation; raises `NoRegion` (or `ImageError`) when there is none or it is unusable."""
+        path = resolve_image(sample.image, image_roots)
+        height, width = _image_size(path)
+        if not self._annotated(sample) and self._donors:
+            return self._drawn(sample, image_roots, height, width)
         mask, names = self._annotation(sample, image_roots, height, width)
+        lesion = mask
+        mask = self._grown(mask, sample)
+        confidence = conspicuity(read_grayscale(path), lesion, self.dilation, self.reference_area)
+        label = ", ".join(finding_names(sample) or names) or "lesion"
+        return Region(mask=mask, confidence=confidence, label=label, area_fraction=float(mask.mean()))
+
+    def _grown(self, mask: np.ndarray, sample: Sample) -> np.ndarray:
         if self.dilation > 0:
             mask = ndimage.binary_dilation(mask, structure=disk(self.dilation))
         try:
-            area = check_area(mask, self.min_area, self.max_area, what="lesion mask")
+            check_area(mask, self.min_area, self.max_area, what="lesion mask")
         except NoRegion as error:
             raise NoRegion(f"sample {sample.id}: {error}") from None
-        label = ", ".join(finding_names(sample) or names) or "lesion"
-        return Region(mask=mask, confidence=1.0, label=label, area_fraction=area)
+        return mask
+
+    def _drawn(self, sample: Sample, image_roots, height: int, width: int) -> Region:
+        rng = np.random.default_rng([image_seed(self.seed, sample.image), 1])  # a stream apart from the noise's
+        donor = self._donors[int(rng.integers(len(self._donors)))]
+        donor_height, donor_width = _image_size(resolve_image(donor.image, image_roots))
+        lesion, _ = self._annotation(donor, image_roots, donor_height, donor_width)
+        if lesion.shape != (height, width):
+            lesion = np.asarray(Image.fromarray(lesion).resize((width, height), Image.Resampling.NEAREST))
+        mask = self._grown(lesion, sample)
+        label = f"no finding (region of {donor.image})"
+        return Region(mask, self.no_lesion_confidence, label, float(mask.mean()), found=False)
+
+    def _annotated(self, sample: Sample) -> bool:
+        meta = sample.meta
+        return bool(meta.get("lesion_mask") or meta.get("lesion_boxes")) or bool(
+            self._coco and (self._coco.get(sample.image) or self._coco.get(Path(sample.image).name))
+        )
 
     def _annotation(self, sample, image_roots, height: int, width: int) -> tuple[np.ndarray, list[str]]:
         named = sample.meta.get("lesion_mask")

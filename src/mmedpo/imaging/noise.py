@@ -3,10 +3,17 @@
 MMedPO corrupts the lesion with the diffusion forward process,
 x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, on the image scaled to [-1, 1].
 Unlike the reference code, the noised values are clipped (never wrapped around
-as uint8), colour channels keep their order, and every pixel outside the region
-is returned bit for bit. Inside, the noise strength ramps up from the region's
-edge with a Gaussian profile so the corruption has no hard seam, yet the ramp
-never leaks outside the region.
+as uint8) and colour channels keep their order. Every pixel of the region gets
+the configured step in full: the lesion is hidden as configured, to its edge.
+So that the corruption has no hard seam, the noise fades out beyond the region
+with a Gaussian profile (weight exp(-d^2 / 2 sigma^2) at distance d from it, cut
+at 3 sigma); every pixel farther than that (`FEATHER_REACH` sigmas, rounded up)
+is returned bit for bit, and with `edge_sigma=0` every pixel outside the region is.
+
+The schedule is the linear DDPM one (betas 1e-4..0.02 over 1000 steps, diffusers'
+default), where abar_500 = 0.078: at t = 500 the lesion is nearly destroyed. The
+official MMedPO code's `add_diffusion_noise` helper uses a sigmoid schedule, where
+abar_500 is about 0.745 (most of the signal kept). See docs/method.md.
 
 The noise comes from a generator seeded with `seed` alone, so the same image,
 mask, step and seed always give the same bytes; callers derive the seed from
@@ -16,6 +23,7 @@ and evaluation's visual dependence noise an image the same way.
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from collections.abc import Sequence
@@ -34,6 +42,7 @@ BETA_START = 1e-4
 BETA_END = 0.02
 
 _MAX_VALUE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+FEATHER_REACH = 3.0  # the fade beyond the region stops this many edge_sigmas away (weight 0.011 there)
 
 
 @lru_cache(maxsize=8)
@@ -68,9 +77,11 @@ def add_regional_noise(
 ) -> np.ndarray:
     """`image` (HxW or HxWxC, uint8 or uint16) with DDPM noise of step `timestep` inside `mask`.
 
-    `mask` is HxW, bool or 0..255; intermediate values scale the noise down
-    (a soft mask). An all-ones mask noises the whole image. Pixels where the
-    mask is 0 are returned unchanged, bit for bit. `max_value` is the white
+    `mask` is HxW, bool or 0..255. A bool mask gets the full step on every
+    pixel inside and a fade of `edge_sigma` pixels outside (see the module
+    docstring; `noise_weight` gives every pixel's share). A 0..255 mask is a
+    soft mask taken as given: its value / 255 scales the noise, with no fade, and
+    its zero pixels are returned bit for bit. `max_value` is the white
     level mapped to +1 (default: the dtype's maximum; 4095 for 12-bit data in
     uint16). Returns a new array of the image's shape and dtype.
     """
@@ -90,8 +101,8 @@ def noise_batch(
     """`add_regional_noise` for a stack of images (N,H,W[,C]) with masks (N,H,W) or one shared (H,W) mask.
 
     Image i gets the same bytes as `add_regional_noise(images[i], masks[i], timestep, seeds[i])`.
-    Only the bounding box of each region is converted, noised and blended, so the
-    cost follows the lesion's size, not the image's.
+    Only the bounding box of each region and its fade is converted, noised and blended,
+    so the cost follows the lesion's size, not the image's.
     """
     images = np.asarray(images)
     masks = np.asarray(masks)
@@ -103,14 +114,15 @@ def noise_batch(
     max_value = np.float32(_MAX_VALUE[images.dtype] if max_value is None else max_value)
     out = images.copy()
     for index, (mask, seed) in enumerate(zip(masks, seeds)):
-        box = _bounding_box(mask)
+        feather = edge_sigma if mask.dtype == np.bool_ else 0.0
+        box = _bounding_box(mask, _reach(feather))
         if box is None:
             continue
-        # The weight is exactly 0 outside the region, so there the blend returns the
+        # The weight is exactly 0 beyond the fade, so there the blend returns the
         # clean value and the scaling round-trips it exactly (every uint16 value does,
-        # in float32): a plain write of the whole box is bit-for-bit outside the region
-        # and much faster than a masked one.
-        weight = _edge_weight(mask > 0, box, edge_sigma) * _strength(mask[box])
+        # in float32): a plain write of the whole box is bit-for-bit there and much
+        # faster than a masked one.
+        weight = _weight(mask[box], feather)
         clean = images[index][box].astype(np.float32) * (2.0 / max_value) - 1.0
         eps = np.random.default_rng(seed).standard_normal(clean.shape, dtype=np.float32)
         noised = np.clip(signal * clean + spread * eps, -1.0, 1.0)
@@ -182,6 +194,13 @@ def read_pixels(src: Path | str) -> tuple[np.ndarray, float]:
     return pixels, _MAX_VALUE[pixels.dtype]
 
 
+def read_grayscale(path: Path | str) -> np.ndarray:
+    """The image at `path` (8/16-bit, L/RGB, DICOM) as float grayscale in [0, 1] of its bit depth."""
+    pixels, max_value = read_pixels(path)
+    gray = pixels.mean(axis=2) if pixels.ndim == 3 else pixels
+    return gray.astype(np.float32) / np.float32(max_value)
+
+
 def _dicom_pixels(src: Path) -> tuple[np.ndarray, float]:
     import pydicom
 
@@ -216,36 +235,38 @@ def _check_batch(images, masks, timestep: int, seeds: Sequence[int], steps: int,
         raise ValueError(f"timestep must be in 0..{steps - 1}, got {timestep}")
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
+def noise_weight(mask: np.ndarray, edge_sigma: float = 2.0) -> np.ndarray:
+    """The share of the step's noise each pixel of the image gets from `mask` (HxW floats in [0, 1]):
+    1 on a bool region, its fade beyond, 0 elsewhere; a soft mask's value / 255."""
+    mask = np.asarray(mask)
+    return _weight(mask, edge_sigma if mask.dtype == np.bool_ else 0.0) if mask.any() else np.zeros(mask.shape)
+
+
+def _reach(sigma: float) -> int:
+    """How far, in whole pixels, the fade beyond the region goes."""
+    return math.ceil(FEATHER_REACH * sigma) if sigma > 0 else 0
+
+
+def _bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice] | None:
+    """The region's bounding box grown by `margin` pixels on each side, within the image."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return None
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    height, width = mask.shape
+    return (
+        slice(max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, height)),
+        slice(max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, width)),
+    )
 
 
-def _edge_weight(region: np.ndarray, box: tuple[slice, slice], sigma: float) -> np.ndarray:
-    """1 - exp(-d^2 / 2 sigma^2) over the box, d the distance to the nearest pixel outside the region
-    (so exactly 0 outside it).
-
-    The image border is not an edge (an all-ones mask noises every pixel evenly).
-    """
-    crop = region[box]
+def _weight(crop: np.ndarray, sigma: float) -> np.ndarray:
+    """The noise weight over a box: 1 inside a bool region, exp(-d^2 / 2 sigma^2) at distance d
+    <= FEATHER_REACH sigma outside it, else 0; a soft (0..255) mask's value / 255."""
+    if crop.dtype != np.bool_:
+        return crop.astype(np.float32) / 255.0
     if sigma <= 0:
         return crop.astype(np.float32)
-    # One ring around the box suffices: the nearest outside pixel is never farther
-    # than the ring. Beyond the image the ring counts as inside.
-    ring = np.ones((crop.shape[0] + 2, crop.shape[1] + 2), dtype=bool)
-    top, left = box[0].start, box[1].start
-    rows = slice(max(top - 1, 0), min(box[0].stop + 1, region.shape[0]))
-    cols = slice(max(left - 1, 0), min(box[1].stop + 1, region.shape[1]))
-    ring[rows.start - top + 1 : rows.stop - top + 1, cols.start - left + 1 : cols.stop - left + 1] = region[rows, cols]
-    if ring.all():  # the region is the whole image: no edge anywhere
-        return np.ones(crop.shape, dtype=np.float32)
-    distance = ndimage.distance_transform_edt(ring)[1:-1, 1:-1]
-    return (1.0 - np.exp(-(distance**2) / (2.0 * sigma**2))).astype(np.float32)
-
-
-def _strength(mask: np.ndarray) -> np.ndarray:
-    if mask.dtype == np.bool_:
-        return np.float32(1.0)
-    return mask.astype(np.float32) / 255.0
+    # The box holds every region pixel, so the distance to the nearest one is exact.
+    distance = ndimage.distance_transform_edt(~crop)
+    fade = np.exp(-(distance**2) / (2.0 * sigma**2))
+    return np.where(distance <= _reach(sigma), fade, 0.0).astype(np.float32)

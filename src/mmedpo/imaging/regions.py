@@ -29,13 +29,15 @@ class NoRegion(ValueError):
 @dataclass
 class Region:
     """A lesion region: `mask` (bool, HxW of the image), `confidence` in [0, 1], `label`, `area_fraction`,
-    and the heat map it came from (HxW, peak 1) when the localizer has one."""
+    the heat map it came from (HxW, peak 1) when the localizer has one, and whether the localizer
+    `found` a lesion there (False: it sees none, and the region is where it would look)."""
 
     mask: np.ndarray
     confidence: float
     label: str
     area_fraction: float
     heat: np.ndarray | None = None
+    found: bool = True
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,23 @@ def check_area(mask: np.ndarray, min_area: float, max_area: float, what: str = "
     if area < min_area:
         raise NoRegion(f"{what} covers {area:.3%} of the image (min {min_area:.3%})")
     return area
+
+
+def concentration(heat: np.ndarray, mask: np.ndarray) -> float:
+    """How much more of the heat map's positive mass the region holds than its area would, in [0, 1]:
+    (mass share - area share) / (1 - area share); 0 for a flat map, 1 when all the mass is inside.
+
+    >>> heat = np.zeros((10, 10)); heat[:2, :5] = 1.0; heat[5:, :] = 0.1   # 10 px at 1, 50 px at 0.1
+    >>> mask = heat == 1.0                                                  # area 0.1, mass 10 / 15
+    >>> round(concentration(heat, mask), 4)                                 # (2/3 - 0.1) / 0.9
+    0.6296
+    """
+    positive = np.clip(np.asarray(heat, dtype=np.float64), 0.0, None)
+    mask = np.asarray(mask, dtype=bool)
+    total, area = positive.sum(), float(mask.mean())
+    if total <= 0 or area >= 1.0:
+        return 0.0
+    return max(0.0, float(positive[mask].sum() / total - area) / (1.0 - area))
 
 
 def disk(radius: int) -> np.ndarray:

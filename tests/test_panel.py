@@ -14,7 +14,7 @@ from mmedpo.registry import JUDGES
 from mmedpo.scoring.cache import folder_fingerprint
 from mmedpo.scoring.judges import Judge, Verdict
 from mmedpo.scoring.panel import aggregate, score_pairs
-from mmedpo.scoring.variant_pairs import reweight
+from mmedpo.scoring.variant_pairs import reweight, variant_pairs
 
 
 class TableJudge(Judge):
@@ -75,9 +75,9 @@ def test_mean_panel_and_mean_one_weights(tmp_path):
     # The panel's mean is each pair's clinical score; training weights are made per variant.
     assert [scored[i].clinical_score for i in "123"] == pytest.approx([0.4, 0.9, 0.5])
     assert all(scored[i].weight is None for i in "123")
-    # raw 0.4, 0.9, 0.5 (mean 0.6) -> mean-one weights raw / 0.6
+    # Normalised within each kind: text raws 0.4, 0.9 (mean 0.65) -> raw / 0.65; the visual pair alone -> 1.
     weights = [p.weight for p in reweight(list(scored.values()), ScoreConfig(**PANEL))]
-    assert weights == pytest.approx([0.4 / 0.6, 1.5, 0.5 / 0.6])
+    assert weights == pytest.approx([0.4 / 0.65, 0.9 / 0.65, 1.0])
     assert (summary.pairs, summary.scored, summary.unscored, summary.by_kind) == (3, 3, 0, {"text": 2, "visual": 1})
     assert summary.mean_raw == pytest.approx(0.6)
     assert summary.judge_means == pytest.approx({"a": 0.5, "b": 0.8})
@@ -129,9 +129,9 @@ def test_visual_pairs_can_join_the_judges(tmp_path):
     score_pairs(PAIRS, out, settings, show_progress=False)
     visual = read_jsonl(out, PreferencePair)[2]
     assert visual.scores == {"a": 0.3, "b": 0.9, "localizer": 0.5}
-    # raws: median(0.2, 0.6) = 0.4, median(0.8, 1.0) = 0.9, median(0.3, 0.9, 0.5) = 0.5 -> mean 0.6
+    # raws: median(0.2, 0.6) = 0.4, median(0.8, 1.0) = 0.9, median(0.3, 0.9, 0.5) = 0.5
     assert visual.clinical_score == pytest.approx(0.5)
-    assert reweight(read_jsonl(out, PreferencePair), settings)[2].weight == pytest.approx(0.5 / 0.6)
+    assert reweight(read_jsonl(out, PreferencePair), settings)[2].weight == pytest.approx(1.0)  # alone in its kind
 
 
 def test_aggregates_on_hand_computed_numbers():
@@ -164,6 +164,57 @@ def test_agreement_in_the_summary(tmp_path):
     # Interval alpha. Do = (2 * 0.4^2 + 2 * 0.2^2 + 2 * 0.6^2) / 6 = 1.12 / 6; the six values sum to 3.8
     # with squares 2.94: De = (2 * 6 * 2.94 - 2 * 3.8^2) / (6 * 5) = 6.4 / 30.  alpha = 1 - 0.875 = 0.125.
     assert summary.agreement["krippendorff_alpha"] == pytest.approx(0.125)
+    assert summary.agreement["krippendorff_alpha_by_pair"] == {"a vs b": pytest.approx(0.125)}
+    assert summary.agreement["pairs"] == 3 and not summary.agreement["disagree"]
+
+
+def test_a_panel_that_disagrees_is_flagged_and_logged(tmp_path, caplog):
+    options = json.loads(json.dumps(PANEL["judge_options"]))
+    options["b"]["table"] = {"Yes": 0.9, "Maybe": 0.1, "Yes, large": 0.5}  # b ranks the pairs the other way
+    options["c"] = {"judge": "table", "model": "c", "table": {"Yes": 0.3, "Maybe": 0.7, "Yes, large": 0.4}}
+    texts = PAIRS[:2] + [pair("5", "Yes, large")]
+    with caplog.at_level("WARNING", logger="mmedpo.scoring.panel"):
+        summary = score_pairs(texts, tmp_path / "s.jsonl", ScoreConfig(judges=["a", "b", "c"], judge_options=options))
+    agreement = summary.agreement
+    assert agreement["disagree"] and agreement["krippendorff_alpha"] <= 0
+    by_pair = agreement["krippendorff_alpha_by_pair"]
+    assert by_pair["a vs c"] > 0.5 and by_pair["a vs b"] < 0 and by_pair["b vs c"] < 0
+    assert "the judges a, b, c disagree: Krippendorff's alpha" in caplog.text and agreement["warning"] in caplog.text
+
+
+def test_visual_pairs_repeating_a_text_pair_are_marked(tmp_path):
+    twin = pair("1", "yes.", kind="visual", confidence=0.5)  # sample s1, rejected "Yes" as the text pair's
+    other = pair("2", "No, small", kind="visual", confidence=0.5)
+    summary = score_pairs(PAIRS[:2] + [twin, other], tmp_path / "s.jsonl", ScoreConfig(**PANEL), show_progress=False)
+    scored = {p.id + p.kind: p for p in read_jsonl(tmp_path / "s.jsonl", PreferencePair)}
+    assert scored["1visual"].provenance["duplicates"] == "1" and "duplicates" not in scored["2visual"].provenance
+    assert "duplicates" not in scored["1text"].provenance and summary.visual_duplicates == 1
+
+
+def test_weights_are_normalised_within_each_kind_and_the_kind_balance_is_a_setting():
+    def scored(pair_id, kind, score):
+        extra = {"rejected_image": "n.png"} if kind == "visual" else {}
+        scores = {"a": score} if kind == "text" else {"localizer": score}
+        return PreferencePair(id=pair_id, sample_id=pair_id, task="vqa", kind=kind, image="a.png", question="q",
+                              chosen="no", rejected="yes", scores=scores, **extra)  # fmt: skip
+
+    pairs = [scored("t1", "text", 0.2), scored("t2", "text", 0.6), scored("t3", "text", 0.4)]
+    pairs += [scored("v1", "visual", 0.9), scored("v2", "visual", 0.3)]
+    settings = ScoreConfig(judges=["a"])
+    # Each kind averages 1: text 0.2, 0.6, 0.4 / 0.4; visual 0.9, 0.3 / 0.6. Shares: 3/5 and 2/5, the pairs'.
+    weights = [p.weight for p in variant_pairs(pairs, settings, ["text", "visual"])]
+    assert weights == pytest.approx([0.5, 1.5, 1.0, 1.5, 0.5])
+    # 'equal': each kind half of the total 5 -> text x 2.5/3, visual x 2.5/2.
+    equal = [p.weight for p in variant_pairs(pairs, settings, ["text", "visual"], kind_balance="equal")]
+    assert equal == pytest.approx([0.5 * 2.5 / 3, 1.5 * 2.5 / 3, 2.5 / 3, 1.5 * 1.25, 0.5 * 1.25])
+    # {text: 1, visual: 3}: the visual pairs carry 3/4 of the total 5, i.e. 3.75 over 2 pairs.
+    tilted = variant_pairs(pairs, settings, ["text", "visual"], kind_balance={"text": 1, "visual": 3})
+    assert sum(p.weight for p in tilted if p.kind == "visual") == pytest.approx(3.75)
+    assert sum(p.weight for p in tilted) == pytest.approx(5.0)
+    # Unweighted: 1 everywhere, unless the kinds are balanced otherwise.
+    assert [p.weight for p in variant_pairs(pairs, settings, ["text", "visual"], weighted=False)] == [1.0] * 5
+    plain_equal = variant_pairs(pairs, settings, ["text", "visual"], weighted=False, kind_balance="equal")
+    assert [p.weight for p in plain_equal] == pytest.approx([2.5 / 3] * 3 + [1.25] * 2)
 
 
 def test_bad_panel_members_are_named(tmp_path):
@@ -200,12 +251,17 @@ def test_reweight_by_one_judge_or_the_panel_from_the_stored_scores(tmp_path):
     # The whole panel over the text pairs only: raws 0.4, 0.9, normalised over these two (mean 0.65).
     panel = reweight(scored[:2], ScoreConfig(**PANEL))
     assert [p.weight for p in panel] == pytest.approx([0.4 / 0.65, 0.9 / 0.65])
-    # Under confidence+judges, visual pairs follow the kept judges too: median(0.3, 0.5) = 0.4 beside
-    # the text pair's 0.2 (mean 0.3); with the whole panel median(0.3, 0.9, 0.5) = 0.5 beside 0.4.
+    # Under confidence+judges, visual pairs follow the kept judges too: median(0.3, 0.5) = 0.4 and
+    # median(0.1, 0.3) = 0.2 (mean 0.3); with the whole panel median(0.3, 0.9, 0.5) = 0.5 and
+    # median(0.1, 0.1, 0.3) = 0.1 (mean 0.3). The text pair, alone in its kind, weighs 1.
     settings = ScoreConfig(**PANEL, visual_mode="confidence+judges", aggregate="median")
-    both = [scored[2].model_copy(update={"scores": {"a": 0.3, "b": 0.9, "localizer": 0.5}}), scored[0]]
-    assert [p.weight for p in reweight(both, settings, ["a"])] == pytest.approx([0.4 / 0.3, 0.2 / 0.3])
-    assert [p.weight for p in reweight(both, settings)] == pytest.approx([0.5 / 0.45, 0.4 / 0.45])
+    both = [
+        scored[2].model_copy(update={"scores": {"a": 0.3, "b": 0.9, "localizer": 0.5}}),
+        scored[2].model_copy(update={"id": "3b", "scores": {"a": 0.1, "b": 0.1, "localizer": 0.3}}),
+        scored[0],
+    ]
+    assert [p.weight for p in reweight(both, settings, ["a"])] == pytest.approx([0.4 / 0.3, 0.2 / 0.3, 1.0])
+    assert [p.weight for p in reweight(both, settings)] == pytest.approx([0.5 / 0.3, 0.1 / 0.3, 1.0])
 
 
 def test_reweight_names_an_unknown_judge_and_a_missing_score():

@@ -3,6 +3,8 @@ bits outside the region, 8/16-bit, RGB and DICOM inputs, previews, and resuming 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,7 +14,7 @@ from mmedpo.curation import visual
 from mmedpo.curation.visual import curate_visual, make_noised_image
 from mmedpo.data.images import load_image
 from mmedpo.imaging.localizers import AnnotationLocalizer
-from mmedpo.imaging.noise import add_regional_noise, image_seed, read_pixels
+from mmedpo.imaging.noise import add_regional_noise, image_seed, noise_weight, read_pixels
 from mmedpo.records import PreferencePair, Reject, Sample, read_jsonl, rejects_path
 from mmedpo.synth.synthmed import generate_synthmed
 
@@ -25,11 +27,11 @@ def synth(tmp_path_factory):
     return root, generate_synthmed(root, {"pref": 10}, seed=0, image_size=64)
 
 
-def run_stage(root, samples, out, model_dir, pairs_name="pairs.visual.jsonl", **kwargs):
+def run_stage(root, samples, out, model_dir, pairs_name="pairs.visual.jsonl", settings=SETTINGS, **kwargs):
     return curate_visual(
         samples,
         out / pairs_name,
-        SETTINGS,
+        settings,
         [root, out / "images"],
         out / "images",
         model_dir,
@@ -59,15 +61,82 @@ def test_counts_add_up_and_each_image_is_noised_once(synth, tmp_path, tiny_vlm_d
         assert pair.kind == "visual" and pair.rejected_image == f"noised/{pair.image[:-4]}_lesion_t500.png"
         assert pair.rejected != pair.chosen
         provenance = pair.provenance
-        assert provenance["localizer"] == "annotation" and provenance["confidence"] == 1.0
+        assert provenance["localizer"] == "annotation" and 0 <= provenance["confidence"] < 1
         assert provenance["timestep"] == 500 and 0 < provenance["area_fraction"] < 0.6
         mask = np.asarray(Image.open(tmp_path / "images" / provenance["mask"])) > 0
         clean = np.asarray(Image.open(root / pair.image))
         noised_pixels = np.asarray(Image.open(tmp_path / "images" / pair.rejected_image))
-        assert np.array_equal(noised_pixels[~mask], clean[~mask])
+        beyond = noise_weight(mask, SETTINGS.edge_sigma) == 0
+        assert np.array_equal(noised_pixels[beyond], clean[beyond])
+        assert np.mean(noised_pixels[mask] != clean[mask]) > 0.9  # every lesion pixel gets the full step
         assert mask.mean() == pytest.approx(provenance["area_fraction"])
+    assert len({pair.provenance["confidence"] for pair in pairs}) > 1  # conspicuity differs between images
     panels = sorted((tmp_path / "preview").rglob("*.png"))
     assert len(panels) == 2 and Image.open(panels[0]).size == (4 * 192, 192 + 16)
+
+
+def test_every_pair_records_the_clean_answer_and_lesion_free_images_get_pairs(synth, tmp_path, tiny_vlm_dir):
+    root, samples = synth
+    localizer = AnnotationLocalizer().drawing_from(samples, seed=0)  # as the pipeline's stage does
+    summary = run_stage(root, samples, tmp_path, tiny_vlm_dir, localizer=localizer)
+    pairs = read_jsonl(tmp_path / "pairs.visual.jsonl", PreferencePair)
+    rejects = read_jsonl(rejects_path(tmp_path / "pairs.visual.jsonl"), Reject)
+    assert summary.read == len(pairs) + len(rejects) and not any(r.reason.startswith("no lesion") for r in rejects)
+    assert len(list((tmp_path / "images" / "noised").rglob("*_t500.png"))) == len({s.image for s in samples})
+    by_id = {sample.id: sample for sample in samples}
+    for pair in pairs:
+        provenance = pair.provenance
+        assert provenance["right_on_clean"] == visual.right_answer(by_id[pair.sample_id], provenance["clean_answer"])
+        assert provenance["error"] == ("lesion-neglect" if provenance["right_on_clean"] else "wrong-on-clean")
+        free = not by_id[pair.sample_id].meta["lesion_mask"]
+        assert provenance["lesion_found"] is not free
+        if free:  # a lesion-free image: the pair prefers the truth over what the model read into the noise
+            assert provenance["confidence"] == 0.1 and provenance["label"].startswith("no finding (region of ")
+    free_pairs = [pair for pair in pairs if not pair.provenance["lesion_found"]]
+    assert free_pairs and all(pair.chosen == by_id[pair.sample_id].answer for pair in free_pairs)
+    classes = Counter(pair.provenance["error"] for pair in pairs)
+    assert summary.pair_classes == {**classes, "no lesion found": len(free_pairs)}
+
+    neglect = tmp_path / "neglect"
+    only = run_stage(
+        root,
+        samples,
+        neglect,
+        tiny_vlm_dir,
+        localizer=localizer,
+        settings=SETTINGS.model_copy(update={"keep": "neglect"}),
+    )
+    kept = read_jsonl(neglect / "pairs.visual.jsonl", PreferencePair)
+    assert kept == [pair for pair in pairs if pair.provenance["error"] == "lesion-neglect"]
+    assert only.drops["wrong on the clean image too (keep"] == classes["wrong-on-clean"]
+    assert only.read == only.paired + only.rejected
+
+
+def test_image_conditional_pairs_reject_the_gold_answer_on_the_noised_image(synth, tmp_path):
+    root, samples = synth
+    localizer = AnnotationLocalizer().drawing_from(samples, seed=0)
+    # No model is asked: the model folder does not even exist.
+    summary = run_stage(
+        root, samples, tmp_path, tmp_path / "no-model", "pairs.visual-gold.jsonl", localizer=localizer, rejected="gold"
+    )
+    pairs = read_jsonl(tmp_path / "pairs.visual-gold.jsonl", PreferencePair)
+    assert summary.paired == len(pairs) == len(samples) and summary.pairs_by_generator == {"gold": len(samples)}
+    for pair, sample in zip(pairs, samples):
+        assert pair.id == f"{sample.id}-visual-gold" and pair.rejected_text == "gold"
+        assert pair.chosen == pair.rejected == sample.answer and pair.rejected_image.endswith("_lesion_t500.png")
+        assert "error" not in pair.provenance
+    assert summary.pair_classes == {"no lesion found": sum(1 for s in samples if not s.meta["lesion_mask"])}
+
+
+def test_right_answer_on_hand_cases():
+    def sample(answer, answer_type):
+        return Sample(id="s", task="vqa", image="x.png", question="q", answer=answer, answer_type=answer_type)
+
+    assert visual.right_answer(sample("yes", "closed"), "Yes")
+    assert not visual.right_answer(sample("yes", "closed"), "no")
+    assert visual.right_answer(sample("no finding", "open"), "no finding")
+    assert not visual.right_answer(sample("no finding", "open"), "consolidation")
+    assert not visual.right_answer(sample("nodule", "open"), "")
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_result(synth, tmp_path, tiny_vlm_dir, monkeypatch):
@@ -78,13 +147,12 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(synth, tmp_path, tin
 
     killed = tmp_path / "killed"
     real_answer = visual.answer_samples
-    calls = []
+    second_chunk = {sample.id for sample in samples[visual.CHUNK : 2 * visual.CHUNK]}
 
-    def dies_on_the_second_chunk(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
+    def dies_on_the_second_chunk(model, processor, asked, images, **kwargs):
+        if second_chunk & {sample.id for sample in asked}:
             raise KeyboardInterrupt
-        return real_answer(*args, **kwargs)
+        return real_answer(model, processor, asked, images, **kwargs)
 
     monkeypatch.setattr(visual, "answer_samples", dies_on_the_second_chunk)
     with pytest.raises(KeyboardInterrupt):
@@ -178,10 +246,11 @@ def test_8_16_bit_rgb_and_dicom_inputs_keep_every_outside_pixel_the_model_sees(t
     shown = np.asarray(load_image(tmp_path / name))
     source = pixels if kind in ("L8", "RGB8") else shown[..., 0]
     assert written.dtype == np.uint8 and written.shape == source.shape
-    assert np.array_equal(written[~mask], source[~mask])
+    beyond = noise_weight(mask, SETTINGS.edge_sigma) == 0
+    assert np.array_equal(written[beyond], source[beyond])
     assert np.mean(written[mask] != source[mask]) > 0.9
     assert np.array_equal(written, add_regional_noise(source, mask, 500, image_seed(0, name)))
     # What the model sees of the noised image equals what it sees of the clean one, outside the lesion.
     noised_view = np.asarray(load_image(tmp_path / "out" / relative))
-    assert np.array_equal(noised_view[~mask], shown[~mask])
+    assert np.array_equal(noised_view[beyond], shown[beyond])
     assert provenance["area_fraction"] == pytest.approx(mask.mean()) == pytest.approx(region.area_fraction)

@@ -105,13 +105,29 @@ class CurateVisualConfig(Section):
         None, description="gradcam: 'module:function' building the classifier to load the weights into"
     )
     preview: int = Field(0, ge=0, description="write a panel PNG (image, heat map, region, noised) for N images")
-    timestep: int = Field(500, ge=0, le=999, description="DDPM forward-noise timestep (of 1000)")
-    edge_sigma: float = Field(2.0, ge=0, description="soft edge of the noised region, in pixels")
+    timestep: int = Field(
+        500, ge=0, le=999, description="DDPM forward-noise timestep (of 1000, linear schedule: abar_500 = 0.078)"
+    )
+    edge_sigma: float = Field(
+        2.0, ge=0, description="fade of the noise beyond the region, in pixels; every region pixel gets the full step"
+    )
     regions: list[Literal["lesion", "whole"]] = Field(
         ["lesion"],
         min_length=1,
         description="what gets noised: the lesion region (MMedPO), and/or the whole image (the paper's ablation; "
         "pairs.visual-whole.jsonl, trained on by variants with visual_region: whole)",
+    )
+    rejected: list[Literal["model-answer", "gold"]] = Field(
+        ["model-answer"],
+        min_length=1,
+        description="the rejected text of visual pairs: the model's answer on the noised image (MMedPO), and/or the "
+        "gold answer on the noised image (image-conditional pairs, as mDPO's; an extension beyond the paper: "
+        "pairs.visual-gold.jsonl, trained on by variants with visual_rejected: gold)",
+    )
+    keep: Literal["all", "neglect"] = Field(
+        "all",
+        description="model-answer pairs kept: all whose answer on the noised image is wrong (the paper), or only "
+        "lesion-neglect ones, right on the clean image and wrong on the noised one",
     )
 
 
@@ -179,15 +195,35 @@ class TrainConfig(DPOSettings):
     visual_region: Literal["lesion", "whole"] = Field(
         "lesion", description="visual pairs whose noise covers the lesion, or the whole image (curate_visual.regions)"
     )
+    visual_rejected: Literal["model-answer", "gold"] = Field(
+        "model-answer",
+        description="visual pairs rejecting the model's answer (MMedPO), or the gold answer on the noised image "
+        "(image-conditional pairs; curate_visual.rejected)",
+    )
+    kind_balance: Literal["pairs", "equal"] | dict[Literal["text", "visual"], float] = Field(
+        "pairs",
+        description="the share of the total weight each pair kind carries (weights are normalised within each "
+        "kind first): 'pairs' its share of the pairs (weighting then only moves emphasis within a kind), "
+        "'equal' the same for each kind, or {text: 1, visual: 2} relative shares",
+    )
     judges: list[str] | None = Field(
         None,
         description="weight textual pairs by these panel members only (the single-judge ablation); "
         "empty: the whole panel's weights",
     )
 
+    @model_validator(mode="after")
+    def _shares_for_each_kind(self) -> TrainConfig:
+        if isinstance(self.kind_balance, dict):
+            missing = [kind for kind in self.pair_kinds if kind not in self.kind_balance]
+            shares = [self.kind_balance.get(kind, 0.0) for kind in self.pair_kinds]
+            if missing or any(share <= 0 for share in shares):
+                raise ValueError(f"kind_balance needs a share > 0 for each of {self.pair_kinds}: {self.kind_balance}")
+        return self
+
     def settings(self, run_seed: int) -> DPOSettings:
         """What the trainer takes: these settings, with the run's seed unless one is set here."""
-        values = self.model_dump(exclude={"pair_kinds", "visual_region", "judges"})
+        values = self.model_dump(exclude={"pair_kinds", "visual_region", "visual_rejected", "kind_balance", "judges"})
         return DPOSettings(**{**values, "seed": run_seed if self.seed is None else self.seed})
 
 
@@ -318,6 +354,11 @@ class RunConfig(Section):
             raise ValueError(
                 f"variant {name}: visual_region {train.visual_region!r} is not in curate_visual.regions "
                 f"{self.curate_visual.regions}"
+            )
+        if "visual" in train.pair_kinds and train.visual_rejected not in self.curate_visual.rejected:
+            raise ValueError(
+                f"variant {name}: visual_rejected {train.visual_rejected!r} is not in curate_visual.rejected "
+                f"{self.curate_visual.rejected}"
             )
         outside = sorted(set(train.judges or []) - set(self.score.judges))
         if outside or train.judges == []:

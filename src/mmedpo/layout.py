@@ -5,6 +5,8 @@
     runs/NAME/pairs.text.jsonl            textual pairs (+ .rejects.jsonl)
     runs/NAME/pairs.visual.jsonl          visual pairs, noise on the lesion (+ .rejects.jsonl)
     runs/NAME/pairs.visual-whole.jsonl    visual pairs, noise on the whole image (+ .rejects.jsonl)
+    runs/NAME/pairs.visual-gold.jsonl     image-conditional visual pairs: the gold answer rejected on the
+                                          noised image (-whole-gold: on the whole image)
     runs/NAME/pairs.scored.jsonl          every pair with each judge's score and its clinical score
     runs/NAME/pairs.VARIANT.jsonl         exactly what one variant trains on, with its weights
     runs/NAME/pairs.VARIANT.heldout.jsonl the same kinds of pair made on the validation split, never trained on
@@ -26,7 +28,7 @@ from pathlib import Path
 import yaml
 
 SCORED = "scored"  # pairs.scored.jsonl; variant names must differ from the fixed pair files' names
-RESERVED_PAIR_NAMES = ("text", "visual", "visual-whole", SCORED)
+RESERVED_PAIR_NAMES = ("text", "visual", "visual-whole", "visual-gold", "visual-whole-gold", SCORED)
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,11 @@ class RunLayout:
     def text_pairs(self) -> Path:
         return self.dir / "pairs.text.jsonl"
 
-    def visual_pairs(self, region: str = "lesion") -> Path:
-        """Visual pairs noised on the lesion, or on the whole image (the paper's ablation)."""
-        return self.dir / ("pairs.visual.jsonl" if region == "lesion" else f"pairs.visual-{region}.jsonl")
+    def visual_pairs(self, region: str = "lesion", rejected: str = "model-answer") -> Path:
+        """Visual pairs noised on the lesion, or on the whole image (the paper's ablation), rejecting the
+        model's answer or (`rejected="gold"`, image-conditional pairs) the gold answer."""
+        name = "visual" + ("" if region == "lesion" else f"-{region}") + ("" if rejected == "model-answer" else "-gold")
+        return self.dir / f"pairs.{name}.jsonl"
 
     @property
     def scored_pairs(self) -> Path:

@@ -21,6 +21,7 @@ Task = Literal["vqa", "report"]
 AnswerType = Literal["closed", "open"]
 PairKind = Literal["text", "visual"]
 NoiseRegion = Literal["lesion", "whole"]
+RejectedText = Literal["model-answer", "gold"]
 
 # The question of a chest X-ray report sample: SynthMed and the report datasets' readers ask it alike.
 REPORT_INSTRUCTION = "Describe the findings of this chest X-ray."
@@ -59,7 +60,10 @@ class PreferencePair(BaseModel):
 
     Textual pairs share one image. Visual pairs give the rejected answer its own
     image (`rejected_image`, the lesion-noised one), so the pair differs in the image;
-    `region` says where the noise went (the lesion, or the whole image for the ablation).
+    `region` says where the noise went (the lesion, or the whole image for the ablation)
+    and `rejected_text` whose text is rejected: the model's answer on the noised image
+    (MMedPO), or the gold answer itself (an image-conditional pair, as mDPO's: chosen and
+    rejected texts are the same and only the image differs).
 
     Two numbers travel with a scored pair and never mix: `clinical_score` is the paper's
     clinical relevance score in [0, 1] (the panel's aggregate, or the localizer's
@@ -81,6 +85,9 @@ class PreferencePair(BaseModel):
     rejected: str
     answer_type: AnswerType | None = None
     region: NoiseRegion | None = Field(None, description="visual pairs: where the rejected image was noised")
+    rejected_text: RejectedText | None = Field(
+        None, description="visual pairs: the model's answer on the noised image (None: this) or the gold answer"
+    )
     provenance: dict[str, Any] = Field(default_factory=dict)
     scores: dict[str, float] = Field(default_factory=dict, description="each judge's score in [0, 1]")
     clinical_score: float | None = Field(None, description="clinical relevance in [0, 1] (MMedPO's weighted_score)")
@@ -114,8 +121,8 @@ class PreferencePair(BaseModel):
 
     @model_validator(mode="after")
     def _region_of_visual_pairs(self) -> PreferencePair:
-        if self.kind == "text" and self.region is not None:
-            raise ValueError("region is for visual pairs; a text pair has none")
+        if self.kind == "text" and (self.region is not None or self.rejected_text is not None):
+            raise ValueError("region and rejected_text are for visual pairs; a text pair has neither")
         return self
 
 

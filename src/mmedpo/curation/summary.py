@@ -19,6 +19,7 @@ class CurationSummary:
     drops: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)  # "generator: why" -> samples
     first_failure: str = ""
+    pair_classes: Counter = field(default_factory=Counter)  # visual pairs: the error each shows, lesion found or not
 
     def as_dict(self) -> dict:
         return {
@@ -30,4 +31,5 @@ class CurationSummary:
             "pairs_by_generator": dict(self.pairs_by_generator),
             "drop_reasons": dict(self.drops),
             "failures": dict(self.failures),
+            "pair_classes": dict(self.pair_classes),
         }

@@ -23,7 +23,8 @@ from mmedpo.pipeline.engine import Stage
 from mmedpo.records import PreferencePair, Sample, read_jsonl, rejects_path, write_jsonl
 
 # The variant settings that choose and weight its pairs (the pairs:VARIANT stage); the rest train.
-PAIR_SETTINGS = ("pair_kinds", "visual_region", "judges", "pair_weighting")
+PAIR_SETTINGS = ("pair_kinds", "visual_region", "visual_rejected", "kind_balance", "judges", "pair_weighting")
+VISUAL_FILES = [(region, rejected) for region in ("lesion", "whole") for rejected in ("model-answer", "gold")]
 
 
 # Preference pairs are made for these splits: pref's to train on, val's to measure held-out reward accuracy.
@@ -91,7 +92,11 @@ def stage_curate_visual(layout: RunLayout, config: RunConfig, show_progress: boo
 
     return curate_visual_regions(
         split(layout, *CURATED_SPLITS),
-        {region: layout.visual_pairs(region) for region in config.curate_visual.regions},
+        {
+            (region, rejected): layout.visual_pairs(region, rejected)
+            for region in config.curate_visual.regions
+            for rejected in config.curate_visual.rejected
+        },
         config.curate_visual,
         layout.image_roots,
         layout.images,
@@ -108,7 +113,8 @@ def stage_score(layout: RunLayout, config: RunConfig, show_progress: bool) -> di
 
     pairs = read_jsonl(layout.text_pairs, PreferencePair)
     for region in config.curate_visual.regions:
-        pairs += read_jsonl(layout.visual_pairs(region), PreferencePair)
+        for rejected in config.curate_visual.rejected:
+            pairs += read_jsonl(layout.visual_pairs(region, rejected), PreferencePair)
     summary = score_pairs(pairs, layout.scored_pairs, config.score, show_progress, cache_path=_judge_cache(config))
     return summary.as_dict()
 
@@ -132,6 +138,8 @@ def stage_pairs(layout: RunLayout, config: RunConfig, variant: str) -> dict:
             visual_region=train.visual_region,
             judges=train.judges,
             weighted=train.pair_weighting,
+            visual_rejected=train.visual_rejected,
+            kind_balance=train.kind_balance,
         )
     except ValueError as error:
         raise ValueError(f"variant {variant}: {error}") from None
@@ -269,11 +277,7 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
             _section("curate_visual"),
             ("samples", "base"),
             lambda r: [
-                *(
-                    p
-                    for region in ("lesion", "whole")
-                    for p in (r.visual_pairs(region), rejects_path(r.visual_pairs(region)))
-                ),
+                *(p for key in VISUAL_FILES for p in (r.visual_pairs(*key), rejects_path(r.visual_pairs(*key)))),
                 r.noised_images,
                 r.preview,
                 r.localizer_cnn,

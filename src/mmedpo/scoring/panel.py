@@ -25,6 +25,12 @@ may work: the stage writes what it has, then raises `StageIncomplete` saying how
 many failed and why, and the next run asks only about those (the cache holds
 the rest). Read pairs = scored + unscored + failed.
 
+The summary says how far the judges agree (`agreement`: Krippendorff's alpha of
+the panel and of each pair of judges, Spearman's rho); a panel whose alpha is
+<= 0 is flagged (`agreement.disagree`) and a warning is logged: its mean weights
+pairs by the judges' disagreement. Visual pairs that repeat a textual pair are
+marked (`scoring.duplicates`) and counted (`visual_duplicates`).
+
 Panel members are judge names from the registry, or names of your own with
 options naming the judge, so one judge class can sit on the panel twice:
 
@@ -37,6 +43,7 @@ options naming the judge, so one judge class can sit on the panel twice:
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections import Counter
@@ -51,12 +58,14 @@ from mmedpo.errors import StageIncomplete
 from mmedpo.progress import progress_bar
 from mmedpo.records import PreferencePair, Reject, describe_error, rejects_path, write_jsonl
 from mmedpo.registry import JUDGES
-from mmedpo.scoring.agreement import krippendorff_alpha, spearman_matrix
+from mmedpo.scoring.agreement import panel_agreement
 from mmedpo.scoring.cache import JudgeCache, cache_key
+from mmedpo.scoring.duplicates import mark_duplicates
 from mmedpo.scoring.judges import Judge, Verdict
 
 LOCALIZER = "localizer"
 CACHE_FILE = "judge_cache.jsonl"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,6 +80,7 @@ class ScoreSummary:
     judge_means: dict[str, float] = field(default_factory=dict)
     cache: dict[str, int] = field(default_factory=dict)
     agreement: dict = field(default_factory=dict)
+    visual_duplicates: int = 0  # visual pairs repeating a textual pair's sample and rejected text
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -182,6 +192,7 @@ def score_pairs(
     beside `out_path`; `settings.cache = False` uses none.
     """
     panel = build_panel(settings)
+    pairs = mark_duplicates(pairs)
     cache = None
     if settings.cache:
         cache = JudgeCache(cache_path or settings.cache_path or Path(out_path).with_name(CACHE_FILE))
@@ -218,6 +229,8 @@ def score_pairs(
     write_jsonl(out_path, scored)
     write_jsonl(rejects_path(Path(out_path)), rejects)
     summary = _summary(pairs, scored, raws, list(panel), cache, failures)
+    if summary.agreement.get("warning"):
+        log.warning("score: %s", summary.agreement["warning"])
     if summary.failed:
         raise StageIncomplete(_incomplete_message(summary, failures), summary.as_dict())
     return summary
@@ -251,5 +264,6 @@ def _summary(pairs, scored, raws, members, cache, failures) -> ScoreSummary:
         mean_raw=statistics.fmean(raws) if raws else 0.0,
         judge_means={member: statistics.fmean(values) for member, values in columns.items() if values},
         cache={"hits": cache.hits, "misses": cache.misses} if cache else {},
-        agreement={"spearman": spearman_matrix(columns), "krippendorff_alpha": krippendorff_alpha(columns)},
+        agreement={"pairs": len(judged), **panel_agreement(columns)},
+        visual_duplicates=sum(1 for pair in pairs if pair.provenance.get("duplicates")),
     )

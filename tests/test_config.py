@@ -27,10 +27,16 @@ def test_demo_trains_the_ablation_and_states_the_claim():
     assert config.variant("mmedpo").pair_weighting and config.variant("mmedpo").pair_kinds == ["text", "visual"]
     assert config.variant("mmedpo").beta == config.train.beta  # shared settings come from the train section
     assert config.claim == ["mmedpo", "dpo-text-visual", "dpo-text", "base"]
-    # The paper's further ablations: one judge against the panel, whole-image noise against the lesion's.
-    assert config.variant("mmedpo-one-judge").judges == ["findings"] and len(config.score.judges) > 1
+    # One judge, with its reason in the file: the demo's offline judges disagree (docs/method.md).
+    assert config.score.judges == ["findings"]
+    # What the kind balance alone does: a variant that differs from mmedpo in nothing else.
+    mmedpo, equal = config.variant("mmedpo"), config.variant("mmedpo-equal-kinds")
+    assert equal.kind_balance == "equal" and equal.model_dump(exclude={"kind_balance"}) == mmedpo.model_dump(
+        exclude={"kind_balance"}
+    )
     assert config.variant("mmedpo-whole-image").visual_region == "whole"
-    assert config.ablations == [["mmedpo", "mmedpo-one-judge"], ["mmedpo", "mmedpo-whole-image"]]
+    assert "gold" in config.curate_visual.rejected  # image-conditional pairs are made for a variant to pick
+    assert config.ablations == [["mmedpo", "mmedpo-equal-kinds"], ["mmedpo", "mmedpo-whole-image"]]
 
 
 def test_overrides_win_and_are_parsed_as_yaml():
@@ -57,6 +63,9 @@ def test_a_setting_changes_only_its_stage_and_the_ones_after_it():
         ("ablations=[[mmedpo, nowhere]]", "nowhere"),
         ("ablations=[[mmedpo]]", "at least two names"),
         ("variants={mmedpo: {visual_region: whole}}", r"visual_region 'whole' is not in curate_visual.regions"),
+        ("variants={mmedpo: {visual_rejected: gold}}", r"visual_rejected 'gold' is not in curate_visual.rejected"),
+        ("variants={mmedpo: {kind_balance: {text: 1}}}", r"kind_balance needs a share > 0 for each of"),
+        ("variants={mmedpo: {kind_balance: half}}", "kind_balance"),
         ("variants={mmedpo: {judges: [gpt4o]}}", r"judges \['gpt4o'\] must be members of score.judges \['findings'\]"),
         ("curate_visual.regions=[]", "curate_visual.regions"),
         # Old training names say the new one, in the train section and in a variant.

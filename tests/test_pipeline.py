@@ -28,10 +28,13 @@ SMALL = [
     "train.per_device_train_batch_size=4",
     "eval.batch_size=16",
     "eval.max_new_tokens_report=16",
-    # The paper's further ablations, both in one extra variant to keep the test short.
+    # The paper's further ablations and ours (image-conditional pairs, equal kinds), all in one extra
+    # variant to keep the test short.
     "curate_visual.regions=[lesion, whole]",
+    "curate_visual.rejected=[model-answer, gold]",
     "score.judges=[findings, embedding]",
-    "variants={mmedpo: {}, ablated: {visual_region: whole, judges: [findings]}}",
+    "variants={mmedpo: {}, ablated: {visual_region: whole, visual_rejected: gold, judges: [findings], "
+    "kind_balance: equal}}",
     "ablations=[[mmedpo, ablated]]",
 ]
 
@@ -86,16 +89,21 @@ def test_curation_counts_add_up(finished_run):
     config, _ = finished_run
     run = RunLayout.of(config)
     pref = {s.id for s in split(run, "pref")}
-    for path in (run.text_pairs, run.visual_pairs("lesion"), run.visual_pairs("whole")):
+    files = [(region, rejected) for region in ("lesion", "whole") for rejected in ("model-answer", "gold")]
+    for path in [run.text_pairs] + [run.visual_pairs(*key) for key in files]:
         paired = {p.sample_id for p in read_jsonl(path, PreferencePair)}
         rejected = {r.id for r in read_jsonl(rejects_path(path), Reject)}
         assert paired | rejected == pref and not paired & rejected
     visual = read_jsonl(run.visual_pairs("lesion"), PreferencePair)
     whole = read_jsonl(run.visual_pairs("whole"), PreferencePair)
     assert visual and whole  # the untrained tiny model gets some answers wrong on the noised images
+    gold = read_jsonl(run.visual_pairs("whole", "gold"), PreferencePair)
+    assert len(gold) == len(pref) and all(p.chosen == p.rejected for p in gold)  # every image has a region
     assert all(p.rejected_image and p.rejected_image.startswith("noised/") for p in visual + whole)
     scored = read_jsonl(run.scored_pairs, PreferencePair)
-    assert len(scored) == len(read_jsonl(run.text_pairs, PreferencePair)) + len(visual) + len(whole)
+    assert len(scored) == len(read_jsonl(run.text_pairs, PreferencePair)) + sum(
+        len(read_jsonl(run.visual_pairs(*key), PreferencePair)) for key in files
+    )
     assert all(0 <= p.clinical_score <= 1 and p.weight is None for p in scored)
     assert all(set(p.scores) == {"findings", "embedding"} for p in scored if p.kind == "text")
 
@@ -106,17 +114,20 @@ def test_each_variant_trains_on_exactly_its_pairs_file(finished_run):
     run = RunLayout.of(config)
     scored = read_jsonl(run.scored_pairs, PreferencePair)
     text = [p.id for p in scored if p.kind == "text"]
-    regions = {"mmedpo": "lesion", "ablated": "whole"}
+    chosen = {"mmedpo": ("lesion", None), "ablated": ("whole", "gold")}
     # Equal budgets: every variant takes the steps of the one with the most pairs (1 epoch, 4 pairs a step).
-    most = max(len(read_jsonl(run.variant_pairs(variant), PreferencePair)) for variant in regions)
-    steps = {json.loads(run.stage_state(f"train:{v}").read_text())["summary"]["steps"] for v in regions}
+    most = max(len(read_jsonl(run.variant_pairs(variant), PreferencePair)) for variant in chosen)
+    steps = {json.loads(run.stage_state(f"train:{v}").read_text())["summary"]["steps"] for v in chosen}
     assert steps == {-(-most // 4)}
-    for variant, region in regions.items():
+    for variant, (region, rejected) in chosen.items():
         pairs = read_jsonl(run.variant_pairs(variant), PreferencePair)
-        visual = [p.id for p in scored if p.kind == "visual" and p.region == region]
+        visual = [p.id for p in scored if p.kind == "visual" and (p.region, p.rejected_text) == (region, rejected)]
         assert sorted(p.id for p in pairs) == sorted(text + visual)
-        weights = [p.weight for p in pairs]
-        assert sum(weights) / len(weights) == pytest.approx(1.0)  # mean-one over the variant's own pairs
+        weights = {kind: [p.weight for p in pairs if p.kind == kind] for kind in ("text", "visual")}
+        if variant == "mmedpo":  # mean-one within each kind
+            assert all(sum(w) / len(w) == pytest.approx(1.0) for w in weights.values())
+        else:  # each kind half the total weight (kind_balance: equal)
+            assert sum(weights["visual"]) == pytest.approx(sum(weights["text"]))
         trained = json.loads(run.stage_state(f"train:{variant}").read_text())["summary"]
         assert trained["pairs"] == len(pairs) and trained["by_kind"]["visual"] == len(visual)
     # The one-judge variant's clinical scores are the findings judge's alone.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmedpo.report.ablation import chain_verdict, verdict_lines
-from mmedpo.report.html import load_results, write_report
+from mmedpo.report.html import load_results, pair_counts, write_report
 
 
 def result(closed: list[int], reports: list[str] | None = None) -> dict:
@@ -219,6 +219,42 @@ def test_report_shows_training_agreement_and_stages_as_tables(tmp_path):
     stages = page.split("<table id='timings'>", 1)[1]
     assert "running" not in stages and "<td>train:mmedpo</td><td>done</td>" in stages
     assert "<tr><td>report</td><td>writing this page</td><td>-</td></tr>" in stages
+
+
+def test_report_counts_each_class_of_visual_pair_and_a_repeated_pair_once(tmp_path):
+    from mmedpo.records import PreferencePair
+
+    def pair(pair_id, kind="visual", rejected_text=None, **provenance):
+        extra = (
+            {"rejected_image": "n.png", "region": "lesion", "rejected_text": rejected_text} if kind == "visual" else {}
+        )
+        return PreferencePair(id=pair_id, sample_id=pair_id[:2], task="vqa", kind=kind, image="a.png", question="q",
+                              chosen="no", rejected="yes", provenance=provenance, **extra)  # fmt: skip
+
+    pairs = [pair("s1-text", "text"), pair("s2-text", "text"), pair("s3-text", "text")]
+    pairs += [
+        pair("s1-visual", error="lesion-neglect", lesion_found=True, duplicates="s1-text"),
+        pair("s4-visual", error="wrong-on-clean", lesion_found=False),
+        pair("s5-visual", error="lesion-neglect", lesion_found=False),
+        pair("s4-visual-gold", rejected_text="gold", lesion_found=False),
+    ]
+    counts = pair_counts(pairs)
+    assert counts["text"] == {"pairs": 3}
+    assert counts["visual"] == {
+        "pairs": 3, "lesion-neglect": 2, "wrong-on-clean": 1, "no lesion found": 2, "repeats a text pair": 1
+    }  # fmt: skip
+    assert counts["visual-gold"] == {"pairs": 1, "no lesion found": 1}
+    assert counts["text + visual, distinct"] == {"pairs": 5}  # s1's visual pair repeats its text pair
+    run = fake_run(tmp_path)
+    from mmedpo.records import write_jsonl
+
+    write_jsonl(run / "pairs.scored.jsonl", pairs)
+    warning = {"krippendorff_alpha": -0.38, "disagree": True, "warning": "the judges a, b disagree"}
+    (run / "stages" / "score.json").write_text(json.dumps({"status": "done", "summary": {"agreement": warning}}))
+    page = write_report(run).read_text()
+    assert "<tr><td>visual</td><td>3</td><td>2</td><td>1</td><td>2</td><td>1</td></tr>" in page
+    assert "<tr><td>text + visual, distinct</td><td>5</td><td>-</td>" in page
+    assert "<p class='worse' id='panel-warning'>the judges a, b disagree</p>" in page
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -49,6 +49,7 @@ PAIR_FEATURES = Features(
         "rejected": Value("string"),
         "answer_type": Value("string"),
         "region": Value("string"),
+        "rejected_text": Value("string"),
         "provenance": Value("string"),
         "scores": Value("string"),
         "clinical_score": Value("float64"),

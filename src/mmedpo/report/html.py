@@ -207,9 +207,10 @@ def pairs_section(run_dir: Path, out_dir: Path, summaries: dict[str, dict]) -> s
         histogram = weight_histogram(weighted, out_dir / "weights.png", title=f"weights of {variant}'s pairs")
         parts.append(f"<img class='plot' src='{_e(histogram.name)}' alt='weight distribution'>")
         parts += [f"<p class='note'>{_e(note)}</p>" for note in equal_weight_notes(weights_by_kind(weighted))]
+    parts.append(pair_counts_table(pairs))
     agreement = summaries.get("score", {}).get("agreement")
     if agreement:
-        parts.append(f"<h3>Judge agreement</h3>{_agreement_table(agreement)}")
+        parts.append(f"<h3>Judge agreement</h3>{_panel_warning(agreement)}{_agreement_table(agreement)}")
     iou = summaries.get("curate_visual", {}).get("localizer_iou")
     if iou:
         parts.append(f"<h3>Localizer IoU against the true lesion masks</h3>{_iou_table(iou)}")
@@ -237,7 +238,17 @@ def _agreement_table(agreement: dict) -> str:
         "<span class='note'>(1: full agreement, 0: chance; ρ: rank correlation of two judges' scores of the same "
         "pairs)</span></p>"
     )
+    by_pair = agreement.get("krippendorff_alpha_by_pair") or {}
+    if len(by_pair) > 1:
+        each = ", ".join(f"{_e(pair)} {'-' if value is None else f'{value:.3f}'}" for pair, value in by_pair.items())
+        parts.append(f"<p id='alpha-by-pair'>α of each pair of judges: {each}</p>")
     return "".join(parts)
+
+
+def _panel_warning(agreement: dict) -> str:
+    """The score stage's warning when the panel agrees no better than chance (alpha <= 0), else nothing."""
+    warning = agreement.get("warning")
+    return f"<p class='worse' id='panel-warning'>{_e(warning)}</p>" if warning else ""
 
 
 def _correlation(spearman: dict, a: str, b: str) -> str:
@@ -253,6 +264,55 @@ def _iou_table(iou: dict) -> str:
     head = "".join(f"<th>{name}</th>" for name in ("images", "median IoU", "mean IoU", "refused"))
     row = "".join(f"<td>{cell}</td>" for cell in cells)
     return f"<table id='iou'><tr>{head}</tr><tr>{row}</tr></table>"
+
+
+def pair_counts(pairs: list[PreferencePair]) -> dict[str, dict[str, int]]:
+    """Per pairs file (text, visual, visual-whole, visual-gold...): how many pairs, how many of the visual ones
+    show lesion neglect or were wrong on the clean image too, are on images where the localizer found no
+    lesion, or repeat a textual pair; and the distinct pairs of the text and lesion visual files together
+    (a visual pair repeating a textual one counted once)."""
+    counts: dict[str, dict[str, int]] = {}
+    for pair in pairs:
+        name = "text" if pair.kind == "text" else _visual_file(pair)
+        row = counts.setdefault(name, {"pairs": 0})
+        row["pairs"] += 1
+        provenance = pair.provenance
+        for key, counted in (
+            (provenance.get("error"), True),
+            ("no lesion found", provenance.get("lesion_found") is False),
+            ("repeats a text pair", bool(provenance.get("duplicates"))),
+        ):
+            if key and counted:
+                row[key] = row.get(key, 0) + 1
+    text, visual = counts.get("text", {}), counts.get("visual", {})
+    if text and visual:
+        counts["text + visual, distinct"] = {
+            "pairs": text["pairs"] + visual["pairs"] - visual.get("repeats a text pair", 0)
+        }
+    return counts
+
+
+def _visual_file(pair: PreferencePair) -> str:
+    region = "" if (pair.region or "lesion") == "lesion" else f"-{pair.region}"
+    return f"visual{region}{'-gold' if pair.rejected_text == 'gold' else ''}"
+
+
+def pair_counts_table(pairs: list[PreferencePair]) -> str:
+    counts = pair_counts(pairs)
+    columns = ["pairs", "lesion-neglect", "wrong-on-clean", "no lesion found", "repeats a text pair"]
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    rows = []
+    for name, row in counts.items():
+        visual = name.startswith("visual")  # the classes are counted for visual pairs only
+        cells = "".join(f"<td>{row.get(c, 0) if visual or c == 'pairs' else '-'}</td>" for c in columns)
+        rows.append(f"<tr><td>{_e(name)}</td>{cells}</tr>")
+    note = (
+        "<p><small>Lesion-neglect: the model was right on the clean image and wrong on the noised one; "
+        "wrong-on-clean: wrong on both. No lesion found: the localizer's region on an image where it sees no "
+        "lesion. A visual pair repeating a text pair (same sample, same rejected answer) is counted once in the "
+        "distinct total.</small></p>"
+    )
+    return f"<h3>Pairs</h3><table id='pair-counts'><tr><th>file</th>{head}</tr>{''.join(rows)}</table>{note}"
 
 
 def _weighted_variant(layout: RunLayout) -> tuple[str | None, list[PreferencePair]]:

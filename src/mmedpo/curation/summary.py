@@ -31,5 +31,5 @@ class CurationSummary:
             "pairs_by_generator": dict(self.pairs_by_generator),
             "drop_reasons": dict(self.drops),
             "failures": dict(self.failures),
-            "pair_classes": dict(self.pair_classes),
+            **({"pair_classes": dict(self.pair_classes)} if self.pair_classes else {}),  # visual pairs only
         }

@@ -189,6 +189,10 @@ def test_images_without_annotation_get_a_region_drawn_from_the_splits_lesions(tm
     other_seed = AnnotationLocalizer(dilation=0).drawing_from(annotated, seed=1)
     assert [other_seed.localize(s, [tmp_path]).label for s in free] != [f"no finding (region of {d})" for d in donors]
     assert localizer.localize(annotated[1], [tmp_path]).found  # annotated images keep their own lesion
+    # Drawn from the image's own split: a test image among pref donors has none to draw from.
+    other_split = free[2].model_copy(update={"split": "test"})
+    with pytest.raises(NoRegion, match="n2: no annotation, and no annotated lesion in split 'test'"):
+        localizer.localize(other_split, [tmp_path])
 
 
 def test_build_localizer_lists_valid_names():

@@ -290,7 +290,7 @@ def curate_visual_regions(
     """Visual pairs for every (noise region, rejected text) of `out_paths` (-> its pairs file); returns a summary.
 
     The localizer is the configured one; the annotation localizer draws regions for
-    images without annotation from the lesions of `samples`. Grad-CAM without a given
+    images without annotation from the lesions of `samples` of the same split. Grad-CAM without a given
     classifier trains the small default CNN on `sft_samples` into `classifier_path`
     first. Where the samples carry true lesion masks and the localizer is not the
     annotation itself, the summary says how well its regions match them (`localizer_iou`).

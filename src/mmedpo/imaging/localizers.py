@@ -58,10 +58,11 @@ class AnnotationLocalizer:
     box names), or is "lesion".
 
     An image without any annotation gets no region, unless the localizer was
-    given `donors` (`drawing_from`: the samples of the split): then it gets the
-    annotated region of one of the donors' annotated images, drawn with a
-    generator seeded by `seed` and the image's path, resized to the image: a
-    region of the size, shape and place of a real lesion of the same split.
+    given `donors` (`drawing_from`: the samples being curated): then it gets the
+    annotated region of one of the donors' annotated images of its own split
+    (`Sample.split`), drawn with a generator seeded by `seed` and the image's
+    path, resized to the image: a region of the size, shape and place of a real
+    lesion of the same split.
     Such a region has `found=False`, the label "no finding" and confidence
     `no_lesion_confidence`: the localizer is sure of no lesion there.
     """
@@ -81,8 +82,10 @@ class AnnotationLocalizer:
         self._coco = _read_coco(Path(self.boxes_file)) if self.boxes_file else {}
         if not 0.0 <= self.no_lesion_confidence <= 1.0:
             raise ValueError(f"no_lesion_confidence must lie in [0, 1], got {self.no_lesion_confidence}")
-        annotated = {sample.image: sample for sample in self.donors if self._annotated(sample)}
-        self._donors = [annotated[image] for image in sorted(annotated)]  # in an order of their own
+        annotated = {(sample.split, sample.image): sample for sample in self.donors if self._annotated(sample)}
+        self._donors: dict[str, list[Sample]] = {}
+        for split, image in sorted(annotated):  # in an order of their own, whatever the samples' order
+            self._donors.setdefault(split, []).append(annotated[split, image])
 
     def drawing_from(self, samples: Sequence[Sample], seed: int) -> AnnotationLocalizer:
         """This localizer, giving each image without annotation a region drawn from `samples`' lesions."""
@@ -93,7 +96,7 @@ class AnnotationLocalizer:
         annotation; raises `NoRegion` (or `ImageError`) when there is none or it is unusable."""
         path = resolve_image(sample.image, image_roots)
         height, width = _image_size(path)
-        if not self._annotated(sample) and self._donors:
+        if not self._annotated(sample) and self.donors:
             return self._drawn(sample, image_roots, height, width)
         mask, names = self._annotation(sample, image_roots, height, width)
         lesion = mask
@@ -112,8 +115,11 @@ class AnnotationLocalizer:
         return mask
 
     def _drawn(self, sample: Sample, image_roots, height: int, width: int) -> Region:
+        donors = self._donors.get(sample.split)
+        if not donors:
+            raise NoRegion(f"sample {sample.id}: no annotation, and no annotated lesion in split {sample.split!r}")
         rng = np.random.default_rng([image_seed(self.seed, sample.image), 1])  # a stream apart from the noise's
-        donor = self._donors[int(rng.integers(len(self._donors)))]
+        donor = donors[int(rng.integers(len(donors)))]
         donor_height, donor_width = _image_size(resolve_image(donor.image, image_roots))
         lesion, _ = self._annotation(donor, image_roots, donor_height, donor_width)
         if lesion.shape != (height, width):

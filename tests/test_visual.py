@@ -3,6 +3,7 @@ bits outside the region, 8/16-bit, RGB and DICOM inputs, previews, and resuming 
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 
 import numpy as np
@@ -254,3 +255,23 @@ def test_8_16_bit_rgb_and_dicom_inputs_keep_every_outside_pixel_the_model_sees(t
     noised_view = np.asarray(load_image(tmp_path / "out" / relative))
     assert np.array_equal(noised_view[beyond], shown[beyond])
     assert provenance["area_fraction"] == pytest.approx(mask.mean()) == pytest.approx(region.area_fraction)
+
+
+def test_a_full_disk_is_an_error_of_the_run_not_a_reject(synth, tmp_path, monkeypatch):
+    root, samples = synth
+    localizer = AnnotationLocalizer().drawing_from(samples, seed=0)
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        run_stage(root, samples, tmp_path, tmp_path / "no-model", "pairs.visual-gold.jsonl", localizer=localizer,
+                  rejected="gold")  # fmt: skip
+    # Nothing was recorded as the image's fault: a rerun with room on the disk pairs every sample.
+    rejects = tmp_path / "pairs.visual-gold.rejects.jsonl"
+    assert not rejects.exists() or rejects.read_text() == ""
+    monkeypatch.undo()
+    summary = run_stage(root, samples, tmp_path, tmp_path / "no-model", "pairs.visual-gold.jsonl", localizer=localizer,
+                        rejected="gold")  # fmt: skip
+    assert summary.paired == len(samples)

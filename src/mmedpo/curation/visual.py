@@ -181,7 +181,7 @@ def _noise_once(
         relative, provenance, region = make_noised_image(
             sample, settings, image_roots, noised_root, seed, localizer, noise_region
         )
-    except (ValueError, OSError) as error:
+    except ValueError as error:  # what the image holds; a system error (a full disk, no permission) propagates
         # The reason is shared by every sample of this image: name the image, not the sample asked first.
         return f"no lesion region: image {sample.image}: {str(error).removeprefix(f'sample {sample.id}: ')}"
     previews.add(sample, region, relative)

@@ -36,6 +36,15 @@ MAX_PIXELS = 50_000_000
 MAX_ASPECT_RATIO = 20
 
 
+# Errors that say a file is missing or is no file: a problem of the data, recorded as a reject.
+_MISSING = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP}
+
+
+def system_error(error: BaseException) -> bool:
+    """An OS error of the machine (no permission, a full disk, an I/O error), never turned into a reject."""
+    return isinstance(error, OSError) and error.errno is not None and error.errno not in _MISSING
+
+
 class ImageError(ValueError):
     """An image that cannot be found, opened or used; the message names the path."""
 

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from mmedpo.data.images import ImageError, resolve_image
+from mmedpo.data.images import ImageError, resolve_image, system_error
 from mmedpo.imaging.conspicuity import conspicuity
 from mmedpo.imaging.noise import image_seed, read_grayscale, read_pixels
 from mmedpo.imaging.regions import NoRegion, Region, check_area, disk
@@ -208,6 +208,8 @@ def _read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
             handle.load()
             pixels = np.asarray(handle)
     except (OSError, SyntaxError, ValueError) as error:
+        if system_error(error):
+            raise
         raise ImageError(f"cannot read lesion mask {path}: {error}") from None
     mask = pixels.any(axis=2) if pixels.ndim == 3 else pixels != 0
     if mask.shape != (size[1], size[0]):
@@ -236,6 +238,8 @@ def _read_slake_detection(path: Path) -> list[tuple[str, list[float]]]:
         entries = json.loads(path.read_text())
         return [(name, box) for entry in entries for name, box in entry.items()]
     except (OSError, ValueError, AttributeError) as error:
+        if system_error(error):
+            raise
         raise ImageError(f"cannot read SLAKE detection file {path}: {error}") from None
 
 

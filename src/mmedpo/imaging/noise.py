@@ -35,7 +35,7 @@ from PIL import Image
 from scipy import ndimage
 
 from mmedpo.data.dicom import is_dicom
-from mmedpo.data.images import load_image
+from mmedpo.data.images import load_image, system_error
 
 # DDPMScheduler's defaults (Ho et al. 2020): linear betas over 1000 steps.
 BETA_START = 1e-4
@@ -188,6 +188,8 @@ def read_pixels(src: Path | str) -> tuple[np.ndarray, float]:
             mode = handle.mode
             pixels = np.asarray(handle)
     except (OSError, SyntaxError, ValueError) as error:
+        if system_error(error):  # EACCES, EIO...: the machine's problem, not the image's
+            raise
         raise ValueError(f"cannot read image {src}: {error}") from None
     if mode not in ("L", "RGB", "I;16"):  # Pillow opens 16-bit grayscale PNG as I;16
         raise ValueError(f"{src}: cannot noise image mode {mode!r}; supported: 8-bit L or RGB, 16-bit grayscale")

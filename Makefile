@@ -1,15 +1,16 @@
-# The two commands of the README: `make demo` runs the pipeline on the embedded
-# default, `make test` runs the tests. Each builds .venv first if needed.
+# The two commands of the README: `make demo` runs the pipeline on the packaged
+# demo config, `make test` runs the tests. Each builds .venv first if needed,
+# with the exact versions of constraints.txt (pyproject.toml only states ranges).
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)

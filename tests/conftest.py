@@ -13,6 +13,15 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _undo_command_line_environment(monkeypatch):
+    """A command run in-process (CliRunner) switches progress bars off in os.environ; undo it after the test."""
+    from mmedpo.progress import BARS_OFF
+
+    for name in BARS_OFF:
+        monkeypatch.delenv(name, raising=False)
+
+
 CORPUS = [
     "Is there a pleural effusion?",
     "Is there a nodule in the left lung?",

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from mmedpo.data.images import open_image
 from mmedpo.data.messages import prompt_messages
 from mmedpo.models.vlm import encode, freeze_vision_tower, load_vlm
+from mmedpo.progress import progress_bar
 from mmedpo.records import Sample
 
 IGNORE = -100
@@ -61,19 +61,17 @@ def supervised_finetune(
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0, foreach=True)
     steps = epochs * -(-len(samples) // batch_size)
     scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=steps // 20, num_training_steps=steps)
-    bar = tqdm(total=steps, desc="sft", disable=not progress)
-    for _ in range(epochs):
-        for batch_samples in length_grouped_batches(samples, texts, batch_size, rng):
-            images = [open_image(sample.image, image_roots) for sample in batch_samples]
-            batch = answer_only_batch(processor, images, [texts[sample.id] for sample in batch_samples])
-            loss = answer_loss(model, batch.to(model.device, dtype=model.dtype))
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
+    with progress_bar("sft", steps, progress) as advance:
+        for _ in range(epochs):
+            for batch_samples in length_grouped_batches(samples, texts, batch_size, rng):
+                images = [open_image(sample.image, image_roots) for sample in batch_samples]
+                batch = answer_only_batch(processor, images, [texts[sample.id] for sample in batch_samples])
+                loss = answer_loss(model, batch.to(model.device, dtype=model.dtype))
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                advance(1)
     model.eval()
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)

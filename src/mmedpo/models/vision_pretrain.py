@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from mmedpo.clinical.findings import extract_findings
 from mmedpo.data.images import open_image
+from mmedpo.progress import progress_bar
 from mmedpo.records import Sample
 
 
@@ -78,15 +78,17 @@ def pretrain_vision_tower(
     rng = random.Random(seed)
     tower.train()
     last_loss = float("nan")
-    for _ in tqdm(range(epochs), desc="vision pretrain", disable=not progress):
-        rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            features = tower(pixel_values=pixels[batch]).last_hidden_state.mean(dim=1)
-            loss = F.binary_cross_entropy_with_logits(head(features.float()), targets[batch])
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            last_loss = loss.item()
+    with progress_bar("vision pretrain", epochs, progress) as advance:
+        for _ in range(epochs):
+            rng.shuffle(order)
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                features = tower(pixel_values=pixels[batch]).last_hidden_state.mean(dim=1)
+                loss = F.binary_cross_entropy_with_logits(head(features.float()), targets[batch])
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                last_loss = loss.item()
+            advance(1)
     tower.eval()
     return {"images": len(images), "findings": names, "final_loss": round(last_loss, 4)}

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmedpo.data.messages import prompt_messages
+from mmedpo.progress import progress_bar
 
 # Submodule names under which HF VLMs keep their image encoder (llava-hf, LLaVA-Med converted, Qwen2-VL...)
 # and their vision-to-text projector.
@@ -99,16 +99,18 @@ def generate_answers(
         options["temperature"] = temperature
     options["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers: list[list[str]] = []
-    for start in tqdm(range(0, len(questions), batch_size), desc="generate", disable=not progress):
-        prompts = [
-            processor.apply_chat_template(prompt_messages(question), add_generation_prompt=True)
-            for question in questions[start : start + batch_size]
-        ]
-        inputs = encode(processor, images[start : start + batch_size], prompts, padding_side="left")
-        inputs = inputs.to(model.device, dtype=model.dtype)
-        with torch.inference_mode():
-            output = model.generate(**inputs, **options)
-        texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        texts = [text.strip() for text in texts]
-        answers.extend(texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
+    with progress_bar("generate", len(questions), progress) as advance:
+        for start in range(0, len(questions), batch_size):
+            prompts = [
+                processor.apply_chat_template(prompt_messages(question), add_generation_prompt=True)
+                for question in questions[start : start + batch_size]
+            ]
+            inputs = encode(processor, images[start : start + batch_size], prompts, padding_side="left")
+            inputs = inputs.to(model.device, dtype=model.dtype)
+            with torch.inference_mode():
+                output = model.generate(**inputs, **options)
+            texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            texts = [text.strip() for text in texts]
+            answers.extend(texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
+            advance(len(prompts))
     return answers

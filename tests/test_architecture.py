@@ -21,13 +21,13 @@ import mmedpo
 SRC = Path(mmedpo.__file__).parent
 
 FLOORS: list[tuple[str, list[str]]] = [
-    # Records, the progress bar, the registry of names users type, the run folder's paths and the errors
-    # stages share: everything may use them.
-    ("foundations", ["records", "progress", "registry", "layout", "errors"]),
+    # Records, the progress bar, the registry of names users type, the run folder's paths, the errors
+    # stages share and the packaged configs: everything may use them.
+    ("foundations", ["records", "progress", "registry", "layout", "errors", "configs"]),
     # Self-contained tools. training.settings is the trainer's settings model (pydantic, no torch),
     # which the run config embeds; the rest of training sits on the stages floor.
     ("tools", ["clinical", "llm", "prompts", "training.settings"]),
-    ("config", ["config"]),
+    ("config", ["config", "config_help"]),
     ("data", ["data"]),
     ("models", ["synth", "models"]),
     # A run's samples: SynthMed or a dataset reader, so above both.

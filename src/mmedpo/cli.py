@@ -1,8 +1,9 @@
 """The `mmedpo` command line: one command per stage, and `run` for all of them.
 
-Every command is a thin layer over a library function; all of them take
-`--config FILE` (default configs/demo.yaml when it exists) and `-o section.key=value`
-overrides, which win over the file.
+Every command is a thin layer over a library function; the stage commands take
+`--config FILE` (default: the packaged demo config, the same in any folder) and
+`-o section.key=value` overrides, which win over the file. `mmedpo config` prints
+every setting with its help. Also `python -m mmedpo` (or `python -m mmedpo.cli`).
 """
 
 from __future__ import annotations
@@ -17,22 +18,51 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from mmedpo import __version__
 from mmedpo.config import load_config
+from mmedpo.configs import DEMO
 from mmedpo.errors import StageIncomplete
 from mmedpo.layout import RunLayout
 from mmedpo.pipeline import StageResult, run_pipeline
+from mmedpo.progress import quiet_output_off_terminal
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 curate_app = typer.Typer(help="Make preference pairs from samples.", no_args_is_help=True)
 app.add_typer(curate_app, name="curate")
 console = Console(stderr=True)
 
-DEFAULT_CONFIG = Path("configs/demo.yaml")
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default configs/demo.yaml)")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config (default: the packaged demo, configs/demo.yaml)")
+]
 OverrideOption = Annotated[
     list[str] | None, typer.Option("--override", "-o", help="section.key=value, wins over the file")
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="re-run the stage even if it finished")]
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        def installed(package: str) -> str:
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return "not installed"
+
+        print(f"mmedpo {__version__}")
+        print(", ".join(f"{package} {installed(package)}" for package in ("torch", "transformers", "trl", "peft")))
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the versions and exit")
+    ] = False,
+) -> None:
+    # Before any command imports tqdm or transformers: no progress bars in a log file.
+    quiet_output_off_terminal()
 
 
 def friendly_errors(command):
@@ -49,10 +79,12 @@ def friendly_errors(command):
     return wrapper
 
 
+def _load(config: Path | None, overrides: list[str] | None):
+    return load_config(DEMO if config is None else config, overrides or [])
+
+
 def _config(config: Path | None, overrides: list[str] | None):
-    if config is None and DEFAULT_CONFIG.exists():
-        config = DEFAULT_CONFIG
-    loaded = load_config(config, overrides or [])
+    loaded = _load(config, overrides)
     if loaded.threads:
         import torch
 
@@ -199,9 +231,9 @@ def train(config: ConfigOption = None, override: OverrideOption = None, force: F
     _run_stages(config, override, ["train"], force)
 
 
-@app.command()
+@app.command("merge-lora")
 @friendly_errors
-def merge(
+def merge_lora(
     base_dir: Annotated[Path, typer.Argument(help="the base model the adapter was trained on")],
     adapter_dir: Annotated[Path, typer.Argument(help="the LoRA adapter (e.g. runs/NAME/models/VARIANT/adapter)")],
     out_dir: Annotated[Path, typer.Argument(help="where the merged model and processor go")],
@@ -228,6 +260,16 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs
     console.print(f"report: {write_report(run_dir)}")
 
 
+@app.command("config")
+@friendly_errors
+def show_config(config: ConfigOption = None, override: OverrideOption = None) -> None:
+    """Print the resolved config as YAML: every setting, its help, and its default where the value differs."""
+    from mmedpo.config_help import annotated_yaml
+
+    print(f"# {DEMO if config is None else config}" + "".join(f" -o {o}" for o in override or []))
+    print(annotated_yaml(_load(config, override)), end="")
+
+
 @app.command()
 @friendly_errors
 def compare(
@@ -238,7 +280,7 @@ def compare(
     seed: Annotated[int, typer.Option(help="seed of the bootstrap and randomisation tests")] = 0,
     resamples: Annotated[int, typer.Option(help="bootstrap resamples")] = 1000,
     permutations: Annotated[int, typer.Option(help="approximate-randomisation shuffles")] = 10000,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the table to this file")] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="write the table to this file")] = None,
 ) -> None:
     """Variants side by side: relative improvements, paired bootstrap intervals and p-values."""
     from mmedpo.evaluation.compare import compare_results, render
@@ -310,3 +352,7 @@ def print_results(layout: RunLayout, results: list[StageResult]) -> None:
         for line in lines:
             console.print(Text("  ") + line, highlight=False)
     Console().print(timings_table(results))
+
+
+if __name__ == "__main__":  # python -m mmedpo.cli
+    app()

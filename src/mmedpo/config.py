@@ -2,7 +2,7 @@
 
 Each section belongs to one stage; a stage is re-run exactly when its section
 (or a section before it) changes. Every field carries help text, shown by
-`mmedpo run --help-config`. Every name a user types (a dataset, generator,
+`mmedpo config`. Every name a user types (a dataset, generator,
 localizer, judge, normaliser, protocol, prompt task) is checked against
 `mmedpo.registry` on load, so a typo fails before the first stage runs.
 """

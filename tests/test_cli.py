@@ -118,6 +118,14 @@ def test_progress_is_a_line_per_tenth_off_a_terminal(capsys):
     assert "\r" not in "".join(lines)
 
 
+def test_the_command_line_imports_no_progress_bar_library_before_its_callback():
+    """tqdm and huggingface_hub read their switches when imported: the callback must come first."""
+    early = "{'tqdm', 'huggingface_hub', 'transformers', 'datasets'}"
+    code = f"import sys, mmedpo.cli; print(sorted({early} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], env=clean_environment(), capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 def test_a_command_logs_without_carriage_returns_or_the_bitsandbytes_warning(tiny_vlm_dir, tmp_path):
     """`merge-lora` loads and saves a model: transformers' bars on a terminal, none in a log file."""
     from peft import LoraConfig, get_peft_model

@@ -7,6 +7,7 @@ import pytest
 from mmedpo.config import load_config
 from mmedpo.pipeline.engine import fingerprints
 from mmedpo.pipeline.stages import build_stages
+from mmedpo.training.settings import pinned_dpo_config_fields
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -82,6 +83,8 @@ def test_a_setting_changes_only_its_stage_and_the_ones_after_it():
     ],
 )
 def test_bad_values_name_the_field(override, message):
+    if "not an argument of TRL's DPOConfig" in message and pinned_dpo_config_fields() is None:
+        pytest.skip("trl_args names are checked on load only under the TRL and transformers of constraints.txt")
     with pytest.raises(ValueError, match=message):
         load_config(None, [override])
 

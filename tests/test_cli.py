@@ -44,7 +44,7 @@ def test_config_prints_the_packaged_demo_in_any_folder(tmp_path):
     assert result.returncode == 0, result.stderr
     printed = RunConfig.model_validate(yaml.safe_load(result.stdout))
     assert printed == load_config(REPO_DEMO)
-    assert printed.claim == ["mmedpo", "dpo-text-visual", "dpo-text", "base"] and printed.data.n_sft == 300
+    assert printed.claim == ["mmedpo", "dpo-text-visual", "dpo-text", "sft", "base"] and printed.data.n_sft == 300
     assert not (tmp_path / "runs").exists()
 
 

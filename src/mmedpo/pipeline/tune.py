@@ -1,11 +1,12 @@
 """Choose training settings on the validation split, never on the test split.
 
-    mmedpo tune configs/tune.yaml          # writes docs/tuning.md (or --out)
+    mmedpo tune configs/tuning/demo-grid.yaml     # writes docs/tuning.md (or --out)
 
 A tuning file names a run config, the variants to judge settings by, a
 validation metric and a grid of `section.key` values:
 
     config: demo.yaml                      # relative to this file
+    overrides: [eval.visual_dependence=false]   # optional, on top of that config
     variants: [dpo-text, dpo-text-visual, mmedpo]
     metric: closed_accuracy                # maximised; ties broken by tie_break
     tie_break: open_recall
@@ -63,16 +64,17 @@ def read_plan(path: Path | str, overrides: Sequence[str] = ()) -> TuningPlan:
     missing = [key for key in ("config", "variants", "metric", "grid") if not data.get(key)]
     if missing:
         raise ValueError(f"{path}: tuning file needs {', '.join(missing)}")
-    unknown = sorted(set(data) - {"config", "variants", "metric", "tie_break", "grid", "name"})
+    keys = ("config", "name", "overrides", "variants", "metric", "tie_break", "grid")
+    unknown = sorted(set(data) - set(keys))
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; valid: config, name, variants, metric, tie_break, grid")
+        raise ValueError(f"{path}: unknown key(s) {unknown}; valid: {', '.join(keys)}")
     grid = data["grid"]
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ValueError(f"{path}: grid must map section.key to a non-empty list of values")
     name = data.get("name", "tune")
     return TuningPlan(
         path.parent / data["config"], list(data["variants"]), data["metric"], data.get("tie_break"), grid,
-        [f"name={name}", "eval.split=val", *overrides],
+        [f"name={name}", *data.get("overrides", []), "eval.split=val", *overrides],
     )  # fmt: skip
 
 

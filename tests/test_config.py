@@ -122,3 +122,14 @@ def test_training_knobs_reach_the_settings():
     assert settings.report_to == ["tensorboard"] and settings.max_steps == 7 and settings.seed == 3
     assert settings.trl_args == {"max_grad_norm": 0.5, "optim": "adamw_torch"}
     assert load_config(None, ["train.warmup_steps=10"]).train.warmup_steps == 10
+
+
+def test_an_nll_term_without_its_nll_only_twin_is_warned_about():
+    alone = load_config(None, ["train.nll_weight=1.0", "variants={mmedpo: {}}", "claim=[mmedpo, base]"])
+    assert len(alone.warnings()) == 1 and "variant mmedpo adds an NLL term" in alone.warnings()[0]
+    twin = {"mmedpo": {}, "mmedpo-nll-only": {"loss_type": "sft", "nll_weight": 0.0}}
+    paired = load_config(None, ["train.nll_weight=1.0", f"variants={twin}", "claim=[mmedpo, mmedpo-nll-only]"])
+    assert paired.warnings() == []
+    # A twin on other pairs is no twin.
+    elsewhere = {**twin, "mmedpo-nll-only": {**twin["mmedpo-nll-only"], "pair_kinds": ["text"]}}
+    assert len(load_config(None, ["train.nll_weight=1.0", f"variants={elsewhere}"]).warnings()) == 1

@@ -85,6 +85,8 @@ def _load(config: Path | None, overrides: list[str] | None):
 
 def _config(config: Path | None, overrides: list[str] | None):
     loaded = _load(config, overrides)
+    for warning in loaded.warnings():
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     if loaded.threads:
         import torch
 

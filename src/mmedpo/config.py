@@ -366,6 +366,28 @@ class RunConfig(Section):
                 f"variant {name}: judges {outside or '[]'} must be members of score.judges {self.score.judges}"
             )
 
+    def warnings(self) -> list[str]:
+        """What makes a variant's effect impossible to credit, said before the run spends its time."""
+        found = []
+        controls = {
+            self._pairs_of(name)
+            for name in self.variants
+            if self.variant(name).loss_type == "sft" and not self.variant(name).nll_weight
+        }
+        for name in self.variants:
+            train = self.variant(name)
+            if train.nll_weight and self._pairs_of(name) not in controls:
+                found.append(
+                    f"variant {name} adds an NLL term (nll_weight {train.nll_weight}) but no variant trains that "
+                    "term alone on its pairs: add its NLL-only twin, the same variant with loss_type: sft and "
+                    "nll_weight: 0, or its gains cannot be told from the NLL term's"
+                )
+        return found
+
+    def _pairs_of(self, name: str) -> tuple:
+        train = self.variant(name)
+        return (tuple(train.pair_kinds), train.visual_region, train.visual_rejected)
+
     def variant(self, name: str) -> TrainConfig:
         """The train settings of one variant: the train section with its changes."""
         return TrainConfig.model_validate({**self.train.model_dump(), **self.variants[name]})

@@ -22,6 +22,8 @@ AnswerType = Literal["closed", "open"]
 PairKind = Literal["text", "visual"]
 NoiseRegion = Literal["lesion", "whole"]
 RejectedText = Literal["model-answer", "gold"]
+# The splits the stages read: supervised fine-tuning, preference curation, evaluation, validation.
+PIPELINE_SPLITS = ("sft", "pref", "test", "val")
 
 # The question of a chest X-ray report sample: SynthMed and the report datasets' readers ask it alike.
 REPORT_INSTRUCTION = "Describe the findings of this chest X-ray."

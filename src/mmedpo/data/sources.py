@@ -2,8 +2,9 @@
 
     read_samples(config.data, images_dir, seed) -> (samples, rejects)
 
-Every sample carries its pipeline split (`sft`, `pref`, `test`): SynthMed draws
-them; a dataset's own splits are renamed by `data.split_map`.
+Every sample carries its pipeline split (`sft`, `pref`, `test`, `val`): SynthMed
+draws them; a dataset's own splits (and a Sample file's) are renamed, or cut by
+image into seeded fractions, by `data.split_map` (`data.splits`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmedpo.config import DataConfig
+from mmedpo.data.splits import map_splits
 from mmedpo.records import Reject, Sample, read_jsonl
 
 
@@ -30,6 +32,6 @@ def read_samples(settings: DataConfig, images_dir: Path, seed: int) -> tuple[lis
         samples, rejects = read_dataset(
             settings.dataset, settings.image_root, settings.split, **settings.reader_options
         )
-        renamed = [s.model_copy(update={"split": settings.split_map.get(s.split, s.split)}) for s in samples]
-        return renamed, rejects
-    return read_jsonl(settings.samples, Sample), []
+    else:
+        samples, rejects = read_jsonl(settings.samples, Sample), []
+    return map_splits(samples, settings.split_map, seed), rejects

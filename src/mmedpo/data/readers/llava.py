@@ -8,6 +8,13 @@ Generic LLaVA conversations (a JSON list or JSON Lines), images under ROOT/IMAGE
 Each human/gpt exchange is one sample; a record with several exchanges gives the
 ids `x1`, `x1-2`, `x1-3`... in order.
 
+Which files, for both readers: `file` reads one file (its samples get the
+split asked for, else the reader's default); `files` maps splits to files,
+e.g. {train: vqa_train.json, test: vqa_test.json}; with neither, a split
+asked for is `SPLIT.json` (or `.jsonl`), and no split reads every one of
+`train`, `val` (`validate`, `validation`) and `test` that is there. Ids must
+be unique across the files read.
+
 LLaVA-Med's VQA JSONL (as used for VQA-RAD, SLAKE and PathVQA evaluation):
 
     {"question_id": 1, "image": "synpic1.jpg", "text": "Is ...?", "answer": "yes", "answer_type": "CLOSED"}
@@ -28,52 +35,81 @@ from mmedpo.data.readers.base import (
     answer_type,
     as_record,
     image_path,
+    normal_split,
     record_id,
     text,
 )
 from mmedpo.records import Reject, Sample
 
 IMAGE_TOKEN = "<image>"
+# The file stems read when no split is asked for (validation spelt three ways, as datasets do).
+SPLIT_NAMES = ["train", "val", "validate", "validation", "test"]
 
 
 def read_llava(
     root: Path,
     split: str | None = None,
     file: str = "",
+    files: dict[str, str] | None = None,
     image_dir: str = "",
     task: str = "vqa",
     check_images: ImageCheck = "decode",
 ) -> tuple[list[Sample], list[Reject]]:
-    """Samples from ROOT/FILE (default `SPLIT.json`, then `SPLIT.jsonl`); all get `split` (default train)."""
+    """Samples from the conversation files of ROOT (see the module docstring); `file` alone: split train."""
     if task not in ("vqa", "report"):
         raise ValueError(f"task must be vqa or report, got {task!r}")
-    path = _file(Path(root), file, split)
     collector = Collector(root, check_images)
-    for source, record in json_records(path):
-        build = lambda r=record: _conversation_samples(r, image_dir, task, split or "train")  # noqa: E731
-        collector.add(source, record_id(record, "id"), build)
+    for name, path in split_files(Path(root), split, file, files, default="train"):
+        for source, record in json_records(path):
+            build = lambda r=record, n=name: _conversation_samples(r, image_dir, task, n)  # noqa: E731
+            collector.add(source, record_id(record, "id"), build)
     return collector.result()
 
 
 def read_llava_med_vqa(
-    root: Path, split: str | None = None, file: str = "", image_dir: str = "", check_images: ImageCheck = "decode"
+    root: Path,
+    split: str | None = None,
+    file: str = "",
+    files: dict[str, str] | None = None,
+    image_dir: str = "",
+    check_images: ImageCheck = "decode",
 ) -> tuple[list[Sample], list[Reject]]:
-    """Samples from ROOT/FILE (default `SPLIT.jsonl`); all get `split` (default test, as LLaVA-Med evaluates)."""
-    path = _file(Path(root), file, split or "test")
+    """Samples from LLaVA-Med VQA files (see the module docstring); `file` alone: split test, as LLaVA-Med evaluates."""
     collector = Collector(root, check_images)
-    for source, record in json_records(path):
-        build = lambda r=record: [_vqa_sample(r, image_dir, split or "test")]  # noqa: E731
-        collector.add(source, record_id(record, "question_id"), build)
+    for name, path in split_files(Path(root), split, file, files, default="test"):
+        for source, record in json_records(path):
+            build = lambda r=record, n=name: [_vqa_sample(r, image_dir, n)]  # noqa: E731
+            collector.add(source, record_id(record, "question_id"), build)
     return collector.result()
 
 
-def _file(root: Path, file: str, split: str | None) -> Path:
+def split_files(
+    root: Path, split: str | None, file: str, files: dict[str, str] | None, default: str
+) -> list[tuple[str, Path]]:
+    """(split, file) pairs to read, as the module docstring says; a file named but missing is an error."""
+    if file and files:
+        raise ValueError("give either 'file' or 'files' (split -> file), not both")
     if file:
-        return root / file
-    for name in (f"{split or 'train'}.json", f"{split or 'train'}.jsonl"):
+        return [(normal_split(split) if split else default, root / file)]
+    if files:
+        chosen = {normal_split(name): path for name, path in files.items()}
+        if split is not None and normal_split(split) not in chosen:
+            raise ValueError(f"split {split!r} is not among the files option's splits ({', '.join(chosen)})")
+        wanted = [normal_split(split)] if split is not None else list(chosen)
+        return [(name, root / chosen[name]) for name in wanted]
+    names = [split] if split is not None else SPLIT_NAMES
+    found = [(normal_split(name), path) for name in names if (path := _split_file(root, name))]
+    if not found:
+        looked = ", ".join(f"{name}.json" for name in names)
+        raise FileNotFoundError(f"{root}: none of {looked} (or .jsonl); name the files with the 'files' option")
+    return found
+
+
+def _split_file(root: Path, split: str) -> Path | None:
+    for name in (f"{split}.json", f"{split}.jsonl"):
         if (root / name).is_file():
             return root / name
-    raise FileNotFoundError(f"{root}: no {split or 'train'}.json or .jsonl; name the file with the 'file' option")
+    return None
 
 
 def _conversation_samples(record, image_dir: str, task: str, split: str) -> list[Sample]:

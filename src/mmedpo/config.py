@@ -17,8 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mmedpo.layout import RESERVED_PAIR_NAMES
 from mmedpo.llm.endpoint import ChatConfig, check_no_key
-from mmedpo.records import Task, describe_error
-from mmedpo.registry import GENERATORS, JUDGES, LOCALIZERS, NORMALISERS, PROTOCOLS, READERS, unknown_name
+from mmedpo.records import PIPELINE_SPLITS, Task, describe_error
+from mmedpo.registry import (
+    ANNOTATING_READERS,
+    GENERATORS,
+    JUDGES,
+    LOCALIZERS,
+    NORMALISERS,
+    PROTOCOLS,
+    READERS,
+    unknown_name,
+)
 from mmedpo.training.settings import DPOSettings, unknown_setting
 
 
@@ -38,9 +47,11 @@ class DataConfig(Section):
     reader_options: dict[str, Any] = Field(
         {}, description="options of the reader, e.g. language, image_policy, views, section, check_images"
     )
-    split_map: dict[str, str] = Field(
+    split_map: dict[str, str | dict[str, float]] = Field(
         {"train": "pref", "test": "test"},
-        description="dataset split -> pipeline split (sft, pref, test); unmapped splits keep their name",
+        description="dataset split -> pipeline split (sft, pref, test, val), or -> fractions of its images, e.g. "
+        "{train: {sft: 0.5, pref: 0.5}, test: test} (a seeded cut by image: no image in two splits); unmapped "
+        "splits keep their name",
     )
     samples: str | None = Field(None, description="Sample JSONL file when source is 'samples'")
     image_root: str | None = Field(None, description="folder the samples' image paths are relative to")
@@ -51,6 +62,21 @@ class DataConfig(Section):
         0, ge=0, description="SynthMed images in the validation split (the test distribution, other images)"
     )
     image_size: int = Field(128, ge=32, description="SynthMed image side in pixels")
+
+    @field_validator("split_map")
+    @classmethod
+    def _maps_to_pipeline_splits(cls, value: dict[str, str | dict[str, float]]) -> dict[str, str | dict[str, float]]:
+        for name, target in value.items():
+            targets = [target] if isinstance(target, str) else list(target)
+            unknown = [t for t in targets if t not in PIPELINE_SPLITS]
+            if unknown:
+                raise ValueError(f"{name}: {unknown} are not pipeline splits ({', '.join(PIPELINE_SPLITS)})")
+            fractions = [] if isinstance(target, str) else list(target.values())
+            if not isinstance(target, str) and (
+                not all(0 < f <= 1 for f in fractions) or abs(sum(fractions) - 1) > 1e-6
+            ):
+                raise ValueError(f"{name}: fractions {target} must each lie in (0, 1] and sum to 1")
+        return value
 
     @model_validator(mode="after")
     def _source_has_its_input(self) -> DataConfig:
@@ -89,11 +115,15 @@ class CurateTextConfig(Section):
     max_length_ratio: float = Field(3.0, gt=0, description="drop rejected answers longer than this times the gold")
 
 
+# curate_visual.localizer: the data's annotation where the samples carry lesion masks, else the model's attribution.
+AUTO = "auto"
+
+
 class CurateVisualConfig(Section):
     localizer: str = Field(
-        "annotation",
-        description=f"where the lesion region comes from ({', '.join(LOCALIZERS.names())}): the data's "
-        "masks/boxes, or Grad-CAM",
+        AUTO,
+        description=f"where the lesion region comes from: auto, {', '.join(LOCALIZERS.names())}. auto: the data's "
+        "masks/boxes where the samples have them, else the target model's attribution of its own answer",
     )
     localizer_options: dict[str, Any] = Field(
         {}, description="keyword options of the localizer (e.g. dilation; for gradcam: region={...}, min_confidence)"
@@ -311,7 +341,9 @@ class RunConfig(Section):
             READERS.check(self.data.dataset, "data.dataset")
         for name in self.curate_text.generators:
             GENERATORS.check(name, "curate_text.generators")
-        LOCALIZERS.check(self.curate_visual.localizer, "curate_visual.localizer")
+        localizer = self.curate_visual.localizer
+        if localizer != AUTO and localizer not in LOCALIZERS:
+            raise unknown_name("localizer", localizer, [AUTO, *LOCALIZERS.names()], "curate_visual.localizer")
         score = self.score
         for member in score.judges:
             named_in_options = "judge" in score.judge_options.get(member, {})
@@ -322,6 +354,26 @@ class RunConfig(Section):
         for task in self.eval.prompts:
             if task not in get_args(Task):
                 raise unknown_name("task", task, get_args(Task), "eval.prompts")
+        return self
+
+    @model_validator(mode="after")
+    def _reader_gives_what_the_localizer_reads(self) -> RunConfig:
+        """A localizer that needs annotations no reader of this dataset gives fails now (the data tell the rest)."""
+        data, visual = self.data, self.curate_visual
+        if data.source != "dataset" or data.dataset in ANNOTATING_READERS:
+            return self
+        if visual.localizer == "annotation" and not visual.localizer_options.get("boxes_file"):
+            raise ValueError(
+                f"curate_visual.localizer 'annotation' needs lesion masks or boxes, which the {data.dataset} reader "
+                "does not give: set curate_visual.localizer: auto (the target model's attribution), or "
+                "localizer_options.boxes_file (COCO boxes)"
+            )
+        if visual.localizer == "gradcam" and visual.classifier is None:
+            raise ValueError(
+                f"curate_visual.localizer 'gradcam' trains its default classifier on meta['findings'], which the "
+                f"{data.dataset} reader does not give: set curate_visual.classifier (and classifier_factory), or "
+                "curate_visual.localizer: auto"
+            )
         return self
 
     @model_validator(mode="after")

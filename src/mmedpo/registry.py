@@ -75,6 +75,10 @@ READERS = Registry(
     },
 )
 
+# Readers whose samples can carry lesion annotations (meta lesion_mask / lesion_boxes and the findings they name).
+# A localizer that needs them is refused when the config loads for a dataset read by any other reader.
+ANNOTATING_READERS = frozenset({"slake"})
+
 # Candidates are tried in this order: the model-made hallucinations first, because a mistake
 # the model itself makes (or one a strong LLM finds plausible) is the one worth unlearning.
 GENERATORS = Registry(
@@ -91,6 +95,7 @@ LOCALIZERS = Registry(
     {
         "annotation": "mmedpo.imaging.localizers:AnnotationLocalizer",
         "gradcam": "mmedpo.imaging.gradcam:GradCamLocalizer",
+        "attribution": "mmedpo.imaging.attribution:AttributionLocalizer",
     },
 )
 

@@ -47,9 +47,10 @@ from mmedpo.curation.filters import check_rejected
 from mmedpo.curation.preview import Previews
 from mmedpo.curation.summary import CHUNK, CurationSummary
 from mmedpo.data.images import load_image, open_image, resolve_image
-from mmedpo.imaging.localizers import build_localizer, localizer_iou
+from mmedpo.imaging.localizers import localizer_iou
 from mmedpo.imaging.noise import image_seed, noise_image_file
 from mmedpo.imaging.regions import Region
+from mmedpo.imaging.run_localizer import build_run_localizer
 from mmedpo.progress import progress_bar
 from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, rejects_path
 
@@ -130,7 +131,7 @@ def curate_visual(
 
     `noised_root` is the run's image folder; it must be one of `image_roots` so
     the trainer finds the noised images. `localizer` defaults to the one
-    `settings.localizer` names, with its default options. `noise_region` is
+    `settings` configure (`imaging.run_localizer`). `noise_region` is
     "lesion" (MMedPO) or "whole" (the ablation; pair ids end in "-visual-whole").
     `rejected` is "model-answer" (MMedPO) or "gold" (image-conditional pairs; ids
     end in "-gold"). The summary's `pair_classes` counts every pair in the file.
@@ -151,7 +152,7 @@ def curate_visual(
 
             model = load_vlm(model_dir)
         pairing = Pairing(image_roots, noised_root, model, noise_region, rejected, settings.keep)
-        localizer = localizer or build_localizer(settings.localizer)
+        localizer = localizer or build_run_localizer(settings, samples, (), image_roots, None, model_dir, seed)[0]
         previews = Previews(out_path.parent / "preview", preview, image_roots, noised_root)
         noised: dict[str, tuple[str, dict] | str] = {}  # image -> (noised image, provenance) or why there is none
         with progress_bar(f"curate visual ({noise_region}, {rejected})", len(todo), show_progress) as advance:
@@ -289,13 +290,18 @@ def curate_visual_regions(
 ) -> dict:
     """Visual pairs for every (noise region, rejected text) of `out_paths` (-> its pairs file); returns a summary.
 
-    The localizer is the configured one; the annotation localizer draws regions for
-    images without annotation from the lesions of `samples` of the same split. Grad-CAM without a given
-    classifier trains the small default CNN on `sft_samples` into `classifier_path`
-    first. Where the samples carry true lesion masks and the localizer is not the
-    annotation itself, the summary says how well its regions match them (`localizer_iou`).
+    The localizer is the configured one (`imaging.run_localizer`: `auto` is the
+    data's annotation, else the attribution of the model in `model_dir`); the
+    annotation localizer draws regions for images without annotation from the
+    lesions of `samples` of the same split. Grad-CAM without a given classifier
+    trains the small default CNN on `sft_samples` into `classifier_path` first.
+    Where the samples carry true lesion masks and the localizer is not the
+    annotation itself, the summary says how well its regions match them
+    (`localizer_iou`); otherwise it says why that was not measured.
     """
-    localizer = _configured_localizer(settings, samples, sft_samples, image_roots, classifier_path, seed)
+    localizer, note = build_run_localizer(
+        settings, samples, sft_samples, image_roots, classifier_path, model_dir, seed=seed
+    )
     summaries = {}
     for (region, rejected), out_path in out_paths.items():
         summaries[out_path.name.removeprefix("pairs.").removesuffix(".jsonl")] = curate_visual(
@@ -312,24 +318,16 @@ def curate_visual_regions(
             noise_region=region,
             rejected=rejected,
         ).as_dict()
-    has_masks = any(sample.meta.get("lesion_mask") for sample in samples)
-    iou = localizer_iou(samples, image_roots, localizer) if settings.localizer != "annotation" and has_masks else None
     first = summaries[next(iter(summaries))]
-    return {**first, "by_file": summaries if len(summaries) > 1 else None, "localizer_iou": iou}
+    iou = _localizer_iou(samples, image_roots, localizer)
+    notes = [note] + ([f"localizer_iou {iou}"] if isinstance(iou, str) else [])
+    return {**first, "by_file": summaries if len(summaries) > 1 else None, "localizer_iou": iou, "notes": notes}
 
 
-def _configured_localizer(settings: CurateVisualConfig, samples, sft_samples, image_roots, classifier_path, seed: int):
-    options = dict(settings.localizer_options)
-    if settings.localizer == "gradcam":
-        from mmedpo.imaging.gradcam import train_default_classifier
-
-        if settings.classifier is None and classifier_path is None:
-            raise ValueError("gradcam needs curate_visual.classifier, or a path to train the default CNN into")
-        classifier = settings.classifier or train_default_classifier(
-            sft_samples, image_roots, classifier_path, seed=seed
-        )
-        options.update(classifier=str(classifier), factory=settings.classifier_factory)
-    localizer = build_localizer(settings.localizer, options)
-    if settings.localizer == "annotation":  # a region for every image: unannotated ones get a real lesion's place
-        localizer = localizer.drawing_from(samples, seed)
-    return localizer
+def _localizer_iou(samples, image_roots, localizer) -> dict | str:
+    """`localizer_iou` against the samples' true masks, or why it was not measured."""
+    if localizer.name == "annotation":
+        return "not measured: the localizer is the annotation itself"
+    if not any(sample.meta.get("lesion_mask") for sample in samples):
+        return "not measured: no pref sample has a lesion_mask to compare with"
+    return localizer_iou(samples, image_roots, localizer)

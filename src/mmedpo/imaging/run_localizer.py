@@ -1,0 +1,141 @@
+"""The localizer a run uses, built from `curate_visual`'s settings, for curation and evaluation alike.
+
+`curate_visual.localizer: auto` (the default) is the data's own annotation when
+the samples carry lesion masks or boxes (SynthMed, SLAKE) and the target model's
+attribution of its answer otherwise (`imaging.attribution`), which needs no
+annotation and no outside model. Any registered name (`mmedpo.registry.LOCALIZERS`)
+picks one outright. `localizer_problem` says, before any stage runs, why the
+configured localizer cannot work on the run's samples; visual dependence
+(`evaluation_localizer`) measures against the test split's annotations where
+they exist, else against the run's localizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from mmedpo.config import AUTO, CurateVisualConfig
+from mmedpo.data.images import ImageError
+from mmedpo.imaging.localizers import build_localizer, finding_names
+from mmedpo.imaging.regions import NoRegion, Region
+from mmedpo.records import Sample
+
+
+def has_annotation(sample: Sample) -> bool:
+    """Whether the sample carries what the annotation localizer reads: a lesion mask or boxes."""
+    return bool(sample.meta.get("lesion_mask") or sample.meta.get("lesion_boxes"))
+
+
+def resolve_localizer(name: str, samples: Sequence[Sample]) -> tuple[str, str]:
+    """The localizer `name` stands for on `samples`, and a line saying why (for `auto`)."""
+    if name != AUTO:
+        return name, f"localizer: {name}"
+    annotated = sum(has_annotation(sample) for sample in samples)
+    if annotated:
+        return "annotation", f"localizer: annotation (auto: {annotated} of {len(samples)} samples carry lesion masks)"
+    return "attribution", "localizer: attribution (auto: no sample carries a lesion mask or boxes)"
+
+
+def localizer_problem(settings: CurateVisualConfig, pref: Sequence[Sample], sft: Sequence[Sample]) -> str | None:
+    """Why the configured localizer cannot localize these samples (one line naming what to set), or None."""
+    name, _ = resolve_localizer(settings.localizer, pref)
+    if name == "annotation" and not settings.localizer_options.get("boxes_file"):
+        if not any(has_annotation(sample) for sample in pref):
+            return (
+                "curate_visual.localizer 'annotation' reads meta['lesion_mask'] or meta['lesion_boxes'], and no "
+                "pref sample has one: set curate_visual.localizer: auto (the target model's attribution)"
+            )
+    if name == "gradcam" and settings.classifier is None:
+        if not any(finding_names(sample) for sample in sft):
+            return (
+                "curate_visual.localizer 'gradcam' trains its default classifier on meta['findings'] of the sft "
+                "split, and no sft sample lists one: set curate_visual.classifier (and classifier_factory) to your "
+                "own classifier, or curate_visual.localizer: auto"
+            )
+    return None
+
+
+def build_run_localizer(
+    settings: CurateVisualConfig,
+    samples: Sequence[Sample],
+    sft_samples: Sequence[Sample],
+    image_roots: Sequence[Path],
+    classifier_path: Path | None,
+    model_dir: Path,
+    seed: int = 0,
+):
+    """The localizer `settings` configure for `samples`, and the line saying which it is.
+
+    Grad-CAM without a given classifier trains the small default CNN on
+    `sft_samples` into `classifier_path` first (reused when already trained on the
+    same images); the attribution localizer explains the model in `model_dir`.
+    """
+    name, note = resolve_localizer(settings.localizer, samples)
+    options = dict(settings.localizer_options)
+    if name == "gradcam":
+        from mmedpo.imaging.gradcam import train_default_classifier
+
+        if settings.classifier is None and classifier_path is None:
+            raise ValueError("gradcam needs curate_visual.classifier, or a path to train the default CNN into")
+        classifier = settings.classifier or train_default_classifier(
+            sft_samples, image_roots, classifier_path, seed=seed
+        )
+        options.update(classifier=str(classifier), factory=settings.classifier_factory)
+    if name == "attribution":
+        options.setdefault("model_dir", str(model_dir))
+    localizer = build_localizer(name, options)
+    if name == "annotation":  # a region for every image: unannotated ones get a real lesion's place
+        localizer = localizer.drawing_from(samples, seed)
+    return localizer, note
+
+
+def evaluation_localizer(
+    settings: CurateVisualConfig,
+    test: Sequence[Sample],
+    sft: Sequence[Sample],
+    image_roots: Sequence[Path],
+    classifier_path: Path | None,
+    model_dir: Path,
+    seed: int = 0,
+):
+    """Visual dependence's localizer: the test split's annotations where it has any, else the run's localizer.
+
+    The run's `annotation` localizer on a test split without annotations becomes
+    the attribution of `model_dir` (the base model, so every variant is measured on
+    the same regions). Returns (localizer, line saying which).
+    """
+    if any(has_annotation(sample) for sample in test):
+        return build_localizer("annotation"), "localizer: annotation (the test split's lesion masks)"
+    configured = settings.localizer if settings.localizer not in (AUTO, "annotation") else "attribution"
+    chosen = settings.model_copy(update={"localizer": configured})
+    localizer, _ = build_run_localizer(chosen, test, sft, image_roots, classifier_path, model_dir, seed)
+    return localizer, f"localizer: {configured} (the test split has no lesion masks)"
+
+
+class FixedRegions:
+    """Regions computed once per image, up front, so the localizer's own model can be freed before another loads.
+
+    `localize` returns the image's region (or raises the reason it has none), like
+    the localizer it was made from; that localizer's model, if it loaded one, is
+    released once every region is found.
+    """
+
+    def __init__(self, localizer, samples: Sequence[Sample], image_roots: Sequence[Path]):
+        self.name = localizer.name
+        self._regions: dict[str, Region | str] = {}
+        for sample in samples:
+            if sample.image in self._regions:
+                continue
+            try:
+                self._regions[sample.image] = localizer.localize(sample, image_roots)
+            except (NoRegion, ImageError) as error:
+                self._regions[sample.image] = str(error).removeprefix(f"sample {sample.id}: ")
+        if hasattr(localizer, "release"):
+            localizer.release()
+
+    def localize(self, sample: Sample, image_roots: Sequence[Path]) -> Region:
+        region = self._regions[sample.image]
+        if isinstance(region, str):
+            raise NoRegion(f"image {sample.image}: {region}")
+        return region

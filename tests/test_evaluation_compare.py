@@ -148,11 +148,14 @@ def test_protocols_are_not_mixed_and_llava_med_is_labelled():
 
 
 def test_visual_metrics_join_the_table():
-    dependence = {"overall": {"n": 2, "clean": 1.0, "changed_noised": 0.5, "drop_noised": 0.25, "drop_blank": 0.5}}
+    overall = {"n": 2, "clean": 1.0, "changed_noised": 0.5, "drop_noised": 0.25, "drop_blank": 0.5}
+    dependence = {"overall": overall, "n_measured": 2, "n_skipped": 3}
     assert visual_metrics(dependence) == {
         "visual_changed_noised": 0.5,
         "visual_drop_noised": 0.25,
         "visual_drop_blank": 0.5,
+        "visual_measured": 2,
+        "visual_skipped": 3,
     }
 
 

@@ -95,10 +95,13 @@ def _config(config: Path | None, overrides: list[str] | None):
 
 
 def _print_stage(result: StageResult, prefix: str = "") -> None:
+    summary = {key: value for key, value in result.summary.items() if key != "notes"}
     console.print(
         f"{escape(prefix)}[bold]{result.name:<14}[/] {result.status:<8} {result.seconds:8.1f} s  "
-        f"{escape(_short(result.summary))}"
+        f"{escape(_short(summary))}"
     )
+    for note in result.summary.get("notes") or []:  # what the user must know: a part skipped, a choice made
+        console.print(f"{prefix}{'':<15}{note}", markup=False)
 
 
 def _short(summary: dict) -> str:

@@ -67,7 +67,8 @@ def visual_metrics(dependence: Mapping[str, Any]) -> dict[str, float]:
     """The overall figures of a `visual_dependence` result under the names the comparison shows."""
     overall = dependence["overall"]
     names = ("changed_noised", "drop_noised", "drop_blank")
-    return {f"visual_{name}": overall[name] for name in names if name in overall}
+    counts = {"visual_measured": dependence["n_measured"], "visual_skipped": dependence["n_skipped"]}
+    return {**{f"visual_{name}": overall[name] for name in names if name in overall}, **counts}
 
 
 def compare_results(

@@ -5,7 +5,10 @@
 writes one eval JSON (`evaluate.evaluate_model`'s metrics and predictions) and,
 with `settings.visual_dependence`, the answers again with the lesion hidden and
 on a blank image (`visual_dependence`), their summary in the same file and its
-headline figures among the metrics. The model is loaded once for both.
+headline figures among the metrics (with how many samples it measured and
+skipped). The model is loaded once for both. The lesion regions come from
+`localizer` (default: the samples' annotations), all found before the model
+loads, so a localizer with a model of its own is done with it by then.
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ def evaluate_run_model(
     out_path: Path,
     settings: EvalConfig,
     seed: int = 0,
+    localizer=None,
 ) -> dict:
     """Evaluate the model in `model_dir` on `samples` as `settings` say; write and return the result."""
     max_new_tokens = {"vqa": settings.max_new_tokens_vqa, "report": settings.max_new_tokens_report}
-    loaded = None
+    loaded = regions = None
     if settings.visual_dependence:  # both passes use the model: load it once
+        from mmedpo.imaging.localizers import AnnotationLocalizer
+        from mmedpo.imaging.run_localizer import FixedRegions
         from mmedpo.models.vlm import load_vlm
 
+        regions = FixedRegions(localizer or AnnotationLocalizer(), samples, image_roots)
         loaded = load_vlm(model_dir)
     result = evaluate_model(
         model_dir,
@@ -53,7 +60,13 @@ def evaluate_run_model(
 
     answerer = vlm_answerer(*loaded, max_new_tokens, batch_size=settings.batch_size)
     dependence = visual_dependence(
-        answerer, samples, image_roots, timestep=settings.vd_timestep, seed=seed, prompts=settings.prompts or None
+        answerer,
+        samples,
+        image_roots,
+        localizer=regions,
+        timestep=settings.vd_timestep,
+        seed=seed,
+        prompts=settings.prompts or None,
     )
     result["visual_dependence"] = dependence
     result["metrics"].update(visual_metrics(dependence))

@@ -11,7 +11,11 @@ normalised words) when the lesion is hidden or the image blanked.
 A model that ignores the image gives the same answers in all three conditions:
 its `changed_noised`, `changed_blank` and both score drops are exactly zero.
 Samples without a usable lesion region are not measured; each is listed in
-`skipped` with the localizer's reason, so measured + skipped = samples.
+`skipped` with the localizer's reason, so measured + skipped = samples, and
+`skip_reasons` counts the reasons (numbers and quoted answers left out, so that
+alike reasons group). `localizer` names where the regions came from: the
+samples' annotations by default, or the run's localizer where the test split has
+none (`imaging.run_localizer.evaluation_localizer`).
 
 The model is any `Answerer`: a function (task, images, prompts) -> answers;
 `vlm_answerer` wraps a loaded HF VLM with greedy decoding.
@@ -19,6 +23,8 @@ The model is any `Answerer`: a function (task, images, prompts) -> answers;
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,7 +76,8 @@ def visual_dependence(
     """Scores on clean, lesion-noised and blank images and the share of answers that change.
 
     Returns {"n_samples", "n_measured", "n_skipped", "skipped": {id: reason},
-    "timestep", "overall": {...}, "by_type": {answer type: {...}}, "answers": [...]}
+    "skip_reasons": {reason: count}, "localizer", "timestep", "overall": {...},
+    "by_type": {answer type: {...}}, "answers": [...]}
     where each {...} has n, clean, noised, blank (mean scores), drop_noised,
     drop_blank (clean minus each) and changed_noised, changed_blank (shares);
     `answers` keeps the three answers of every measured sample.
@@ -107,11 +114,26 @@ def visual_dependence(
         "n_measured": len(rows),
         "n_skipped": len(skipped),
         "skipped": skipped,
+        "skip_reasons": dict(Counter(_reason_kind(reason) for reason in skipped.values())),
+        "localizer": getattr(localizer, "name", type(localizer).__name__),
         "timestep": timestep,
         "overall": _summary(rows),
         "by_type": {kind: _summary(group) for kind, group in sorted(by_type.items())},
         "answers": rows,
     }
+
+
+def measured_line(result: Mapping[str, Any]) -> str:
+    """One line: how many samples a `visual_dependence` result measured, and why the others were skipped."""
+    line = f"visual dependence measured {result['n_measured']} of {result['n_samples']} samples"
+    reasons = ", ".join(f"{reason} ({count})" for reason, count in result["skip_reasons"].items())
+    return line + (f"; skipped: {reasons}" if reasons else "")
+
+
+def _reason_kind(reason: str) -> str:
+    """A skip reason without its image, quoted answers and numbers: "region covers N% of the image ..."."""
+    reason = re.sub(r"^(?:image|sample) \S+: ", "", reason)
+    return re.sub(r"\d+(?:\.\d+)?", "N", re.sub(r"'[^']*'", "'...'", reason))
 
 
 def _views(

@@ -3,9 +3,11 @@
 For the tiny LLaVA (no `settings.path`): build it on the run's text corpus,
 pretrain its vision tower on the findings the SFT reports name (the stand-in for
 a pretrained CLIP, `models.vision_pretrain`), then supervised fine-tuning on the
-SFT split (`models.sft`). A given model skips the first two; with
-`sft_epochs: 0` it is used as it is (LLaVA-Med is already supervised): the
-run's models/base is then a link to it, not a copy.
+SFT split (`models.sft`). Where no SFT report names a finding (a VQA dataset,
+reports outside the chest lexicon) there is nothing to pretrain on: that step
+is skipped, and the summary's `notes` say so. A given model skips the first
+two; with `sft_epochs: 0` it is used as it is (LLaVA-Med is already supervised):
+the run's models/base is then a link to it, not a copy.
 """
 
 from __future__ import annotations
@@ -33,11 +35,15 @@ def make_base_model(
     sft = [sample for sample in samples if sample.split == "sft"]
     if settings.sft_epochs and not sft:
         raise ValueError("no samples in the 'sft' split: set model.sft_epochs=0 or map a split to sft (data.split_map)")
-    summary: dict = {}
+    summary: dict = {"notes": []}
     start_dir = Path(settings.path) if settings.path else None
     if start_dir is None:
         start_dir = _build_tiny(settings, samples, work_dir, seed)
-        summary["vision_pretrain"] = _pretrain_vision(settings, start_dir, sft, image_roots, seed, show_progress)
+        skip = _no_pretraining(settings, sft)
+        if skip:
+            summary["notes"].append(f"vision pretraining skipped: {skip}")
+        else:
+            summary["vision_pretrain"] = _pretrain_vision(settings, start_dir, sft, image_roots, seed, show_progress)
     if settings.sft_epochs == 0:
         if settings.path:
             # A given model is used as it is: linked, not copied (a 7B checkpoint is ~14 GB per run or seed).
@@ -77,6 +83,21 @@ def _build_tiny(settings: BaseModelConfig, samples: Sequence[Sample], work_dir: 
     )
 
 
+def _no_pretraining(settings: BaseModelConfig, sft: Sequence[Sample]) -> str | None:
+    """Why the tiny model's vision tower is not pretrained, or None when it is."""
+    from mmedpo.models.vision_pretrain import finding_labels
+
+    if not settings.vision_pretrain_epochs:
+        return "model.vision_pretrain_epochs is 0"
+    labels = finding_labels(sft)
+    if not any(labels.values()):
+        return (
+            f"its labels are the findings the sft split's reports name, and {len(labels)} report image(s) name none; "
+            "the tower learns only through SFT"
+        )
+    return None
+
+
 def _pretrain_vision(
     settings: BaseModelConfig,
     model_dir: Path,
@@ -84,13 +105,11 @@ def _pretrain_vision(
     image_roots: Sequence[Path],
     seed: int,
     show_progress: bool,
-) -> dict | None:
+) -> dict:
     """Pretrain the freshly built tiny model's vision tower in place (see models.vision_pretrain)."""
     from mmedpo.models.vision_pretrain import pretrain_vision_tower
     from mmedpo.models.vlm import load_vlm
 
-    if not settings.vision_pretrain_epochs:
-        return None
     model, processor = load_vlm(model_dir)
     summary = pretrain_vision_tower(
         model, processor, list(sft), image_roots, settings.vision_pretrain_epochs, seed=seed, progress=show_progress

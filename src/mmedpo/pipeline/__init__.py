@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from mmedpo.config import RunConfig, dump_config
 from mmedpo.layout import RunLayout
+from mmedpo.pipeline.checks import check_samples
 from mmedpo.pipeline.engine import RunLock, StageResult, fingerprints, is_done, run_stages
 from mmedpo.pipeline.stages import build_stages, merge_curate_text, stage_curate_text
 from mmedpo.records import dump_json
@@ -31,12 +32,15 @@ def run_pipeline(
     """Run every stage (or `only` those named, after what they read that has not finished); returns what each did.
 
     `force` re-runs the selected stages from scratch even if they finished. The
-    run folder is locked for the whole run: a second writer is refused.
+    run folder is locked for the whole run: a second writer is refused. Once the
+    samples are read, what the stages need of them is checked (`checks`) before
+    any later stage runs.
     """
     layout = RunLayout.of(config)
+    gates = {"samples": lambda: check_samples(config, layout)}
     with RunLock(layout):
         dump_config(config, layout.config)
-        return run_stages(layout, build_stages(config), config, only, force, show_progress, on_stage)
+        return run_stages(layout, build_stages(config), config, only, force, show_progress, on_stage, gates)
 
 
 def _require_done(config: RunConfig, layout: RunLayout, names: Sequence[str]) -> None:
@@ -51,6 +55,7 @@ def curate_shard(config: RunConfig, shard: tuple[int, int], show_progress: bool 
     layout = RunLayout.of(config)
     with RunLock(layout, shared=True):
         _require_done(config, layout, ["samples", "base"])
+        check_samples(config, layout)
         return stage_curate_text(layout, config, show_progress, shard=shard)
 
 

@@ -30,7 +30,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,23 +151,27 @@ def run_stages(
     force: bool = False,
     show_progress: bool = True,
     on_stage: Callable[[StageResult], None] | None = None,
+    gates: Mapping[str, Callable[[], None]] | None = None,
 ) -> list[StageResult]:
     """Run `stages` in order; or `only` those named, after whatever they read that has not finished.
 
     `force` re-runs the stages run (or those named) from scratch even if they
     finished; the stages they read from run only if they have not finished.
+    `gates[name]()` runs once stage `name` has finished (now or before) and before
+    any later stage: a check of what that stage wrote, which stops the run by raising.
     """
     prints = fingerprints(stages, config)
     chosen = select(stages, only) if only else list(stages)
     results = []
     for stage in chosen:
         upstream = bool(only) and not _named(stage.name, only)
-        if upstream and is_done(layout, stage.name, prints[stage.name]):
-            continue
-        result = run_stage(layout, stage, config, prints[stage.name], show_progress, force=force and not upstream)
-        results.append(result)
-        if on_stage:
-            on_stage(result)
+        if not (upstream and is_done(layout, stage.name, prints[stage.name])):
+            result = run_stage(layout, stage, config, prints[stage.name], show_progress, force=force and not upstream)
+            results.append(result)
+            if on_stage:
+                on_stage(result)
+        if gates and stage.name in gates and stage is not chosen[-1]:
+            gates[stage.name]()
     return results
 
 

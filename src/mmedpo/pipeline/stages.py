@@ -219,21 +219,31 @@ def pairs_description(config: RunConfig, variant: str) -> str:
 
 def stage_eval(layout: RunLayout, config: RunConfig, variant: str) -> dict:
     from mmedpo.evaluation.suite import evaluate_run_model
+    from mmedpo.evaluation.visual_dependence import measured_line
     from mmedpo.training.model_card import write_model_card
 
-    settings = config.eval
+    test, localizer, note = split(layout, config.eval.split), None, None
+    if config.eval.visual_dependence:
+        from mmedpo.imaging.run_localizer import evaluation_localizer
+
+        localizer, note = evaluation_localizer(
+            config.curate_visual,
+            test,
+            split(layout, "sft"),
+            layout.image_roots,
+            layout.localizer_cnn,
+            layout.model("base"),
+            seed=config.seed,
+        )
     result = evaluate_run_model(
-        layout.model(variant),
-        split(layout, config.eval.split),
-        layout.image_roots,
-        layout.eval(variant),
-        settings,
-        seed=config.seed,
+        layout.model(variant), test, layout.image_roots, layout.eval(variant), config.eval, config.seed, localizer
     )
     if layout.train_log(variant).exists():  # a variant trained here: its model card gets the metrics
         dataset = "SynthMed" if config.data.source == "synthmed" else (config.data.dataset or config.data.samples)
         write_model_card(layout.model(variant), result["metrics"], dataset=dataset, split=config.eval.split)
-    return result["metrics"]
+    if "visual_dependence" not in result:
+        return result["metrics"]
+    return {**result["metrics"], "notes": [note, measured_line(result["visual_dependence"])]}
 
 
 def stage_report(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:
@@ -321,10 +331,19 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
     return tuple(stages)
 
 
+# What visual dependence reads of curate_visual: the run's localizer, used where the test split has no masks.
+LOCALIZER_SETTINGS = {"localizer", "localizer_options", "classifier", "classifier_factory"}
+
+
+def _eval_settings(config: RunConfig) -> dict:
+    localizer = config.curate_visual.model_dump(mode="json", include=LOCALIZER_SETTINGS)
+    return {"eval": config.eval.model_dump(mode="json"), "localizer": localizer}
+
+
 def _eval_stage(variant: str, model_stage: str) -> Stage:
     return Stage(
         f"eval:{variant}",
-        _section("eval"),
+        _eval_settings,
         ("samples", model_stage),
         lambda r: [r.eval(variant), r.eval_partial(variant)],
         lambda r, c, p: stage_eval(r, c, variant),

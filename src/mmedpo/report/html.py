@@ -184,15 +184,17 @@ def stages_section(run_dir: Path) -> tuple[str, dict[str, dict]]:
     states = {p.stem: _load_json(p) for p in paths}
     rows = "".join(_stage_row(name, state) for name, state in states.items() if name != "report")
     # The report stage is the one writing this page: its state file says "running" until the page is written.
-    rows += "<tr><td>report</td><td>writing this page</td><td>-</td></tr>"
-    table = f"<table id='timings'><tr><th>stage</th><th>status</th><th>seconds</th></tr>{rows}</table>"
+    rows += "<tr><td>report</td><td>writing this page</td><td>-</td><td></td></tr>"
+    table = f"<table id='timings'><tr><th>stage</th><th>status</th><th>seconds</th><th>notes</th></tr>{rows}</table>"
     return table, {name: state.get("summary", {}) for name, state in states.items()}
 
 
 def _stage_row(file_stem: str, state: dict) -> str:
     name = file_stem.replace(".", ":", 1)  # the state file of stage "train:mmedpo" is train.mmedpo.json
+    notes = "<br>".join(_e(note) for note in (state.get("summary") or {}).get("notes") or [])  # skipped parts, choices
     return (
-        f"<tr><td>{_e(name)}</td><td>{_e(state.get('status'))}</td><td>{float(state.get('seconds', 0)):.1f}</td></tr>"
+        f"<tr><td>{_e(name)}</td><td>{_e(state.get('status'))}</td><td>{float(state.get('seconds', 0)):.1f}</td>"
+        f"<td>{notes}</td></tr>"
     )
 
 

@@ -83,8 +83,9 @@ def test_every_perturbation_contradicts_and_keeps_style(seed):
         (REPORT, None, "report"),
     ] + [(r, None, "report") for r in iu_xray_reports()]
     seen = set()
+    alternatives = ["liver", "left", "right", "nodule and effusion", "pleural effusion"]  # a split's open answers
     for answer, answer_type, task in answers:
-        for text, op in perturb_answer(answer, answer_type, task, random.Random(seed)):
+        for text, op in perturb_answer(answer, answer_type, task, random.Random(seed), alternatives):
             seen.add(op)
             assert check_rejected(answer, text, answer_type, task) is None, (answer, text, op)
             assert text[: len(answer) - len(answer.lstrip())] == answer[: len(answer) - len(answer.lstrip())]
@@ -97,7 +98,7 @@ def test_check_rejected_reasons():
     assert check_rejected("Yes", "  ", "closed", "vqa") == "empty"
     assert check_rejected("Yes", "yes.", "closed", "vqa") == "identical"
     assert check_rejected("Yes", "No, there is a large pleural effusion.", "closed", "vqa") == "too_long"
-    assert check_rejected("Yes", "Nodule", "closed", "vqa") == "not_contradicting"
+    assert check_rejected("Yes", "Nodule", "closed", "vqa") == "wrong_type"
     assert check_rejected("yes", "No", "closed", "vqa") is None
     assert check_rejected("No", "No nodule", "closed", "vqa") == "not_contradicting"
     assert check_rejected("right", "right lung", "open", "vqa") == "not_contradicting"

@@ -3,8 +3,11 @@
 The released MMedPO data show what goes wrong with generated rejected answers:
 generator meta-text ("Dispreferred Answer: ..."), answers identical to the
 ground truth, answers many times longer than it (DPO then learns length, not
-content), and answers that do not actually contradict it. `check_rejected`
-catches each and says which.
+content), and answers that do not actually contradict it. A small target model
+sampled at temperature 1 adds junk of its own: broken bytes ("\ufffd"), stray
+letters ("W", "e yes"), a "yes" to "what is the blue shape?", a shape named for
+a colour question. A pair built on such an answer teaches the model nothing
+about the image. `check_rejected` catches each and says which.
 """
 
 from __future__ import annotations
@@ -12,12 +15,20 @@ from __future__ import annotations
 import re
 
 from mmedpo.clinical.findings import compare_answers, normalise_text, yes_no
+from mmedpo.curation.vocabulary import AnswerVocabulary, is_yes_no
 
 META_TEXT_RE = re.compile(
     r"dispreferred|\bas an ai\b|contradicts? the original|original answer|\bhere is\b|candidate answer"
     r"|based on the (?:information|original|given|provided)",
     re.IGNORECASE,
 )
+# A replacement character (bytes a tokenizer could not decode) or a control character other than whitespace.
+MALFORMED_RE = re.compile(r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A Latin letter standing alone between spaces or sentence punctuation ("W", the "e" of "e yes"); in "X-ray",
+# "patient's" and "V/Q" it is part of a word, and "2 x 3 cm" is a measurement.
+_LONE_LETTER_RE = re.compile(r"""(?<![^\s"(\[])[A-Za-z](?![^\s.,;:!?"')\]])""")
+_TIMES_RE = re.compile(r"\d\s*[xX]\s*\d")
+_WORD_LETTERS = {"a", "i"}
 
 
 def contradicts(gold: str, candidate: str, answer_type: str | None) -> bool:
@@ -37,25 +48,57 @@ def contradicts(gold: str, candidate: str, answer_type: str | None) -> bool:
     return f" {normalise_text(gold)} " not in f" {normalise_text(candidate)} "
 
 
+def is_fragment(candidate: str, gold: str) -> bool:
+    """A stray Latin letter the gold answer does not have: "W", "e yes" (but "a", "I" and "2 x 3 cm" are words)."""
+    allowed = _WORD_LETTERS | {letter.lower() for letter in _LONE_LETTER_RE.findall(gold)}
+    letters = _LONE_LETTER_RE.findall(_TIMES_RE.sub(" ", candidate))
+    return any(letter.lower() not in allowed for letter in letters)
+
+
+def wrong_type(gold: str, candidate: str, answer_type: str | None) -> bool:
+    """A closed yes/no question answered without yes or no, or any other question answered by a bare yes/no."""
+    if answer_type == "closed" and yes_no(gold) is not None:
+        return yes_no(candidate) is None
+    return is_yes_no(candidate)
+
+
 def check_rejected(
-    gold: str, candidate: str, answer_type: str | None, task: str, max_length_ratio: float = 3.0
+    gold: str,
+    candidate: str,
+    answer_type: str | None,
+    task: str,
+    max_length_ratio: float = 3.0,
+    kind: str | None = None,
+    vocabulary: AnswerVocabulary | None = None,
 ) -> str | None:
     """None if `candidate` is an acceptable rejected answer for `gold`, else why not.
 
-    Reason codes: "empty", "identical", "meta_text", "too_long" (more than
-    `max_length_ratio` times the gold answer's words), "not_contradicting".
-    `task` is "vqa" or "report"; both are judged the same way today.
+    Reason codes, checked in this order: "empty"; "malformed" (a replacement or
+    control character); "fragment" (a stray letter, `is_fragment`); "identical";
+    "meta_text"; "too_long" (more than `max_length_ratio` times the gold answer's
+    words); for VQA, "wrong_type" (`wrong_type`) and, given the split's
+    `vocabulary` and the question's type `kind`, "off_type" (an answer the split
+    gives only to other types of question); "not_contradicting".
+    `task` is "vqa" or "report".
     """
     if task not in ("vqa", "report"):
         raise ValueError(f"task must be 'vqa' or 'report', got {task!r}")
     if not candidate.strip():
         return "empty"
+    if MALFORMED_RE.search(candidate):
+        return "malformed"
+    if is_fragment(candidate, gold):
+        return "fragment"
     if normalise_text(candidate) == normalise_text(gold):
         return "identical"
     if META_TEXT_RE.search(candidate):
         return "meta_text"
     if len(candidate.split()) > max_length_ratio * max(len(gold.split()), 1):
         return "too_long"
+    if task == "vqa" and wrong_type(gold, candidate, answer_type):
+        return "wrong_type"
+    if task == "vqa" and vocabulary is not None and kind is not None and vocabulary.off_type(candidate, kind):
+        return "off_type"
     if not contradicts(gold, candidate, answer_type):
         return "not_contradicting"
     return None

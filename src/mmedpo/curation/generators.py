@@ -5,7 +5,8 @@
     target   the target VLM sampled on (image, question), several candidates per sample, batched
     chat     any OpenAI-compatible chat endpoint (GPT-4o, a Med-LLM on vLLM) with the versioned
              `hallucinate` prompt; the image goes along as a data URL when `chat.send_images`
-    perturb  offline clinical perturbation of the ground truth (`curation.perturb`)
+    perturb  offline clinical perturbation of the ground truth (`curation.perturb`), and a swap for another
+             answer the split gives to the same type of question (`curation.vocabulary`)
 
 A generator is built as `cls(settings, context)` and `generate(samples)` returns,
 per sample, a list of `Candidate`s or a `Failure` saying why it has none: an
@@ -30,6 +31,7 @@ from string import Template
 from typing import Any
 
 from mmedpo.curation.perturb import perturb_answer
+from mmedpo.curation.vocabulary import AnswerVocabulary, question_type
 from mmedpo.data.images import ImageError, open_image
 from mmedpo.records import Sample
 from mmedpo.registry import GENERATORS
@@ -59,6 +61,7 @@ class GeneratorContext:
     image_roots: Sequence[Path] = ()
     seed: int = 0
     model_dir: Path | None = None
+    vocabulary: AnswerVocabulary | None = None  # the split's answers per question type (perturb swaps among them)
 
 
 Generated = list[Candidate] | Failure
@@ -101,12 +104,14 @@ class PerturbGenerator(Generator):
 
     def __init__(self, settings, context: GeneratorContext):
         self.seed = context.seed
+        self.vocabulary = context.vocabulary or AnswerVocabulary()
 
     def generate(self, samples: Sequence[Sample]) -> list[Generated]:
         results: list[Generated] = []
         for sample in samples:
             rng = random.Random(sample_seed(self.seed, sample.id))
-            perturbed = perturb_answer(sample.answer, sample.answer_type, sample.task, rng)
+            alternatives = self.vocabulary.answers(question_type(sample))
+            perturbed = perturb_answer(sample.answer, sample.answer_type, sample.task, rng, alternatives)
             provenance = {"generator": self.name, "seed": self.seed}
             results.append([Candidate(text, {**provenance, "operation": op}) for text, op in perturbed])
         return results

@@ -9,6 +9,9 @@ Each operation makes one clinically wrong answer that reads like the original:
     negation_flip    "No pneumothorax." -> "Pneumothorax."; "Small right pleural effusion." -> "No pleural effusion.";
                      open answers "nodule" <-> "none"; "The heart size is normal." -> "... is enlarged."
     severity_change  "small" <-> "large", "mild" <-> "severe"
+    vocabulary_swap  VQA answers other than yes/no: another answer the split gives to the same type of
+                     question ("circle" -> "square", "CT" -> "MRI"), for answers the chest lexicon knows
+                     nothing about; the caller passes those answers (`curation.vocabulary`)
 
 Reports change one finding sentence per candidate. Casing, punctuation and the
 surrounding whitespace are kept, so the pair differs in content, not in style.
@@ -19,13 +22,21 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from mmedpo.clinical.findings import Mention, extract_findings, find_mentions, normalise_text, split_sentences, yes_no
 from mmedpo.clinical.lexicon import NONE_ANSWERS, TERMS, TERMS_BY_NAME
 from mmedpo.curation.filters import check_rejected
 
-OPERATIONS = ("yes_no_flip", "finding_swap", "laterality_swap", "zone_swap", "negation_flip", "severity_change")
+OPERATIONS = (
+    "yes_no_flip",
+    "finding_swap",
+    "laterality_swap",
+    "zone_swap",
+    "negation_flip",
+    "severity_change",
+    "vocabulary_swap",
+)
 
 _SIDE_SWAP = {"right": "left", "left": "right"}
 _ZONE_SWAP = {
@@ -145,11 +156,15 @@ _SENTENCE_OPERATIONS: dict[str, Callable[[str, list[Mention], set[str], random.R
 }
 
 
-def perturb_answer(answer: str, answer_type: str | None, task: str, rng: random.Random) -> list[tuple[str, str]]:
+def perturb_answer(
+    answer: str, answer_type: str | None, task: str, rng: random.Random, alternatives: Sequence[str] = ()
+) -> list[tuple[str, str]]:
     """Clinically wrong versions of `answer`: (text, operation) pairs, at most one per operation.
 
     An operation that cannot change this answer's meaning (no side word to swap,
     no known finding...) gives no candidate, so the list may be empty.
+    `alternatives` are answers the split gives to the same type of question (for
+    `vocabulary_swap`, tried last).
     """
     if not answer.strip():
         raise ValueError("cannot perturb an empty answer")
@@ -166,7 +181,24 @@ def perturb_answer(answer: str, answer_type: str | None, task: str, rng: random.
             for operation in _SENTENCE_OPERATIONS
             if (text := _perturb_sentences(body, answer_type, task, operation, rng)) is not None
         ]
+        swapped = _vocabulary_swap(body, answer_type, task, alternatives, rng) if task == "vqa" else None
+        candidates += [(swapped, "vocabulary_swap")] if swapped else []
     return [(lead + text + trail, operation) for text, operation in candidates]
+
+
+def _vocabulary_swap(
+    body: str, answer_type: str | None, task: str, alternatives: Sequence[str], rng: random.Random
+) -> str | None:
+    """Another of `alternatives` (in `body`'s casing) that contradicts it, neither inside the other; or None."""
+    gold = f" {normalise_text(body)} "
+    fitting = [
+        other
+        for other in alternatives
+        if f" {other} " not in gold
+        and gold not in f" {other} "
+        and check_rejected(body, other, answer_type, task) is None
+    ]
+    return match_case(body, rng.choice(fitting)) if fitting else None
 
 
 def _perturb_sentences(body: str, answer_type: str | None, task: str, operation: str, rng: random.Random) -> str | None:

@@ -31,19 +31,31 @@ from mmedpo.config import CurateTextConfig
 from mmedpo.curation.filters import check_rejected
 from mmedpo.curation.generators import REQUEST_FAILED, Candidate, Failure, GeneratorContext, make_generators
 from mmedpo.curation.summary import CHUNK, CurationSummary
+from mmedpo.curation.vocabulary import AnswerVocabulary, question_type
 from mmedpo.errors import StageIncomplete
 from mmedpo.progress import progress_bar
 from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, read_jsonl, rejects_path, write_jsonl
 
 
 def select_pairs(
-    sample: Sample, candidates: Sequence[Candidate], settings: CurateTextConfig, summary: CurationSummary
+    sample: Sample,
+    candidates: Sequence[Candidate],
+    settings: CurateTextConfig,
+    summary: CurationSummary,
+    vocabulary: AnswerVocabulary | None = None,
 ) -> list[PreferencePair]:
-    """The first acceptable, distinct candidates, as pairs; counts every drop."""
+    """The first acceptable, distinct candidates, as pairs; counts every drop.
+
+    `vocabulary` (the split's answers per question type) lets the filters refuse an
+    answer to another type of question.
+    """
     pairs, seen = [], set()
+    kind = question_type(sample)
     for candidate in candidates:
         text, generator = candidate.text, candidate.provenance["generator"]
-        reason = check_rejected(sample.answer, text, sample.answer_type, sample.task, settings.max_length_ratio)
+        reason = check_rejected(
+            sample.answer, text, sample.answer_type, sample.task, settings.max_length_ratio, kind, vocabulary
+        )
         if reason is None and text.strip().lower() in seen:
             reason = "duplicate"
         if reason is not None:
@@ -100,7 +112,12 @@ def curate_text(
     show_progress: bool = True,
     shard: tuple[int, int] | None = None,
 ) -> CurationSummary:
-    """Write textual pairs for `samples` to `out_path` (or its shard file), resuming what is already there."""
+    """Write textual pairs for `samples` to `out_path` (or its shard file), resuming what is already there.
+
+    The split's answer vocabulary (`curation.vocabulary`) comes from all of `samples`,
+    so every shard filters and perturbs with the same one.
+    """
+    vocabulary = AnswerVocabulary.of(samples)
     if shard is not None:
         samples, out_path = shard_samples(samples, *shard), shard_path(out_path, *shard)
     store = JsonlStore(out_path, PreferencePair)
@@ -111,7 +128,7 @@ def curate_text(
     summary.skipped_done = len(samples) - len(todo)
     if not todo:
         return summary
-    context = GeneratorContext(image_roots=image_roots, seed=seed, model_dir=model_dir)
+    context = GeneratorContext(image_roots=image_roots, seed=seed, model_dir=model_dir, vocabulary=vocabulary)
     generators = make_generators(settings.generators, settings, context)
     chunks = [todo[start : start + CHUNK] for start in range(0, len(todo), CHUNK)]
     streams = [generator.generate_chunks(chunks) for generator in generators]
@@ -119,7 +136,7 @@ def curate_text(
         with progress_bar("curate text", len(todo), show_progress) as advance:
             for chunk, *results in zip(chunks, *streams):
                 generated = [(generator.name, per_sample) for generator, per_sample in zip(generators, results)]
-                _write_chunk(chunk, generated, settings, summary, store, reject_store)
+                _write_chunk(chunk, generated, settings, summary, store, reject_store, vocabulary)
                 advance(len(chunk))
     finally:
         for stream in streams:  # the chat generator's stream holds its connections open
@@ -135,14 +152,14 @@ def curate_text(
     return summary
 
 
-def _write_chunk(chunk, generated: list, settings, summary: CurationSummary, store, reject_store) -> None:
+def _write_chunk(chunk, generated: list, settings, summary: CurationSummary, store, reject_store, vocabulary) -> None:
     """Pair every sample of a chunk from (generator name, per-sample results); write its pairs and rejects."""
     pairs, rejects = [], []
     for index, sample in enumerate(chunk):
         results = [(name, per_sample[index]) for name, per_sample in generated]
         if _requests_failed(results, summary):
             continue  # neither paired nor rejected: the next run asks again
-        reject = _pair_sample(sample, results, settings, summary, pairs)
+        reject = _pair_sample(sample, results, settings, summary, pairs, vocabulary)
         if reject is not None:
             rejects.append(Reject(id=sample.id, source=f"sample {sample.id}", reason=reject))
     store.extend(pairs)
@@ -166,7 +183,9 @@ def _requests_failed(results: list, summary: CurationSummary) -> bool:
     return True
 
 
-def _pair_sample(sample: Sample, results: list, settings, summary: CurationSummary, pairs: list) -> str | None:
+def _pair_sample(
+    sample: Sample, results: list, settings, summary: CurationSummary, pairs: list, vocabulary
+) -> str | None:
     """Append the sample's pairs to `pairs`; None, or why the sample has none.
 
     `results` holds (generator name, its candidates or Failure) for this sample;
@@ -176,7 +195,7 @@ def _pair_sample(sample: Sample, results: list, settings, summary: CurationSumma
     if unreadable is not None:
         return unreadable.reason
     candidates = [candidate for _, result in results for candidate in result]
-    chosen = select_pairs(sample, candidates, settings, summary)
+    chosen = select_pairs(sample, candidates, settings, summary, vocabulary)
     if not chosen:
         return "no candidate contradicts the answer"
     pairs += chosen

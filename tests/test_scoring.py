@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from mmedpo.registry import JUDGES, NORMALISERS
-from mmedpo.scoring.judges import FindingsJudge
+from mmedpo.scoring.judges import FindingsJudge, Verdict
 from mmedpo.scoring.normalise import normalise
 
 FIXTURES = Path("/work/shared/fixtures/mmedpo-released")
@@ -31,44 +31,48 @@ def test_invented_effusion_and_pneumothorax_rank_above_a_rewording():
         "Heart size and mediastinal contours are normal. The lungs are clear without pleural effusion "
         "or pneumothorax. No acute cardiopulmonary process."
     )
-    invented_score, reason = judge.score(QUESTION, chosen, invented)
+    invented_score, reason, *_ = judge.score(QUESTION, chosen, invented)
     # pneumothorax (0.9) is worse than a large effusion (0.6 + 0.15); the worst one counts.
     assert invented_score == 0.9
     assert "pleural effusion presence (0.75)" in reason and "pneumothorax presence (0.90)" in reason
-    assert judge.score(QUESTION, chosen, reworded) == (0.0, "same findings (rewording)")
+    assert judge.score(QUESTION, chosen, reworded) == Verdict(0.0, "same findings (rewording)")
 
 
 def test_severity_orders_errors():
     judge = FindingsJudge()
-    small_nodule, _ = judge.score(QUESTION, "The lungs are clear.", "Small nodule in the left upper lobe.")
-    large_effusion, _ = judge.score(QUESTION, "The lungs are clear.", "Large left pleural effusion.")
-    side, reason = judge.score(QUESTION, "Small right pleural effusion.", "Small left pleural effusion.")
+    small_nodule, *_ = judge.score(QUESTION, "The lungs are clear.", "Small nodule in the left upper lobe.")
+    large_effusion, *_ = judge.score(QUESTION, "The lungs are clear.", "Large left pleural effusion.")
+    side, reason, *_ = judge.score(QUESTION, "Small right pleural effusion.", "Small left pleural effusion.")
     assert (small_nodule, large_effusion, side) == (0.4, 0.75, 0.45)
     assert reason == "findings disagree: pleural effusion side (0.45)"
 
 
 def test_closed_flip_scores_the_asked_finding():
     judge = FindingsJudge()
-    assert judge.score("Is there a pneumothorax?", "No", "Yes, there is a pneumothorax.") == (
-        0.9,
-        "yes/no flip about pneumothorax (0.90)",
+    assert judge.score("Is there a pneumothorax?", "No", "Yes, there is a pneumothorax.") == Verdict(
+        0.9, "yes/no flip about pneumothorax (0.90)"
     )
     assert judge.score("Is there a small nodule?", "yes", "no")[0] == 0.4
-    assert judge.score("Is the liver visible?", "Yes", "No")[0] == 0.5
     assert judge.score("Is there a pneumothorax?", "No", "no.")[0] == 0.0
-    # Words, not findings: wrong organ is mid severity, a containing answer is no error.
-    assert judge.score("Which organ?", "Liver", "The spleen.")[0] == 0.5
+    # Outside the lexicon the judge does not apply: no score, no failure (the panel weights by the others).
+    assert judge.score("Is the liver visible?", "Yes", "No") == Verdict(
+        None,
+        "not applicable: yes/no flip, and neither they nor the question name a finding the lexicon knows",
+        applicable=False,
+    )
+    assert not judge.score("Which organ?", "Liver", "The spleen.").applicable
+    assert not judge.score("What color is the shape?", "blue", "red").applicable
+    # A containing answer is no error, finding or not.
     assert judge.score("Which side?", "Right", "The right side.")[0] == 0.0
     # A wrong side for the finding asked about costs that finding's severity.
-    assert judge.score("Which lung has the pneumothorax?", "right", "left") == (
-        0.9,
-        "answers differ about pneumothorax (0.90)",
+    assert judge.score("Which lung has the pneumothorax?", "right", "left") == Verdict(
+        0.9, "answers differ about pneumothorax (0.90)"
     )
 
 
 def test_registry():
     assert JUDGES.load("findings") is FindingsJudge
-    assert (FindingsJudge.name, FindingsJudge.version) == ("findings", "1")
+    assert (FindingsJudge.name, FindingsJudge.version) == ("findings", "2")
 
 
 def test_normalisers_on_hand_computed_vectors():

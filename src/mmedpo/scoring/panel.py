@@ -14,6 +14,14 @@ every member's score to `pairs.scored.jsonl`. The training weight is made per
 variant from these stored scores (`scoring.variant_pairs`: the paper's
 normalisation Z over the pairs that variant trains on). See docs/method.md.
 
+A judge may not apply to a pair (the findings judge on a question about a
+colour: `judges.not_applicable`). The pair is then scored by the members that
+do apply, and those that do not are listed in its provenance
+(`not_applicable`). A text pair no member applies to takes the mean clinical
+score of the text pairs some member does apply to (0.5 when there are none):
+no judge says it matters more or less than the others, so it weighs what an
+average pair weighs. See docs/method.md.
+
 Judges go through the judge cache (`cache.JudgeCache`), so scoring unchanged
 pairs again asks no judge twice and a killed run resumes from what was paid for;
 pairs that share (question, chosen, rejected) are asked about once. A pair that
@@ -75,6 +83,8 @@ class ScoreSummary:
     unscored: int = 0
     failed: int = 0  # pairs left for the next run because a judge request failed
     failures: dict[str, int] = field(default_factory=dict)  # "member: why" -> pairs
+    not_applicable: dict[str, int] = field(default_factory=dict)  # member -> pairs it does not apply to
+    no_applicable_judge: int = 0  # text pairs no member applies to: scored as an average pair
     by_kind: dict[str, int] = field(default_factory=dict)
     mean_raw: float = 0.0
     judge_means: dict[str, float] = field(default_factory=dict)
@@ -134,6 +144,8 @@ def aggregate(
 
 def _checked(member: str, verdict: Verdict) -> Verdict:
     """The verdict, or an unscored one when its score is not a number in [0, 1]."""
+    if not verdict.applicable:
+        return verdict
     if verdict.score is None:
         return Verdict(None, f"{member}: {verdict.reason}", verdict.failure)
     if not (isinstance(verdict.score, (int, float)) and math.isfinite(verdict.score) and 0 <= verdict.score <= 1):
@@ -208,32 +220,49 @@ def score_pairs(
     finally:
         if cache is not None:
             cache.close()
-    scored, raws, rejects, failures = [], [], [], []
+    scored, rejects, failures = [], [], []
     for pair, pair_verdicts in zip(pairs, verdicts):
         if pair.kind == "visual":
             pair_verdicts[LOCALIZER] = _localizer_confidence(pair)
-        unscored = [v.reason for v in pair_verdicts.values() if v.score is None]
+        unscored = [v.reason for v in pair_verdicts.values() if v.score is None and v.applicable]
         if unscored:
             rejects.append(Reject(id=pair.id, source=f"{pair.kind} pair {pair.id}", reason="; ".join(unscored)))
             failed = {member: v for member, v in pair_verdicts.items() if v.failure}
             if failed:
                 failures.append(failed)
             continue
-        scores = {member: v.score for member, v in pair_verdicts.items()}
-        raw = aggregate(scores, settings.aggregate, settings.trim, settings.weights)
-        raws.append(raw)
-        reasons = {member: v.reason for member, v in pair_verdicts.items()}
-        provenance = {**pair.provenance, "score_reasons": reasons}
+        scores = {member: v.score for member, v in pair_verdicts.items() if v.applicable}
+        raw = aggregate(scores, settings.aggregate, settings.trim, settings.weights) if scores else None
+        provenance = {**pair.provenance, "score_reasons": {member: v.reason for member, v in pair_verdicts.items()}}
+        outside = [member for member, v in pair_verdicts.items() if not v.applicable]
+        if outside:
+            provenance["not_applicable"] = outside
         update = {"scores": scores, "clinical_score": raw, "weight": None, "provenance": provenance}
         scored.append(pair.model_copy(update=update))
+    scored = fill_unjudged(scored)
     write_jsonl(out_path, scored)
     write_jsonl(rejects_path(Path(out_path)), rejects)
-    summary = _summary(pairs, scored, raws, list(panel), cache, failures)
+    summary = _summary(pairs, scored, [pair.clinical_score for pair in scored], list(panel), cache, failures)
     if summary.agreement.get("warning"):
         log.warning("score: %s", summary.agreement["warning"])
     if summary.failed:
         raise StageIncomplete(_incomplete_message(summary, failures), summary.as_dict())
     return summary
+
+
+def fill_unjudged(pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
+    """The pairs, those without a clinical score (no judge applies) given the mean of the text pairs that have one.
+
+    0.5 when no text pair has one: every text pair then weighs the same.
+    """
+    judged = [pair.clinical_score for pair in pairs if pair.kind == "text" and pair.clinical_score is not None]
+    fallback = statistics.fmean(judged) if judged else 0.5
+    return [pair if pair.clinical_score is not None else _as_average(pair, fallback) for pair in pairs]
+
+
+def _as_average(pair: PreferencePair, score: float) -> PreferencePair:
+    provenance = {**pair.provenance, "no_applicable_judge": True}
+    return pair.model_copy(update={"clinical_score": score, "provenance": provenance})
 
 
 def _incomplete_message(summary: ScoreSummary, failures: list[dict[str, Verdict]]) -> str:
@@ -254,12 +283,15 @@ def _summary(pairs, scored, raws, members, cache, failures) -> ScoreSummary:
         kinds[pair.kind] = kinds.get(pair.kind, 0) + 1
     judged = [pair for pair in scored if all(member in pair.scores for member in members)]
     columns = {member: [pair.scores[member] for pair in judged] for member in members}
+    outside = Counter(member for pair in scored for member in pair.provenance.get("not_applicable", []))
     return ScoreSummary(
         pairs=len(pairs),
         scored=len(scored),
         unscored=len(pairs) - len(scored) - len(failures),
         failed=len(failures),
         failures=dict(why),
+        not_applicable=dict(outside),
+        no_applicable_judge=sum(bool(pair.provenance.get("no_applicable_judge")) for pair in scored),
         by_kind=kinds,
         mean_raw=statistics.fmean(raws) if raws else 0.0,
         judge_means={member: statistics.fmean(values) for member, values in columns.items() if values},

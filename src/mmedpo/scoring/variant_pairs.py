@@ -33,7 +33,7 @@ from pathlib import Path
 from mmedpo.config import ScoreConfig
 from mmedpo.records import PreferencePair, read_jsonl, write_jsonl
 from mmedpo.scoring.normalise import normalise
-from mmedpo.scoring.panel import LOCALIZER, aggregate
+from mmedpo.scoring.panel import LOCALIZER, aggregate, fill_unjudged
 
 
 def select_pairs(
@@ -92,26 +92,30 @@ def reweight(
 
     `members` keeps only those panel members' scores (the single-judge ablation);
     None keeps the whole panel. Visual pairs keep the localizer's score, and the
-    members' too under `visual_mode: confidence+judges`. Nothing is judged again.
-    A pair without a score of a kept member raises a ValueError naming it.
+    members' too under `visual_mode: confidence+judges`. Members that do not apply
+    to a pair (its provenance's `not_applicable`) are left out of its aggregate; a
+    text pair none of the kept members applies to scores as an average pair
+    (`panel.fill_unjudged`). Nothing is judged again. A pair without a score of a
+    kept member that applies raises a ValueError naming it.
     """
     members = list(settings.judges if members is None else members)
     unknown = sorted(set(members) - set(settings.judges))
     if unknown or not members:
         raise ValueError(f"judges {unknown or members} are not members of the panel {settings.judges}")
-    raws = []
+    rescored = []
     for pair in pairs:
         kept = members if pair.kind == "text" or settings.visual_mode == "confidence+judges" else []
+        kept = [m for m in kept if m not in pair.provenance.get("not_applicable", [])]
         kept = kept + ([LOCALIZER] if pair.kind == "visual" else [])
         missing = [member for member in kept if member not in pair.scores]
         if missing:
             raise ValueError(f"pair {pair.id}: no score from {missing}; score it first (mmedpo score)")
-        raws.append(aggregate({m: pair.scores[m] for m in kept}, settings.aggregate, settings.trim, settings.weights))
-    weights = normalise_by_kind(pairs, raws, settings.normaliser, kind_balance)
-    return [
-        pair.model_copy(update={"clinical_score": raw, "weight": float(weight)})
-        for pair, raw, weight in zip(pairs, raws, weights)
-    ]
+        scores = {m: pair.scores[m] for m in kept}
+        raw = aggregate(scores, settings.aggregate, settings.trim, settings.weights) if scores else None
+        rescored.append(pair.model_copy(update={"clinical_score": raw}))
+    rescored = fill_unjudged(rescored)
+    weights = normalise_by_kind(rescored, [pair.clinical_score for pair in rescored], settings.normaliser, kind_balance)
+    return [pair.model_copy(update={"weight": float(weight)}) for pair, weight in zip(rescored, weights)]
 
 
 def variant_pairs(

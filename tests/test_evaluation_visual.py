@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmedpo.evaluation.visual_dependence import visual_dependence
+from mmedpo.evaluation.visual_dependence import measured_line, visual_dependence
 from mmedpo.records import Sample
 
 LESION = (slice(12, 20), slice(12, 20))  # rows, columns of the bright square
@@ -42,6 +42,11 @@ def test_a_model_that_ignores_the_image_scores_zero(tmp_path, lesion_samples):
     # q3 has no lesion annotation: skipped with the localizer's reason, and counted.
     assert (result["n_samples"], result["n_measured"], result["n_skipped"]) == (3, 2, 1)
     assert result["skipped"]["q3"].startswith("sample q3: no lesion_mask")
+    assert result["skip_reasons"] == {"no lesion_mask or lesion_boxes annotation": 1}
+    assert result["localizer"] == "annotation"
+    assert measured_line(result) == (
+        "visual dependence measured 2 of 3 samples; skipped: no lesion_mask or lesion_boxes annotation (1)"
+    )
     overall = result["overall"]
     assert (overall["clean"], overall["noised"], overall["blank"]) == (1.0, 1.0, 1.0)
     assert (overall["changed_noised"], overall["changed_blank"], overall["drop_noised"], overall["drop_blank"]) == (

@@ -5,9 +5,10 @@ generator meta-text ("Dispreferred Answer: ..."), answers identical to the
 ground truth, answers many times longer than it (DPO then learns length, not
 content), and answers that do not actually contradict it. A small target model
 sampled at temperature 1 adds junk of its own: broken bytes ("\ufffd"), stray
-letters ("W", "e yes"), a "yes" to "what is the blue shape?", a shape named for
-a colour question. A pair built on such an answer teaches the model nothing
-about the image. `check_rejected` catches each and says which.
+letters ("W", "e yes"), loops ("blue blue"), a "yes" to "what is the blue
+shape?", a shape named for a colour question. A pair built on such an answer
+teaches the model nothing about the image. `check_rejected` catches each and
+says which.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ MALFORMED_RE = re.compile(r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LONE_LETTER_RE = re.compile(r"""(?<![^\s"(\[])[A-Za-z](?![^\s.,;:!?"')\]])""")
 _TIMES_RE = re.compile(r"\d\s*[xX]\s*\d")
 _WORD_LETTERS = {"a", "i"}
+# A word said twice in a row ("blue blue", "nodule nodule nodule"): a sampler stuck in a loop.
+_REPEAT_RE = re.compile(r"\b(\w+)\s+\1\b", re.IGNORECASE)
 
 
 def contradicts(gold: str, candidate: str, answer_type: str | None) -> bool:
@@ -55,6 +58,11 @@ def is_fragment(candidate: str, gold: str) -> bool:
     return any(letter.lower() not in allowed for letter in letters)
 
 
+def is_repeated(candidate: str, gold: str) -> bool:
+    """A word repeated at once ("blue blue") where the gold answer repeats none."""
+    return bool(_REPEAT_RE.search(candidate)) and not _REPEAT_RE.search(gold)
+
+
 def wrong_type(gold: str, candidate: str, answer_type: str | None) -> bool:
     """A closed yes/no question answered without yes or no, or any other question answered by a bare yes/no."""
     if answer_type == "closed" and yes_no(gold) is not None:
@@ -74,7 +82,8 @@ def check_rejected(
     """None if `candidate` is an acceptable rejected answer for `gold`, else why not.
 
     Reason codes, checked in this order: "empty"; "malformed" (a replacement or
-    control character); "fragment" (a stray letter, `is_fragment`); "identical";
+    control character); "fragment" (a stray letter, `is_fragment`); "repeated"
+    (a word twice in a row, `is_repeated`); "identical";
     "meta_text"; "too_long" (more than `max_length_ratio` times the gold answer's
     words); for VQA, "wrong_type" (`wrong_type`) and, given the split's
     `vocabulary` and the question's type `kind`, "off_type" (an answer the split
@@ -89,6 +98,8 @@ def check_rejected(
         return "malformed"
     if is_fragment(candidate, gold):
         return "fragment"
+    if is_repeated(candidate, gold):
+        return "repeated"
     if normalise_text(candidate) == normalise_text(gold):
         return "identical"
     if META_TEXT_RE.search(candidate):

@@ -54,6 +54,8 @@ from mmedpo.imaging.run_localizer import build_run_localizer
 from mmedpo.progress import progress_bar
 from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, rejects_path
 
+KEPT = "answer on the noised image kept"  # a reject whose noised answer the filters refused (`check_rejected`)
+
 
 def noised_name(image: str, region: str, timestep: int) -> str:
     """Where the noised copy of `image` goes, relative to the run's image folder."""
@@ -169,10 +171,17 @@ def curate_visual(
                 summary.paired += len(pairs)
                 summary.rejected += len(rejects)
                 summary.pairs_by_generator[pairing.generator] += len(pairs)
-                summary.drops.update(r.reason.split(":")[0] for r in rejects)
+                summary.drops.update(_drop_reason(r.reason) for r in rejects)
                 advance(len(chunk))
     summary.pair_classes.update(pair_classes(store.read()))
     return summary
+
+
+def _drop_reason(reason: str) -> str:
+    """The reason a reject is counted under: "no lesion region", or the filter's code of a kept answer."""
+    if reason.startswith(KEPT):
+        return f"{KEPT}: {reason.removeprefix(KEPT + ': ')}"
+    return reason.split(":")[0]
 
 
 def _noise_once(
@@ -243,9 +252,7 @@ class Pairing:
             if reason is None:
                 wrong.append((job, answer))
             else:
-                rejects.append(
-                    Reject(id=sample.id, source=relative, reason=f"answer on the noised image kept: {reason}")
-                )
+                rejects.append(Reject(id=sample.id, source=relative, reason=f"{KEPT}: {reason}"))
         samples = [job[0] for job, _ in wrong]
         clean = self.answer(samples, [open_image(sample.image, self.image_roots) for sample in samples])
         return [(job, answer, clean_answer) for (job, answer), clean_answer in zip(wrong, clean)]

@@ -93,7 +93,7 @@ class AttributionLocalizer:
         inputs, prompt_length = self._encode(image, question)
         answer_ids = self._answer(inputs, prompt_length, MAX_NEW_TOKENS.get(task, 12))
         sequence = torch.cat([inputs["input_ids"], answer_ids[None]], dim=1)
-        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "pixel_values")}
+        extra = _image_inputs(inputs, len(answer_ids))
         pixels = inputs["pixel_values"]
 
         def answer_log_prob(alternatives: torch.Tensor) -> torch.Tensor:
@@ -153,6 +153,19 @@ class AttributionLocalizer:
         ends = (answer == tokenizer.eos_token_id).nonzero()
         cut = int(ends[0]) if len(ends) else len(answer)
         return answer[: max(cut, 1)].clone()
+
+
+def _image_inputs(inputs, answer_length: int) -> dict:
+    """The processor's other inputs (image sizes, grids...); per-token ones (Qwen2-VL's mm_token_type_ids) are
+    extended over the answer's tokens with zeros, the value of a text token."""
+    extra = {}
+    for key, value in inputs.items():
+        if key in ("input_ids", "attention_mask", "pixel_values"):
+            continue
+        if torch.is_tensor(value) and value.shape == inputs["input_ids"].shape:
+            value = torch.nn.functional.pad(value, (0, answer_length))
+        extra[key] = value
+    return extra
 
 
 def _log_prob(model, sequence: torch.Tensor, prompt_length: int, pixels: torch.Tensor, extra: dict) -> torch.Tensor:

@@ -121,13 +121,15 @@ def test_visual_dependence_measures_on_the_test_masks_else_the_run_localizer(tin
     [
         (
             ["data.dataset=vqa-rad", "curate_visual.localizer=annotation"],
-            "curate_visual.localizer 'annotation' needs lesion masks or boxes, which the vqa-rad reader does not give: "
-            "set curate_visual.localizer: auto",
+            "curate_visual.localizer 'annotation' needs lesion masks or boxes, which the vqa-rad reader does not "
+            "give: set curate_visual.localizer: auto (the target model's attribution), or "
+            "curate_visual.localizer_options.boxes_file (COCO boxes)",
         ),
         (
             ["data.dataset=llava", "curate_visual.localizer=gradcam"],
-            "curate_visual.localizer 'gradcam' trains its default classifier on meta['findings'], which the llava "
-            "reader does not give: set curate_visual.classifier",
+            "curate_visual.localizer 'gradcam' needs meta['findings'] to train its default classifier, which the "
+            "llava reader does not give: set curate_visual.localizer: auto (the target model's attribution), or "
+            "curate_visual.classifier (and classifier_factory)",
         ),
         (["data.dataset=vqa-rad", "curate_visual.localizer=atribution"], "did you mean 'attribution'? valid: auto,"),
     ],

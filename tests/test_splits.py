@@ -10,7 +10,7 @@ from dataset_layouts import write_llava_generic
 from mmedpo.config import DataConfig, load_config
 from mmedpo.data.readers import read_dataset
 from mmedpo.data.sources import read_samples
-from mmedpo.data.splits import image_fractions, map_splits, shared_images, unused_splits
+from mmedpo.data.splits import image_fractions, map_splits, shared_images, split_notes, unused_splits
 from mmedpo.records import Sample
 
 
@@ -43,7 +43,11 @@ def test_renaming_keeps_unmapped_splits_and_reports_what_no_stage_reads():
     assert {s.split for s in mapped} == {"pref", "val", "extra"}
     assert unused_splits(mapped) == {"extra": 3}
     shared = [s.model_copy(update={"split": "test", "id": s.id + "t"}) for s in mapped if s.split == "pref"]
-    assert shared_images(mapped + shared) == {"pref&test": 2}  # a dataset's own splits may share images
+    assert shared_images(mapped + shared) == {"pref and test": 2}  # a dataset's own splits may share images
+    assert split_notes(mapped + shared) == [
+        "3 samples of split 'extra' are used by no stage: map it in data.split_map",
+        "2 images are in both pref and test",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -67,14 +67,11 @@ class DataConfig(Section):
     @classmethod
     def _maps_to_pipeline_splits(cls, value: dict[str, str | dict[str, float]]) -> dict[str, str | dict[str, float]]:
         for name, target in value.items():
-            targets = [target] if isinstance(target, str) else list(target)
-            unknown = [t for t in targets if t not in PIPELINE_SPLITS]
+            fractions = {target: 1.0} if isinstance(target, str) else target
+            unknown = [split for split in fractions if split not in PIPELINE_SPLITS]
             if unknown:
                 raise ValueError(f"{name}: {unknown} are not pipeline splits ({', '.join(PIPELINE_SPLITS)})")
-            fractions = [] if isinstance(target, str) else list(target.values())
-            if not isinstance(target, str) and (
-                not all(0 < f <= 1 for f in fractions) or abs(sum(fractions) - 1) > 1e-6
-            ):
+            if not all(0 < f <= 1 for f in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
                 raise ValueError(f"{name}: fractions {target} must each lie in (0, 1] and sum to 1")
         return value
 
@@ -360,19 +357,17 @@ class RunConfig(Section):
     def _reader_gives_what_the_localizer_reads(self) -> RunConfig:
         """A localizer that needs annotations no reader of this dataset gives fails now (the data tell the rest)."""
         data, visual = self.data, self.curate_visual
-        if data.source != "dataset" or data.dataset in ANNOTATING_READERS:
+        needs = {
+            "annotation": ("lesion masks or boxes", "localizer_options.boxes_file (COCO boxes)", "boxes_file"),
+            "gradcam": ("meta['findings'] to train its default classifier", "classifier (and classifier_factory)", ""),
+        }
+        if data.source != "dataset" or data.dataset in ANNOTATING_READERS or visual.localizer not in needs:
             return self
-        if visual.localizer == "annotation" and not visual.localizer_options.get("boxes_file"):
+        what, instead, option = needs[visual.localizer]
+        if not (visual.localizer_options.get(option) if option else visual.classifier):
             raise ValueError(
-                f"curate_visual.localizer 'annotation' needs lesion masks or boxes, which the {data.dataset} reader "
-                "does not give: set curate_visual.localizer: auto (the target model's attribution), or "
-                "localizer_options.boxes_file (COCO boxes)"
-            )
-        if visual.localizer == "gradcam" and visual.classifier is None:
-            raise ValueError(
-                f"curate_visual.localizer 'gradcam' trains its default classifier on meta['findings'], which the "
-                f"{data.dataset} reader does not give: set curate_visual.classifier (and classifier_factory), or "
-                "curate_visual.localizer: auto"
+                f"curate_visual.localizer {visual.localizer!r} needs {what}, which the {data.dataset} reader does not "
+                f"give: set curate_visual.localizer: auto (the target model's attribution), or curate_visual.{instead}"
             )
         return self
 

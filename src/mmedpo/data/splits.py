@@ -72,7 +72,7 @@ def unused_splits(samples: Sequence[Sample]) -> dict[str, int]:
 
 
 def shared_images(samples: Sequence[Sample]) -> dict[str, int]:
-    """For each two pipeline splits that share images, how many ("pref&test": 3).
+    """For each two pipeline splits that share images, how many ("pref and test": 3).
 
     A seeded cut never shares an image; a dataset's own splits may (VQA-RAD's
     test questions ask about train images), which the samples stage reports.
@@ -83,5 +83,12 @@ def shared_images(samples: Sequence[Sample]) -> dict[str, int]:
     shared = {}
     for a, b in combinations([s for s in PIPELINE_SPLITS if s in images], 2):
         if common := images[a] & images[b]:
-            shared[f"{a}&{b}"] = len(common)
+            shared[f"{a} and {b}"] = len(common)
     return shared
+
+
+def split_notes(samples: Sequence[Sample]) -> list[str]:
+    """Lines the samples stage reports: samples no stage reads, images two pipeline splits share."""
+    unused = [f"{n} samples of split {name!r} are used by no stage: map it in data.split_map" for name, n in
+              unused_splits(samples).items()]  # fmt: skip
+    return unused + [f"{n} images are in both {pair}" for pair, n in shared_images(samples).items()]

@@ -38,6 +38,7 @@ def split(layout: RunLayout, *names: str) -> list[Sample]:
 
 def stage_samples(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:
     from mmedpo.data.sources import read_samples
+    from mmedpo.data.splits import split_notes
 
     samples, rejects = read_samples(config.data, layout.images, config.seed)
     write_jsonl(layout.samples, samples)
@@ -47,6 +48,7 @@ def stage_samples(layout: RunLayout, config: RunConfig, show_progress: bool) -> 
         "samples": len(samples),
         "rejected": len(rejects),
         "by_split": dict(Counter(sample.split for sample in samples)),
+        "notes": split_notes(samples),
     }
 
 

@@ -53,6 +53,7 @@ def test_the_issues_junk_is_refused_with_its_reason():
     assert reason("blue", "circle", "open", question_type(SAMPLES[0])) == "off_type"  # a shape for a colour question
     assert reason("blue", "blue blue", "open") == "repeated"
     assert reason("yes", "circle", "closed") == "wrong_type"  # a yes/no question answered otherwise
+    assert reason("No", "Yes", None) is None and reason("No", "maybe", None) == "wrong_type"  # no answer type given
     # What a wrong answer of the right kind looks like still passes.
     assert reason("blue", "red", "open", question_type(SAMPLES[0])) is None
     assert reason("circle", "square", "open", question_type(circle)) is None

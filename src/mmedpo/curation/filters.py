@@ -64,8 +64,11 @@ def is_repeated(candidate: str, gold: str) -> bool:
 
 
 def wrong_type(gold: str, candidate: str, answer_type: str | None) -> bool:
-    """A closed yes/no question answered without yes or no, or any other question answered by a bare yes/no."""
-    if answer_type == "closed" and yes_no(gold) is not None:
+    """A closed yes/no question answered without yes or no, or any other question answered by a bare yes/no.
+
+    Without an answer type, a bare yes/no gold answer marks a yes/no question.
+    """
+    if answer_type == "closed" and yes_no(gold) is not None or answer_type is None and is_yes_no(gold):
         return yes_no(candidate) is None
     return is_yes_no(candidate)
 

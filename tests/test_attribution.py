@@ -96,7 +96,7 @@ def test_auto_is_the_annotation_where_samples_have_one_else_the_attribution():
     assert resolve_localizer("auto", [plain])[0] == "attribution"
     assert resolve_localizer("gradcam", [masked]) == ("gradcam", "localizer: gradcam")
     settings = CurateVisualConfig(localizer="annotation")
-    assert "no pref sample has one: set curate_visual.localizer: auto" in localizer_problem(settings, [plain], [])
+    assert "no curated sample has one: set curate_visual.localizer: auto" in localizer_problem(settings, [plain], [])
     assert localizer_problem(settings, [masked], []) is None
     gradcam = localizer_problem(CurateVisualConfig(localizer="gradcam"), [masked], [plain])
     assert "no sft sample lists one: set curate_visual.classifier" in gradcam
@@ -107,9 +107,9 @@ def test_visual_dependence_measures_on_the_test_masks_else_the_run_localizer(tin
     masked = blob_image.model_copy(update={"id": "m", "meta": {"lesion_mask": "blob.png"}})
     settings = CurateVisualConfig()
     localizer, note = evaluation_localizer(settings, [masked], [], [tmp_path], None, tiny_vlm_dir)
-    assert (localizer.name, note) == ("annotation", "localizer: annotation (the test split's lesion masks)")
+    assert (localizer.name, note) == ("annotation", "localizer: annotation (the evaluated split's lesion masks)")
     localizer, note = evaluation_localizer(settings, [blob_image], [], [tmp_path], None, tiny_vlm_dir)
-    assert (localizer.name, note) == ("attribution", "localizer: attribution (the test split has no lesion masks)")
+    assert (localizer.name, note) == ("attribution", "localizer: attribution (the evaluated split has no lesion masks)")
     other = blob_image.model_copy(update={"id": "s2", "question": "Where is it?"})  # same image: one region
     regions = FixedRegions(localizer, [blob_image, other], [tmp_path])
     assert localizer._loaded is None  # released once every region is found
@@ -165,8 +165,8 @@ def test_a_run_refuses_after_reading_its_samples_before_any_model_stage(tmp_path
         "  model.sft_epochs is 3 but the 'sft' split has no samples (samples per split: {'pref': 2, 'test': 1}): "
         "set model.sft_epochs=0, or map a dataset split to sft, "
         "e.g. data.split_map={train: {sft: 0.5, pref: 0.5}, test: test}",
-        "  curate_visual.localizer 'annotation' reads meta['lesion_mask'] or meta['lesion_boxes'], and no pref sample "
-        "has one: set curate_visual.localizer: auto (the target model's attribution)",
+        "  curate_visual.localizer 'annotation' reads meta['lesion_mask'] or meta['lesion_boxes'], and no curated "
+        "sample has one: set curate_visual.localizer: auto (the target model's attribution)",
     ]
     layout = RunLayout.of(config)
     assert json.loads(layout.stage_state("samples").read_text())["status"] == "done"

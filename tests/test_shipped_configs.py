@@ -32,8 +32,8 @@ TINY = [
     "model.layers=1",
     "model.vision_pretrain_epochs=5",
     "curate_text.candidates=2",
-    "train.epochs=1",
-    "train.batch_size=4",
+    "train.num_train_epochs=1",
+    "train.per_device_train_batch_size=4",
     "eval.batch_size=16",
     "eval.max_new_tokens_report=16",
 ]
@@ -103,7 +103,9 @@ def test_vqa_rad_config_without_annotations(tmp_path, monkeypatch):
         summary["curate_visual"]["notes"][0]
         == "localizer: attribution (auto: no sample carries a lesion mask or boxes)"
     )
-    assert summary["curate_visual"]["localizer_iou"] == "not measured: no pref sample has a lesion_mask to compare with"
+    assert (
+        summary["curate_visual"]["localizer_iou"] == "not measured: no curated sample has a lesion_mask to compare with"
+    )
     assert summary["curate_text"]["pairs_by_generator"]["chat"] > 0
     visual = read_jsonl(layout.visual_pairs(), PreferencePair)
     assert visual and {pair.provenance["localizer"] for pair in visual} == {"attribution"}
@@ -118,7 +120,7 @@ def test_vqa_rad_config_without_annotations(tmp_path, monkeypatch):
     assert dependence["localizer"] == "attribution" and dependence["n_samples"] == 16
     assert summary["eval.base"]["visual_measured"] + summary["eval.base"]["visual_skipped"] == 16
     notes = summary["eval.base"]["notes"]
-    assert notes[0] == "localizer: attribution (the test split has no lesion masks)"
+    assert notes[0] == "localizer: attribution (the evaluated split has no lesion masks)"
     assert notes[1].startswith(f"visual dependence measured {dependence['n_measured']} of 16 samples")
 
 
@@ -131,9 +133,11 @@ def test_slake_config_with_masks(tmp_path):
     summary = check_every_stage_done(layout)
     assert summary["samples"]["rejected"] == 1  # the Chinese question, skipped with its reason
     assert summary["samples"]["by_split"] == {"pref": 24, "val": 6, "test": 6}
-    assert summary["curate_visual"]["notes"][0] == "localizer: annotation (auto: 24 of 24 samples carry lesion masks)"
+    assert (
+        summary["curate_visual"]["notes"][0] == "localizer: annotation (auto: 30 of 30 samples carry lesion masks)"
+    )  # pref and val
     assert summary["curate_visual"]["localizer_iou"] == "not measured: the localizer is the annotation itself"
-    assert summary["eval.base"]["notes"][0] == "localizer: annotation (the test split's lesion masks)"
+    assert summary["eval.base"]["notes"][0] == "localizer: annotation (the evaluated split's lesion masks)"
     assert summary["eval.base"]["visual_measured"] == 6  # a mask for every test image
     assert summary["score"]["no_applicable_judge"] == 0  # the embedding judge applies to every pair
 

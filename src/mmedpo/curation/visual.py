@@ -336,5 +336,5 @@ def _localizer_iou(samples, image_roots, localizer) -> dict | str:
     if localizer.name == "annotation":
         return "not measured: the localizer is the annotation itself"
     if not any(sample.meta.get("lesion_mask") for sample in samples):
-        return "not measured: no pref sample has a lesion_mask to compare with"
+        return "not measured: no curated sample has a lesion_mask to compare with"
     return localizer_iou(samples, image_roots, localizer)

@@ -6,7 +6,7 @@ attribution of its answer otherwise (`imaging.attribution`), which needs no
 annotation and no outside model. Any registered name (`mmedpo.registry.LOCALIZERS`)
 picks one outright. `localizer_problem` says, before any stage runs, why the
 configured localizer cannot work on the run's samples; visual dependence
-(`evaluation_localizer`) measures against the test split's annotations where
+(`evaluation_localizer`) measures against the evaluated split's annotations where
 they exist, else against the run's localizer.
 """
 
@@ -37,14 +37,14 @@ def resolve_localizer(name: str, samples: Sequence[Sample]) -> tuple[str, str]:
     return "attribution", "localizer: attribution (auto: no sample carries a lesion mask or boxes)"
 
 
-def localizer_problem(settings: CurateVisualConfig, pref: Sequence[Sample], sft: Sequence[Sample]) -> str | None:
-    """Why the configured localizer cannot localize these samples (one line naming what to set), or None."""
-    name, _ = resolve_localizer(settings.localizer, pref)
+def localizer_problem(settings: CurateVisualConfig, curated: Sequence[Sample], sft: Sequence[Sample]) -> str | None:
+    """Why the configured localizer cannot localize the `curated` samples (one line naming what to set), or None."""
+    name, _ = resolve_localizer(settings.localizer, curated)
     if name == "annotation" and not settings.localizer_options.get("boxes_file"):
-        if not any(has_annotation(sample) for sample in pref):
+        if not any(has_annotation(sample) for sample in curated):
             return (
                 "curate_visual.localizer 'annotation' reads meta['lesion_mask'] or meta['lesion_boxes'], and no "
-                "pref sample has one: set curate_visual.localizer: auto (the target model's attribution)"
+                "curated sample has one: set curate_visual.localizer: auto (the target model's attribution)"
             )
     if name == "gradcam" and settings.classifier is None:
         if not any(finding_names(sample) for sample in sft):
@@ -99,18 +99,18 @@ def evaluation_localizer(
     model_dir: Path,
     seed: int = 0,
 ):
-    """Visual dependence's localizer: the test split's annotations where it has any, else the run's localizer.
+    """Visual dependence's localizer: the evaluated split's annotations where it has any, else the run's localizer.
 
-    The run's `annotation` localizer on a test split without annotations becomes
+    The run's `annotation` localizer on a split without annotations becomes
     the attribution of `model_dir` (the base model, so every variant is measured on
     the same regions). Returns (localizer, line saying which).
     """
     if any(has_annotation(sample) for sample in test):
-        return build_localizer("annotation"), "localizer: annotation (the test split's lesion masks)"
+        return build_localizer("annotation"), "localizer: annotation (the evaluated split's lesion masks)"
     configured = settings.localizer if settings.localizer not in (AUTO, "annotation") else "attribution"
     chosen = settings.model_copy(update={"localizer": configured})
     localizer, _ = build_run_localizer(chosen, test, sft, image_roots, classifier_path, model_dir, seed)
-    return localizer, f"localizer: {configured} (the test split has no lesion masks)"
+    return localizer, f"localizer: {configured} (the evaluated split has no lesion masks)"
 
 
 class FixedRegions:

@@ -35,13 +35,13 @@ def make_base_model(
     sft = [sample for sample in samples if sample.split == "sft"]
     if settings.sft_epochs and not sft:
         raise ValueError("no samples in the 'sft' split: set model.sft_epochs=0 or map a split to sft (data.split_map)")
-    summary: dict = {"notes": []}
+    summary: dict = {}
     start_dir = Path(settings.path) if settings.path else None
     if start_dir is None:
         start_dir = _build_tiny(settings, samples, work_dir, seed)
         skip = _no_pretraining(settings, sft)
         if skip:
-            summary["notes"].append(f"vision pretraining skipped: {skip}")
+            summary["notes"] = [f"vision pretraining skipped: {skip}"]
         else:
             summary["vision_pretrain"] = _pretrain_vision(settings, start_dir, sft, image_roots, seed, show_progress)
     if settings.sft_epochs == 0:

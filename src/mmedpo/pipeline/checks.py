@@ -20,6 +20,7 @@ from collections import Counter
 from mmedpo.config import RunConfig
 from mmedpo.imaging.run_localizer import localizer_problem
 from mmedpo.layout import RunLayout
+from mmedpo.pipeline.stages import CURATED_SPLITS
 from mmedpo.records import Sample, read_jsonl
 
 EXAMPLE_MAP = "e.g. data.split_map={train: {sft: 0.5, pref: 0.5}, test: test}"
@@ -32,7 +33,7 @@ def sample_problems(config: RunConfig, samples: list[Sample]) -> list[str]:
         by_split.setdefault(sample.split, []).append(sample)
     counts = dict(Counter(sample.split for sample in samples))
     problems = []
-    for split, stage in (("pref", "curation"), ("test", "evaluation")):
+    for split, stage in (("pref", "curation"), (config.eval.split, "evaluation")):
         if not by_split.get(split):
             problems.append(
                 f"the '{split}' split has no samples, which {stage} reads (samples per split: {counts}): "
@@ -43,7 +44,8 @@ def sample_problems(config: RunConfig, samples: list[Sample]) -> list[str]:
             f"model.sft_epochs is {config.model.sft_epochs} but the 'sft' split has no samples (samples per split: "
             f"{counts}): set model.sft_epochs=0, or map a dataset split to sft, {EXAMPLE_MAP}"
         )
-    visual = localizer_problem(config.curate_visual, by_split.get("pref", []), by_split.get("sft", []))
+    curated = [sample for name in CURATED_SPLITS for sample in by_split.get(name, [])]
+    visual = localizer_problem(config.curate_visual, curated, by_split.get("sft", []))
     if visual:
         problems.append(visual)
     return problems

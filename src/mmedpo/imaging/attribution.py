@@ -100,7 +100,9 @@ class AttributionLocalizer:
             # (k, *pixels.shape) -> (k,): the answer's summed log-prob given each alternative image.
             return torch.cat([_log_prob(model, sequence, prompt_length, alt, extra) for alt in alternatives])
 
-        attribution = self._attribute(answer_log_prob, pixels[None], processor.image_processor)[0].detach().float()
+        attribution = (
+            self._attribute(answer_log_prob, pixels[None], processor.image_processor)[0].detach().float().cpu()
+        )
         heat = _to_image(attribution.clamp(min=0), processor.image_processor, extra, image.size)
         answer = processor.tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
         return answer, heat

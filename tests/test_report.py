@@ -218,7 +218,7 @@ def test_report_shows_training_agreement_and_stages_as_tables(tmp_path):
     assert "All 2 visual pairs weigh 1.36" in page
     stages = page.split("<table id='timings'>", 1)[1]
     assert "running" not in stages and "<td>train:mmedpo</td><td>done</td>" in stages
-    assert "<tr><td>report</td><td>writing this page</td><td>-</td></tr>" in stages
+    assert "<tr><td>report</td><td>writing this page</td><td>-</td><td></td></tr>" in stages
 
 
 def test_report_counts_each_class_of_visual_pair_and_a_repeated_pair_once(tmp_path):

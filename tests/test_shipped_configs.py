@@ -106,6 +106,9 @@ def test_vqa_rad_config_without_annotations(tmp_path, monkeypatch):
     assert (
         summary["curate_visual"]["localizer_iou"] == "not measured: no curated sample has a lesion_mask to compare with"
     )
+    page = (layout.report_dir / "index.html").read_text()
+    assert "<p id='iou'>not measured: no curated sample has a lesion_mask to compare with</p>" in page
+    assert "localizer: attribution (the evaluated split has no lesion masks)<br>visual dependence measured" in page
     assert summary["curate_text"]["pairs_by_generator"]["chat"] > 0
     visual = read_jsonl(layout.visual_pairs(), PreferencePair)
     assert visual and {pair.provenance["localizer"] for pair in visual} == {"attribution"}

@@ -215,7 +215,8 @@ def pairs_section(run_dir: Path, out_dir: Path, summaries: dict[str, dict]) -> s
         parts.append(f"<h3>Judge agreement</h3>{_panel_warning(agreement)}{_agreement_table(agreement)}")
     iou = summaries.get("curate_visual", {}).get("localizer_iou")
     if iou:
-        parts.append(f"<h3>Localizer IoU against the true lesion masks</h3>{_iou_table(iou)}")
+        shown = f"<p id='iou'>{_e(iou)}</p>" if isinstance(iou, str) else _iou_table(iou)  # str: why not measured
+        parts.append(f"<h3>Localizer IoU against the true lesion masks</h3>{shown}")
     weights = {pair.id: pair.weight for pair in weighted}
     parts.append(_gallery(pairs, weights, variant, layout.image_roots, out_dir))
     return "".join(parts)

@@ -42,7 +42,36 @@ def run_stage(root, samples, out, model_dir, pairs_name="pairs.visual.jsonl", se
     )
 
 
-def test_counts_add_up_and_each_image_is_noised_once(synth, tmp_path, tiny_vlm_dir):
+@pytest.fixture
+def looking_model(monkeypatch, synth):
+    """A stand-in for the target model's answers: well-formed words, from what the image shows.
+
+    The tiny random LLaVA's greedy answers are byte junk ("_ef\x00 consolidation consolidation"), which the
+    filters refuse; these tests are about noising and pairing, so the answers come from a model that reads
+    the lesion and has a prior: on its clean image it answers closed questions "yes" (right when the truth is
+    yes) and the rest rightly; with the region noised it says "no" to what it said "yes" to and names another
+    finding (or writes another report) for the rest.
+    """
+    root, _ = synth
+
+    def answer(model, processor, samples, images, **options):
+        answers = []
+        for sample, image in zip(samples, images):
+            clean = np.array_equal(np.asarray(image), np.asarray(load_image(root / sample.image)))
+            if sample.answer_type == "closed":
+                answers.append(["yes" if clean or sample.answer == "no" else "no"])
+            elif clean:
+                answers.append([sample.answer])
+            elif sample.task == "report":
+                answers.append(["Large right pleural effusion. The heart is enlarged."])
+            else:
+                answers.append(["consolidation" if sample.answer == "nodule" else "nodule"])
+        return answers
+
+    monkeypatch.setattr(visual, "answer_samples", answer)
+
+
+def test_counts_add_up_and_each_image_is_noised_once(synth, tmp_path, tiny_vlm_dir, looking_model):
     root, samples = synth
     summary = run_stage(root, samples, tmp_path, tiny_vlm_dir, preview=2)
     pairs = read_jsonl(tmp_path / "pairs.visual.jsonl", PreferencePair)
@@ -76,7 +105,9 @@ def test_counts_add_up_and_each_image_is_noised_once(synth, tmp_path, tiny_vlm_d
     assert len(panels) == 2 and Image.open(panels[0]).size == (4 * 192, 192 + 16)
 
 
-def test_every_pair_records_the_clean_answer_and_lesion_free_images_get_pairs(synth, tmp_path, tiny_vlm_dir):
+def test_every_pair_records_the_clean_answer_and_lesion_free_images_get_pairs(
+    synth, tmp_path, tiny_vlm_dir, looking_model
+):
     root, samples = synth
     localizer = AnnotationLocalizer().drawing_from(samples, seed=0)  # as the pipeline's stage does
     summary = run_stage(root, samples, tmp_path, tiny_vlm_dir, localizer=localizer)
@@ -96,6 +127,7 @@ def test_every_pair_records_the_clean_answer_and_lesion_free_images_get_pairs(sy
     free_pairs = [pair for pair in pairs if not pair.provenance["lesion_found"]]
     assert free_pairs and all(pair.chosen == by_id[pair.sample_id].answer for pair in free_pairs)
     classes = Counter(pair.provenance["error"] for pair in pairs)
+    assert classes["lesion-neglect"] and classes["wrong-on-clean"]  # both classes occur
     assert summary.pair_classes == {**classes, "no lesion found": len(free_pairs)}
 
     neglect = tmp_path / "neglect"

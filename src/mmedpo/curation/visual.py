@@ -309,6 +309,8 @@ def curate_visual_regions(
     localizer, note = build_run_localizer(
         settings, samples, sft_samples, image_roots, classifier_path, model_dir, seed=seed
     )
+    if localizer.name == "annotation":  # a region for every image: unannotated ones get a real lesion's place
+        localizer = localizer.drawing_from(samples, seed)
     summaries = {}
     for (region, rejected), out_path in out_paths.items():
         summaries[out_path.name.removeprefix("pairs.").removesuffix(".jsonl")] = curate_visual(

@@ -84,10 +84,7 @@ def build_run_localizer(
         options.update(classifier=str(classifier), factory=settings.classifier_factory)
     if name == "attribution":
         options.setdefault("model_dir", str(model_dir))
-    localizer = build_localizer(name, options)
-    if name == "annotation":  # a region for every image: unannotated ones get a real lesion's place
-        localizer = localizer.drawing_from(samples, seed)
-    return localizer, note
+    return build_localizer(name, options), note
 
 
 def evaluation_localizer(

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections import Counter
 
 from mmedpo.config import RunConfig
-from mmedpo.imaging.run_localizer import localizer_problem
 from mmedpo.layout import RunLayout
 from mmedpo.pipeline.stages import CURATED_SPLITS
 from mmedpo.records import Sample, read_jsonl
@@ -28,6 +27,8 @@ EXAMPLE_MAP = "e.g. data.split_map={train: {sft: 0.5, pref: 0.5}, test: test}"
 
 def sample_problems(config: RunConfig, samples: list[Sample]) -> list[str]:
     """One line per thing the configured stages need that the samples lack."""
+    from mmedpo.imaging.run_localizer import localizer_problem  # images, pydicom: not on the command line's path
+
     by_split: dict[str, list[Sample]] = {}
     for sample in samples:
         by_split.setdefault(sample.split, []).append(sample)

@@ -288,3 +288,14 @@ def test_new_local_weights_under_the_same_path_are_judged_again(tmp_path):
         TableJudge.calls.clear()
         score_pairs(PAIRS[:2], out, ScoreConfig(judges=["a"], judge_options=options), show_progress=False)
         assert len(TableJudge.calls) == asked
+
+
+def test_held_out_pairs_are_a_seeded_sample_with_each_kind_its_share():
+    from mmedpo.scoring.variant_pairs import sample_pairs
+
+    pairs = [pair(str(i), "Yes") for i in range(30)] + [pair(f"v{i}", "Yes", kind="visual") for i in range(10)]
+    kept = sample_pairs(pairs, 8, seed=0)
+    assert len(kept) == 8 and sum(p.kind == "visual" for p in kept) == 2  # 10 of 40 are visual: a quarter
+    assert [p.id for p in sample_pairs(list(reversed(pairs)), 8, seed=0)] == [p.id for p in reversed(kept)]
+    assert {p.id for p in sample_pairs(pairs, 8, seed=1)} != {p.id for p in kept}
+    assert sample_pairs(pairs, None, seed=0) == pairs and sample_pairs(pairs, 100, seed=0) == pairs

@@ -227,6 +227,12 @@ class TrainConfig(DPOSettings):
         description="visual pairs rejecting the model's answer (MMedPO), or the gold answer on the noised image "
         "(image-conditional pairs; curate_visual.rejected)",
     )
+    heldout_pairs: int | None = Field(
+        200,
+        ge=1,
+        description="at most this many pairs of the validation split (each kind its share, a seeded choice) measure "
+        "the trained variant's reward accuracy; empty: all of them",
+    )
     kind_balance: Literal["pairs", "equal"] | dict[Literal["text", "visual"], float] = Field(
         "pairs",
         description="the share of the total weight each pair kind carries (weights are normalised within each "
@@ -250,7 +256,8 @@ class TrainConfig(DPOSettings):
 
     def settings(self, run_seed: int) -> DPOSettings:
         """What the trainer takes: these settings, with the run's seed unless one is set here."""
-        values = self.model_dump(exclude={"pair_kinds", "visual_region", "visual_rejected", "kind_balance", "judges"})
+        selection = {"pair_kinds", "visual_region", "visual_rejected", "kind_balance", "judges", "heldout_pairs"}
+        values = self.model_dump(exclude=selection)
         return DPOSettings(**{**values, "seed": run_seed if self.seed is None else self.seed})
 
 

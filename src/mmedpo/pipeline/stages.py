@@ -23,7 +23,9 @@ from mmedpo.pipeline.engine import Stage
 from mmedpo.records import PreferencePair, Sample, read_jsonl, rejects_path, write_jsonl
 
 # The variant settings that choose and weight its pairs (the pairs:VARIANT stage); the rest train.
-PAIR_SETTINGS = ("pair_kinds", "visual_region", "visual_rejected", "kind_balance", "judges", "pair_weighting")
+PAIR_SETTINGS = (
+    "pair_kinds", "visual_region", "visual_rejected", "kind_balance", "judges", "pair_weighting", "heldout_pairs"
+)  # fmt: skip
 VISUAL_FILES = [(region, rejected) for region in ("lesion", "whole") for rejected in ("model-answer", "gold")]
 
 
@@ -142,6 +144,8 @@ def stage_pairs(layout: RunLayout, config: RunConfig, variant: str) -> dict:
             weighted=train.pair_weighting,
             visual_rejected=train.visual_rejected,
             kind_balance=train.kind_balance,
+            heldout_limit=train.heldout_pairs,
+            seed=config.seed,
         )
     except ValueError as error:
         raise ValueError(f"variant {variant}: {error}") from None

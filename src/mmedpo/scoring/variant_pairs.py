@@ -26,6 +26,7 @@ See docs/method.md.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -149,11 +150,15 @@ def write_variant_pairs(
     weighted: bool = True,
     visual_rejected: str = "model-answer",
     kind_balance: str | Mapping[str, float] = "pairs",
+    heldout_limit: int | None = None,
+    seed: int = 0,
 ) -> dict:
     """Write one variant's pairs file, and its held-out pairs (those of `heldout_samples`) beside it.
 
     The held-out pairs are selected and weighted the same way (over themselves) and
-    never trained on: the trainer measures its reward accuracy on them. Returns
+    never trained on: the trainer measures its reward accuracy on them. At most
+    `heldout_limit` of them are kept (`sample_pairs`: each kind its share, the same
+    pairs for every variant that selects them). Returns
     counts and weight figures per kind. Raises ValueError when a pair kind the
     variant trains on has no pair: a variant configured for text and visual pairs
     never trains on one kind alone.
@@ -168,7 +173,7 @@ def write_variant_pairs(
         region = f" (visual_region {visual_region}, visual_rejected {visual_rejected})" if "visual" in missing else ""
         raise ValueError(f"no {'/'.join(missing)} pairs{region} in {scored_path}: the variant trains on {list(kinds)}")
     write_jsonl(out_path, pairs)
-    selected = select_pairs(heldout, kinds, visual_region, visual_rejected)
+    selected = sample_pairs(select_pairs(heldout, kinds, visual_region, visual_rejected), heldout_limit, seed)
     args = (settings, kinds, visual_region, judges, weighted, visual_rejected, kind_balance)
     write_jsonl(heldout_path, variant_pairs(selected, *args) if selected else [])
     return {
@@ -177,6 +182,23 @@ def write_variant_pairs(
         "weights": _weight_figures(pairs),
         "heldout_pairs": len(selected),
     }
+
+
+def sample_pairs(pairs: Sequence[PreferencePair], limit: int | None, seed: int) -> list[PreferencePair]:
+    """At most `limit` of the pairs, each kind keeping its share; which ones depends on the seed and the ids only.
+
+    A pair is ranked by a hash of (seed, id), so two variants that select the same
+    pairs keep the same ones, whatever their order.
+    """
+    if limit is None or len(pairs) <= limit:
+        return list(pairs)
+    kept: set[str] = set()
+    for kind in sorted({pair.kind for pair in pairs}):
+        of_kind = [pair for pair in pairs if pair.kind == kind]
+        quota = max(1, round(limit * len(of_kind) / len(pairs)))
+        ranked = sorted(of_kind, key=lambda pair: hashlib.sha1(f"{seed}:{pair.id}".encode()).hexdigest())
+        kept.update(pair.id for pair in ranked[:quota])
+    return [pair for pair in pairs if pair.id in kept]
 
 
 def _weight_figures(pairs: Sequence[PreferencePair]) -> dict[str, dict[str, float]]:

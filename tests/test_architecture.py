@@ -22,8 +22,8 @@ SRC = Path(mmedpo.__file__).parent
 
 FLOORS: list[tuple[str, list[str]]] = [
     # Records, the progress bar, the registry of names users type, the run folder's paths, the errors
-    # stages share and the packaged configs: everything may use them.
-    ("foundations", ["records", "progress", "registry", "layout", "errors", "configs"]),
+    # stages share, the packaged configs, shards and the on-disk cache of endpoint replies: everything may use them.
+    ("foundations", ["records", "progress", "registry", "layout", "errors", "configs", "shards", "jsonl_cache"]),
     # Self-contained tools. training.settings is the trainer's settings model (pydantic, no torch),
     # which the run config embeds; the rest of training sits on the stages floor.
     ("tools", ["clinical", "llm", "prompts", "training.settings"]),

@@ -14,11 +14,13 @@ from PIL import Image
 from fake_openai import FakeOpenAI, prompt_text
 from mmedpo.config import CurateTextConfig
 from mmedpo.curation.generators import Failure, GeneratorContext, clean_reply, make_generators
-from mmedpo.curation.text import curate_text, merge_shards, parse_shard, shard_path
+from mmedpo.curation.merge import merge_curated
+from mmedpo.curation.text import curate_text
 from mmedpo.errors import StageIncomplete
 from mmedpo.llm.endpoint import ChatConfig
 from mmedpo.records import PreferencePair, Reject, Sample, read_jsonl, rejects_path, write_jsonl
 from mmedpo.registry import GENERATORS
+from mmedpo.shards import parse_shard, shard_path
 
 REPORT = "Small right pleural effusion. No pneumothorax. The heart size is normal."
 
@@ -168,15 +170,15 @@ def test_shards_merge_into_what_one_run_writes(tmp_path):
         sharded = tmp_path / "sharded" / "pairs.text.jsonl"
         curate_text(data, sharded, settings, [], shard=parse_shard("1/3"), show_progress=False)
         with pytest.raises(ValueError, match="shard 2/3 is missing"):
-            merge_shards(data, sharded, 3)
+            merge_curated(data, sharded, 3)
         for index in (2, 3):
             summary = curate_text(data, sharded, settings, [], shard=(index, 3), show_progress=False)
         assert summary.read == 3  # s002, s005, s008 of 11
-        write_jsonl(shard_path(sharded, 3, 3), read_jsonl(shard_path(sharded, 3, 3), PreferencePair)[:-1])
+        write_jsonl(shard_path(sharded, (3, 3)), read_jsonl(shard_path(sharded, (3, 3)), PreferencePair)[:-1])
         with pytest.raises(ValueError, match="shard 3/3 is unfinished: 1 samples missing"):
-            merge_shards(data, sharded, 3)
+            merge_curated(data, sharded, 3)
         curate_text(data, sharded, settings, [], shard=(3, 3), show_progress=False)  # resume the shard
-    assert merge_shards(data, sharded, 3) == {"shards": 3, "pairs": 9, "paired": 9, "rejected": 2}
+    assert merge_curated(data, sharded, 3) == {"shards": 3, "pairs": 9, "paired": 9, "rejected": 2}
     for name in ("pairs.text.jsonl", "pairs.text.rejects.jsonl"):
         assert (sharded.parent / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
     with pytest.raises(ValueError, match="i/n with 1 <= i <= n"):

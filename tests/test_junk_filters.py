@@ -50,6 +50,8 @@ def test_the_issues_junk_is_refused_with_its_reason():
     assert reason("circle", "\ufffd", "open") == "malformed"
     assert reason("yes", "e yes", "closed") == "fragment"
     assert reason("circle", "yes", "open", question_type(circle)) == "wrong_type"
+    assert reason("red", "yes blue yes", "open") == "wrong_type"  # a "yes" has no place in an open answer
+    assert reason("nodule", "no nodule", "open") is None  # but a "no" may negate the finding
     assert reason("blue", "circle", "open", question_type(SAMPLES[0])) == "off_type"  # a shape for a colour question
     assert reason("blue", "blue blue", "open") == "repeated"
     assert reason("yes", "circle", "closed") == "wrong_type"  # a yes/no question answered otherwise

@@ -106,10 +106,17 @@ def test_greedy_generation_is_the_same_batched_and_one_by_one(tiny_vlm_dir, tiny
 def test_sampling_returns_reproducible_candidates(tiny_vlm_dir, tiny_images):
     model, processor = load_vlm(tiny_vlm_dir, device="cpu")
     args = (model, processor, tiny_images[:2], ["Is there a nodule?", "Which side?"])
-    options = {"max_new_tokens": 5, "do_sample": True, "num_return_sequences": 3, "seed": 7}
+    options = {"max_new_tokens": 5, "do_sample": True, "num_return_sequences": 3, "seeds": [7, 8]}
     first = generate_answers(*args, **options)
     assert [len(candidates) for candidates in first] == [3, 3]
     assert generate_answers(*args, **options) == first
+    # Each question draws from its own seed: alone, or in a batch with another, the same candidates.
+    assert generate_answers(*args, batch_size=1, **options) == first
+    assert generate_answers(model, processor, tiny_images[1:2], ["Which side?"], **{**options, "seeds": [8]}) == [
+        first[1]
+    ]
+    with pytest.raises(ValueError, match="2 seeds for 1 questions"):
+        generate_answers(model, processor, tiny_images[:1], ["Q?"], **options)
     with pytest.raises(ValueError, match="do_sample"):
         generate_answers(*args, num_return_sequences=2)
     with pytest.raises(ValueError, match="2 images for 1 questions"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from mmedpo.curation.visual import curate_visual, make_noised_image
 from mmedpo.data.images import load_image
 from mmedpo.imaging.localizers import AnnotationLocalizer
 from mmedpo.imaging.noise import add_regional_noise, image_seed, noise_weight, read_pixels
+from mmedpo.models.answerer import Pending, Question
 from mmedpo.records import PreferencePair, Reject, Sample, read_jsonl, rejects_path
 from mmedpo.synth.synthmed import generate_synthmed
 
@@ -42,8 +44,12 @@ def run_stage(root, samples, out, model_dir, pairs_name="pairs.visual.jsonl", se
     )
 
 
-@pytest.fixture
-def looking_model(monkeypatch, synth):
+@dataclass(frozen=True)
+class AskedAbout(Question):
+    sample: Sample | None = None  # whom the question is about, for the stand-in below
+
+
+class LookingModel:
     """A stand-in for the target model's answers: well-formed words, from what the image shows.
 
     The tiny random LLaVA's greedy answers are byte junk ("_ef\x00 consolidation consolidation"), which the
@@ -52,23 +58,40 @@ def looking_model(monkeypatch, synth):
     yes) and the rest rightly; with the region noised it says "no" to what it said "yes" to and names another
     finding (or writes another report) for the rest.
     """
+
+    concurrency = 0
+    name = "looking"
+
+    def __init__(self, root):
+        self.root = root
+
+    def submit(self, questions):
+        answers = [[self.answer(question.sample, question.image)] for question in questions]
+        return Pending(lambda: answers)
+
+    def answer(self, sample, image) -> str:
+        clean = np.array_equal(np.asarray(image), np.asarray(load_image(self.root / sample.image)))
+        if sample.answer_type == "closed":
+            return "yes" if clean or sample.answer == "no" else "no"
+        if clean:
+            return sample.answer
+        if sample.task == "report":
+            return "Large right pleural effusion. The heart is enlarged."
+        return "consolidation" if sample.answer == "nodule" else "nodule"
+
+
+@pytest.fixture
+def looking_model(monkeypatch, synth):
+    """Curation asks `LookingModel` instead of loading the tiny model; its questions say whom they are about."""
     root, _ = synth
+    real_questions = visual.sample_questions
 
-    def answer(model, processor, samples, images, **options):
-        answers = []
-        for sample, image in zip(samples, images):
-            clean = np.array_equal(np.asarray(image), np.asarray(load_image(root / sample.image)))
-            if sample.answer_type == "closed":
-                answers.append(["yes" if clean or sample.answer == "no" else "no"])
-            elif clean:
-                answers.append([sample.answer])
-            elif sample.task == "report":
-                answers.append(["Large right pleural effusion. The heart is enlarged."])
-            else:
-                answers.append(["consolidation" if sample.answer == "nodule" else "nodule"])
-        return answers
+    def questions(samples, images, **decoding):
+        asked = real_questions(samples, images, **decoding)
+        return [AskedAbout(q.image, q.prompt, q.decoding, sample) for q, sample in zip(asked, samples)]
 
-    monkeypatch.setattr(visual, "answer_samples", answer)
+    monkeypatch.setattr(visual, "sample_questions", questions)
+    monkeypatch.setattr(visual, "LocalAnswerer", lambda model_dir: LookingModel(root))
 
 
 def test_counts_add_up_and_each_image_is_noised_once(synth, tmp_path, tiny_vlm_dir, looking_model):
@@ -179,18 +202,18 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(synth, tmp_path, tin
     run_stage(root, samples, whole, tiny_vlm_dir)
 
     killed = tmp_path / "killed"
-    real_answer = visual.answer_samples
-    second_chunk = {sample.id for sample in samples[visual.CHUNK : 2 * visual.CHUNK]}
+    real_pairs, calls = visual.Pairing.pairs, []
 
-    def dies_on_the_second_chunk(model, processor, asked, images, **kwargs):
-        if second_chunk & {sample.id for sample in asked}:
+    def dies_on_the_second_chunk(self, *args):
+        calls.append(1)
+        if len(calls) == 2:  # the first chunk is written, the second one is being paired
             raise KeyboardInterrupt
-        return real_answer(model, processor, asked, images, **kwargs)
+        return real_pairs(self, *args)
 
-    monkeypatch.setattr(visual, "answer_samples", dies_on_the_second_chunk)
+    monkeypatch.setattr(visual.Pairing, "pairs", dies_on_the_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_stage(root, samples, killed, tiny_vlm_dir)
-    monkeypatch.setattr(visual, "answer_samples", real_answer)
+    monkeypatch.setattr(visual.Pairing, "pairs", real_pairs)
     summary = run_stage(root, samples, killed, tiny_vlm_dir)
     assert summary.skipped_done == visual.CHUNK
     for name in ("pairs.visual.jsonl", "pairs.visual.rejects.jsonl"):

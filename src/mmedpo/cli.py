@@ -115,11 +115,20 @@ def _run_stages(config, overrides, stages: list[str], force: bool) -> list[Stage
 
 @app.command()
 @friendly_errors
-def run(config: ConfigOption = None, override: OverrideOption = None, force: ForceOption = False) -> None:
+def run(
+    config: ConfigOption = None,
+    override: OverrideOption = None,
+    force: ForceOption = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="run only this stage (repeatable; 'train' names every train:VARIANT), after what it reads"),
+    ] = None,
+) -> None:
     """Run every stage of the config (default: the SynthMed demo), skipping finished ones."""
     cfg = _config(config, override)
-    results = run_pipeline(cfg, force=force, on_stage=_print_stage)
-    print_results(RunLayout.of(cfg), results)
+    results = run_pipeline(cfg, only=only, force=force, on_stage=_print_stage)
+    if not only:
+        print_results(RunLayout.of(cfg), results)
 
 
 @app.command()
@@ -160,39 +169,42 @@ def tune(
     console.print(f"chosen on the validation split: {result['best']['settings']} (table in {out})")
 
 
+ShardOption = Annotated[
+    str | None, typer.Option(help="i/n: run only the i-th of n shards, e.g. one per machine (then --merge n)")
+]
+MergeOption = Annotated[
+    int | None, typer.Option("--merge", help="n: join the n finished shards; `mmedpo run` then goes on from there")
+]
+
+
+def _run_stage(config, override, stage: str, force: bool, shard: str | None, merge: int | None) -> None:
+    """Run one stage (after what it reads), or one shard of it, or merge its shards."""
+    from mmedpo.pipeline import merge_shards, run_shard
+    from mmedpo.shards import parse_shard
+
+    if shard is not None and merge is not None:
+        raise ValueError("--shard runs one shard, --merge joins them: give one of the two")
+    if shard is not None:
+        summary = run_shard(_config(config, override), stage, parse_shard(shard))
+        console.print(f"{stage} shard {shard}: {_short(summary)}")
+    elif merge is not None:
+        summary = merge_shards(_config(config, override), stage, merge)
+        console.print(f"{stage}: merged {merge} shards: {_short(summary)}")
+    else:
+        _run_stages(config, override, [stage], force)
+
+
 @curate_app.command("text")
 @friendly_errors
 def curate_text(
     config: ConfigOption = None,
     override: OverrideOption = None,
     force: ForceOption = False,
-    shard: Annotated[
-        str | None, typer.Option(help="i/n: curate only the i-th of n shards (merge them with `curate merge`)")
-    ] = None,
+    shard: ShardOption = None,
+    merge: MergeOption = None,
 ) -> None:
     """Textual pairs: ground truth over model samples, chat-endpoint and clinical perturbations."""
-    if shard is None:
-        _run_stages(config, override, ["curate_text"], force)
-        return
-    from mmedpo.curation.text import parse_shard
-    from mmedpo.pipeline import curate_shard
-
-    summary = curate_shard(_config(config, override), parse_shard(shard))
-    console.print(f"shard {shard}: {_short(summary)}")
-
-
-@curate_app.command("merge")
-@friendly_errors
-def curate_merge(
-    shards: Annotated[int, typer.Option(help="how many shards the text curation was split into")],
-    config: ConfigOption = None,
-    override: OverrideOption = None,
-) -> None:
-    """Join finished text-curation shards into pairs.text.jsonl; `mmedpo run` then goes on from there."""
-    from mmedpo.pipeline import merge_curate_shards
-
-    summary = merge_curate_shards(_config(config, override), shards)
-    console.print(f"merged {shards} shards: {_short(summary)}")
+    _run_stage(config, override, "curate_text", force, shard, merge)
 
 
 @curate_app.command("visual")
@@ -202,10 +214,12 @@ def curate_visual(
     override: OverrideOption = None,
     force: ForceOption = False,
     preview: Annotated[int | None, typer.Option(help="write panel PNGs for N images into RUN/preview")] = None,
+    shard: ShardOption = None,
+    merge: MergeOption = None,
 ) -> None:
     """Visual pairs: the model's answer on the lesion-noised image is rejected."""
     extra = [f"curate_visual.preview={preview}"] if preview is not None else []
-    _run_stages(config, [*(override or []), *extra], ["curate_visual"], force)
+    _run_stage(config, [*(override or []), *extra], "curate_visual", force, shard, merge)
 
 
 @app.command()
@@ -218,10 +232,12 @@ def score(
         Path | None,
         typer.Option(help="also write the scored pairs as MMedPO JSON (weighted_score: each pair's clinical score)"),
     ] = None,
+    shard: ShardOption = None,
+    merge: MergeOption = None,
 ) -> None:
     """Clinical relevance weights for every pair (judge panel, localizer confidence, normalisation)."""
-    _run_stages(config, override, ["score"], force)
-    if export_json is not None:
+    _run_stage(config, override, "score", force, shard, merge)
+    if export_json is not None and shard is None:
         from mmedpo.data.convert import convert_pairs
 
         scored = RunLayout.of(_config(config, override)).scored_pairs
@@ -251,9 +267,20 @@ def merge_lora(
 
 @app.command("eval")
 @friendly_errors
-def evaluate(config: ConfigOption = None, override: OverrideOption = None, force: ForceOption = False) -> None:
-    """Evaluate the base and the trained model on the test split."""
-    _run_stages(config, override, ["eval"], force)
+def evaluate(
+    config: ConfigOption = None,
+    override: OverrideOption = None,
+    force: ForceOption = False,
+    variant: Annotated[
+        str | None, typer.Option(help="evaluate only this variant (or base); needed with --shard and --merge")
+    ] = None,
+    shard: ShardOption = None,
+    merge: MergeOption = None,
+) -> None:
+    """Evaluate the base and the trained models on the test split."""
+    if variant is None and (shard is not None or merge is not None):
+        raise ValueError("--shard and --merge evaluate one model: name it with --variant (base, or a variant)")
+    _run_stage(config, override, "eval" if variant is None else f"eval:{variant}", force, shard, merge)
 
 
 @app.command()

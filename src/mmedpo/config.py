@@ -97,6 +97,12 @@ class BaseModelConfig(Section):
     sft_freeze_vision: bool = Field(True, description="keep the vision tower frozen during SFT, as LLaVA-Med does")
     sft_learning_rate: float = Field(1e-3, gt=0, description="supervised fine-tuning learning rate")
     sft_batch_size: int = Field(16, ge=1, description="supervised fine-tuning batch size")
+    endpoint: ChatConfig | None = Field(
+        None,
+        description="the base model served behind an OpenAI-compatible endpoint (vLLM: base_url, model: its served "
+        "name, api_key: EMPTY); every generation of it (curate text's target, curate visual, eval of base) goes "
+        "there, answers cached in the run folder. Empty: loaded in process. No part of any fingerprint (docs/scale.md)",
+    )
 
 
 class CurateTextConfig(Section):
@@ -108,6 +114,12 @@ class CurateTextConfig(Section):
     chat: ChatConfig = Field(ChatConfig(), description="the endpoint of the 'chat' generator")
     candidates: int = Field(4, ge=1, description="target model: sampled candidates per sample")
     temperature: float = Field(1.0, gt=0, description="target model: sampling temperature")
+    top_p: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="target model: nucleus sampling, keep the likeliest tokens up to this probability mass (1: all)",
+    )
     pairs_per_sample: int = Field(1, ge=1, description="at most this many textual pairs per sample")
     max_length_ratio: float = Field(3.0, gt=0, description="drop rejected answers longer than this times the gold")
 
@@ -286,6 +298,11 @@ class EvalConfig(Section):
         True, description="also answer on the lesion-noised and on a blank image: does the model look at the lesion?"
     )
     vd_timestep: int = Field(999, ge=0, le=999, description="visual dependence: noise timestep hiding the lesion")
+    endpoints: dict[str, ChatConfig] = Field(
+        {},
+        description="variant -> where its trained model is served (as model.endpoint), e.g. {mmedpo: {base_url: "
+        "..., model: mmedpo}}; a variant not named here is evaluated in process, base by model.endpoint",
+    )
 
 
 class RunConfig(Section):
@@ -375,6 +392,15 @@ class RunConfig(Section):
             raise ValueError(
                 f"curate_visual.localizer {visual.localizer!r} needs {what}, which the {data.dataset} reader does not "
                 f"give: set curate_visual.localizer: auto (the target model's attribution), or curate_visual.{instead}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _endpoints_name_variants(self) -> RunConfig:
+        unknown = sorted(set(self.eval.endpoints) - {"base", *self.variants})
+        if unknown:
+            raise ValueError(
+                f"eval.endpoints names {unknown}, which are not variants ({', '.join(self.variants)}) or base"
             )
         return self
 

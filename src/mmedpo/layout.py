@@ -8,6 +8,8 @@
     runs/NAME/pairs.visual-gold.jsonl     image-conditional visual pairs: the gold answer rejected on the
                                           noised image (-whole-gold: on the whole image)
     runs/NAME/pairs.scored.jsonl          every pair with each judge's score and its clinical score
+    runs/NAME/judge_cache.jsonl           judge verdicts; answer_cache.jsonl: a served target model's answers
+    runs/NAME/*.shard-I-of-N.jsonl        a shard's files (eval/shards/ for evaluations), until merged
     runs/NAME/pairs.VARIANT.jsonl         exactly what one variant trains on, with its weights
     runs/NAME/pairs.VARIANT.heldout.jsonl the same kinds of pair made on the validation split, never trained on
     runs/NAME/images/                     drawn images; noised/ copies and their masks
@@ -94,6 +96,11 @@ class RunLayout:
     @property
     def judge_cache(self) -> Path:
         return self.dir / "judge_cache.jsonl"
+
+    @property
+    def answer_cache(self) -> Path:
+        """A served target model's answers (`models.answerer`); shard workers write files of their own beside it."""
+        return self.dir / "answer_cache.jsonl"
 
     def variant_pairs(self, variant: str) -> Path:
         """The pairs one variant trains on, with their final weights."""

@@ -1,4 +1,10 @@
-"""The target model answering samples, batched by task (reports need longer outputs)."""
+"""Questions for the target model about samples, with the answer length of each task (reports need longer).
+
+Ask them of the target model (`models.answerer`: loaded in this process, or
+served behind an OpenAI-compatible endpoint) with `answerer.submit(questions)`;
+a sample's answers are its candidates, or a `RequestFailed` that curation must
+leave for the next run.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +12,26 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from mmedpo.models.answerer import Decoding, Question
 from mmedpo.records import Sample
 
 MAX_NEW_TOKENS = {"vqa": 12, "report": 64}
 
 
-def answer_samples(
-    model,
-    processor,
+def sample_questions(
     samples: Sequence[Sample],
     images: Sequence[Image.Image],
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    num_return_sequences: int = 1,
-    seed: int | None = None,
-) -> list[list[str]]:
-    """Candidate answers of the model for each (sample, image), in input order."""
-    from mmedpo.models.vlm import generate_answers
-
-    results: list[list[str]] = [[] for _ in samples]
-    for task, max_new_tokens in MAX_NEW_TOKENS.items():
-        indices = [i for i, sample in enumerate(samples) if sample.task == task]
-        if not indices:
-            continue
-        answers = generate_answers(
-            model,
-            processor,
-            [images[i] for i in indices],
-            [samples[i].question for i in indices],
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            num_return_sequences=num_return_sequences,
-            seed=seed,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    n: int = 1,
+    seeds: Sequence[int] | None = None,
+) -> list[Question]:
+    """One question per (sample, image): greedy by default, else `n` candidates sampled from each sample's seed."""
+    return [
+        Question(
+            image,
+            sample.question,
+            Decoding(MAX_NEW_TOKENS[sample.task], temperature, top_p, n, seeds[index] if seeds else None),
         )
-        for i, candidates in zip(indices, answers):
-            results[i] = candidates
-    return results
+        for index, (sample, image) in enumerate(zip(samples, images))
+    ]

@@ -64,13 +64,15 @@ def is_repeated(candidate: str, gold: str) -> bool:
 
 
 def wrong_type(gold: str, candidate: str, answer_type: str | None) -> bool:
-    """A closed yes/no question answered without yes or no, or any other question answered by a bare yes/no.
+    """A closed yes/no question answered without yes or no, or any other question answered by a bare yes/no
+    or with a "yes" in it ("yes blue yes"; "no" may negate a finding: "no nodule").
 
     Without an answer type, a bare yes/no gold answer marks a yes/no question.
     """
     if answer_type == "closed" and yes_no(gold) is not None or answer_type is None and is_yes_no(gold):
         return yes_no(candidate) is None
-    return is_yes_no(candidate)
+    says_yes = "yes" in normalise_text(candidate).split() and "yes" not in normalise_text(gold).split()
+    return is_yes_no(candidate) or says_yes
 
 
 def check_rejected(

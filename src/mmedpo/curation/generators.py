@@ -2,7 +2,8 @@
 
 `mmedpo.registry.GENERATORS` maps the names a config uses to generator classes:
 
-    target   the target VLM sampled on (image, question), several candidates per sample, batched
+    target   the target VLM sampled on (image, question), several candidates per sample: in process
+             (batched) or on an OpenAI-compatible server (`model.endpoint`, `models.answerer`)
     chat     any OpenAI-compatible chat endpoint (GPT-4o, a Med-LLM on vLLM) with the versioned
              `hallucinate` prompt; the image goes along as a data URL when `chat.send_images`
     perturb  offline clinical perturbation of the ground truth (`curation.perturb`), and a swap for another
@@ -62,6 +63,7 @@ class GeneratorContext:
     seed: int = 0
     model_dir: Path | None = None
     vocabulary: AnswerVocabulary | None = None  # the split's answers per question type (perturb swaps among them)
+    answerer: Any = None  # the target model (`models.answerer`); None: loaded from model_dir
 
 
 Generated = list[Candidate] | Failure
@@ -118,39 +120,60 @@ class PerturbGenerator(Generator):
 
 
 class TargetGenerator(Generator):
-    """The target VLM's own sampled answers: the hallucinations worth unlearning most."""
+    """The target VLM's own sampled answers: the hallucinations worth unlearning most.
+
+    The model is `context.answerer` (a served one, say), else loaded from
+    `context.model_dir`. Each sample draws from a seed of its own, in process as
+    on a server, so a resumed or sharded run draws what a whole run draws.
+    """
 
     name = "target"
 
     def __init__(self, settings, context: GeneratorContext):
-        if context.model_dir is None:
+        if context.answerer is None and context.model_dir is None:
             raise ValueError("curate text: the 'target' generator needs a model")
-        from mmedpo.models.vlm import load_vlm
+        from mmedpo.models.answerer import LocalAnswerer
 
-        self.model, self.processor = load_vlm(context.model_dir)
-        self.model_name = str(context.model_dir)
+        self.answerer = context.answerer or LocalAnswerer(context.model_dir)
         self.settings, self.context = settings, context
 
     def generate(self, samples: Sequence[Sample]) -> list[Generated]:
-        from mmedpo.curation.answering import answer_samples
+        (results,) = self.generate_chunks([samples])
+        return results
+
+    def generate_chunks(self, chunks: Iterable[Sequence[Sample]]) -> Iterator[list[Generated]]:
+        """Each chunk's candidates; a served model answers later chunks while earlier ones are collected."""
+        from mmedpo.models.answerer import answer_stream
+
+        jobs = (self._questions(chunk) for chunk in chunks)
+        for (images, readable, seeds), answers in answer_stream(self.answerer, jobs):
+            yield self._collect(images, readable, seeds, answers)
+
+    def _questions(self, samples: Sequence[Sample]) -> tuple[tuple, list]:
+        from mmedpo.curation.answering import sample_questions
 
         images = _open_images(samples, self.context.image_roots)
         readable = [i for i, image in enumerate(images) if not isinstance(image, Failure)]
-        # Seeded by the batch's ids, so a resumed run that meets the same batch draws the same answers.
-        seed = sample_seed(self.context.seed, "\n".join(samples[i].id for i in readable))
-        answers = answer_samples(
-            self.model,
-            self.processor,
+        seeds = [sample_seed(self.context.seed, samples[i].id) % 2**31 for i in readable]
+        questions = sample_questions(
             [samples[i] for i in readable],
             [images[i] for i in readable],
-            do_sample=True,
             temperature=self.settings.temperature,
-            num_return_sequences=self.settings.candidates,
-            seed=seed,
+            top_p=self.settings.top_p,
+            n=self.settings.candidates,
+            seeds=seeds,
         )
-        provenance = {"generator": self.name, "model": self.model_name, "seed": seed}
+        return (images, readable, seeds), questions
+
+    def _collect(self, images: list, readable: list[int], seeds: list[int], answers: list) -> list[Generated]:
+        from mmedpo.models.answerer import RequestFailed
+
         results: list[Generated] = list(images)
-        for index, texts in zip(readable, answers):
+        for index, seed, texts in zip(readable, seeds, answers):
+            if isinstance(texts, RequestFailed):
+                results[index] = Failure(REQUEST_FAILED, f"target: {texts.reason}", texts.kind)
+                continue
+            provenance = {"generator": self.name, "model": self.answerer.name, "seed": seed}
             results[index] = [Candidate(text, provenance) for text in texts]
         return results
 

@@ -19,7 +19,7 @@ again for those samples only. Samples read = paired + rejected + failed.
 
 Many machines can split the work: `shard=(i, n)` curates every n-th sample
 from the i-th (1-based) into `pairs.text.shard-i-of-n.jsonl`, and
-`merge_shards` joins the finished shards into the file a single run writes.
+`curation.merge.merge_curated` joins the finished shards into the file a single run writes.
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ from pathlib import Path
 from mmedpo.config import CurateTextConfig
 from mmedpo.curation.filters import check_rejected
 from mmedpo.curation.generators import REQUEST_FAILED, Candidate, Failure, GeneratorContext, make_generators
+from mmedpo.curation.merge import sort_curated
 from mmedpo.curation.summary import CHUNK, CurationSummary
 from mmedpo.curation.vocabulary import AnswerVocabulary, question_type
 from mmedpo.errors import StageIncomplete
 from mmedpo.progress import progress_bar
-from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, read_jsonl, rejects_path, write_jsonl
+from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, rejects_path
+from mmedpo.shards import Shard, shard_path, take_shard
 
 
 def select_pairs(
@@ -81,27 +83,6 @@ def select_pairs(
     return pairs
 
 
-def shard_path(out_path: Path, index: int, count: int) -> Path:
-    """`pairs.text.jsonl` -> `pairs.text.shard-2-of-4.jsonl`."""
-    stem = out_path.name.removesuffix(".jsonl")
-    return out_path.with_name(f"{stem}.shard-{index}-of-{count}.jsonl")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """ "2/4" -> (2, 4): the second of four shards (1-based)."""
-    index, sep, count = text.partition("/")
-    if not (sep and index.strip().isdigit() and count.strip().isdigit()) or not 1 <= int(index) <= int(count):
-        raise ValueError(f"shard must look like i/n with 1 <= i <= n, e.g. 2/4; got {text!r}")
-    return int(index), int(count)
-
-
-def shard_samples(samples: Sequence[Sample], index: int, count: int) -> list[Sample]:
-    """Every `count`-th sample from the `index`-th (1-based): shards are disjoint and cover all samples."""
-    if not 1 <= index <= count:
-        raise ValueError(f"shard {index}/{count}: need 1 <= i <= n")
-    return list(samples[index - 1 :: count])
-
-
 def curate_text(
     samples: Sequence[Sample],
     out_path: Path,
@@ -110,16 +91,18 @@ def curate_text(
     seed: int = 0,
     model_dir: Path | None = None,
     show_progress: bool = True,
-    shard: tuple[int, int] | None = None,
+    shard: Shard | None = None,
+    answerer=None,
 ) -> CurationSummary:
     """Write textual pairs for `samples` to `out_path` (or its shard file), resuming what is already there.
 
+    `answerer` is the target model (`models.answerer`, e.g. a served one); None loads it from `model_dir`.
     The split's answer vocabulary (`curation.vocabulary`) comes from all of `samples`,
     so every shard filters and perturbs with the same one.
     """
     vocabulary = AnswerVocabulary.of(samples)
     if shard is not None:
-        samples, out_path = shard_samples(samples, *shard), shard_path(out_path, *shard)
+        samples, out_path = take_shard(samples, shard), shard_path(out_path, shard)
     store = JsonlStore(out_path, PreferencePair)
     reject_store = JsonlStore(rejects_path(out_path), Reject)
     done = {pair.sample_id for pair in store} | {reject.id for reject in reject_store}
@@ -128,7 +111,9 @@ def curate_text(
     summary.skipped_done = len(samples) - len(todo)
     if not todo:
         return summary
-    context = GeneratorContext(image_roots=image_roots, seed=seed, model_dir=model_dir, vocabulary=vocabulary)
+    context = GeneratorContext(
+        image_roots=image_roots, seed=seed, model_dir=model_dir, vocabulary=vocabulary, answerer=answerer
+    )
     generators = make_generators(settings.generators, settings, context)
     chunks = [todo[start : start + CHUNK] for start in range(0, len(todo), CHUNK)]
     streams = [generator.generate_chunks(chunks) for generator in generators]
@@ -141,6 +126,8 @@ def curate_text(
     finally:
         for stream in streams:  # the chat generator's stream holds its connections open
             stream.close()
+    if summary.skipped_done and not summary.failed:
+        sort_curated(samples, out_path)  # samples a failed request held back were appended after the others
     if summary.failed:
         grouped = ", ".join(f"{why}: {count}" for why, count in summary.failures.items())
         raise StageIncomplete(
@@ -201,34 +188,3 @@ def _pair_sample(
     pairs += chosen
     summary.pairs_by_generator.update(p.provenance["generator"] for p in chosen)
     return None
-
-
-def merge_shards(samples: Sequence[Sample], out_path: Path, count: int) -> dict:
-    """Join the `count` finished shard files into `out_path` (and its rejects), in sample order.
-
-    The result is the file one unsharded run writes. A missing or unfinished
-    shard is an error naming it, so a merge never silently loses samples.
-    """
-    order = {sample.id: position for position, sample in enumerate(samples)}
-    pairs: list[PreferencePair] = []
-    rejects: list[Reject] = []
-    for index in range(1, count + 1):
-        path = shard_path(out_path, index, count)
-        if not path.exists():
-            raise ValueError(f"shard {index}/{count} is missing: {path}")
-        shard_pairs, shard_rejects = read_jsonl(path, PreferencePair), read_jsonl(rejects_path(path), Reject)
-        covered = {p.sample_id for p in shard_pairs} | {r.id for r in shard_rejects}
-        missing = [s.id for s in shard_samples(samples, index, count) if s.id not in covered]
-        if missing:
-            raise ValueError(
-                f"shard {index}/{count} is unfinished: {len(missing)} samples missing (first {missing[0]}); "
-                f"resume it with --shard {index}/{count}"
-            )
-        pairs += shard_pairs
-        rejects += shard_rejects
-    # Stable sorts keep each sample's pairs in their order.
-    pairs.sort(key=lambda pair: order[pair.sample_id])
-    rejects.sort(key=lambda reject: order[reject.id])
-    write_jsonl(out_path, pairs)
-    write_jsonl(rejects_path(out_path), rejects)
-    return {"shards": count, "pairs": len(pairs), "paired": len({p.sample_id for p in pairs}), "rejected": len(rejects)}

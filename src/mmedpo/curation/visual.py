@@ -10,7 +10,8 @@ image); the region alone gets DDPM forward noise (`imaging.noise`), once per
 image, reused by every question on it. The target model answers each question
 on the noised image (greedy); when that answer is wrong, (clean image, gold
 answer) is preferred over (noised image, that answer). The pair differs in the
-image, which is what makes the preference multimodal.
+image, which is what makes the preference multimodal. The model is loaded in
+process, or served (`model.endpoint`; `models.answerer`).
 
 Every such pair also records the model's greedy answer on the clean image and
 whether it was right there: `lesion-neglect` (right on the clean image, wrong
@@ -25,9 +26,12 @@ the same gold answer). Only the image differs, so no answer is pushed down in
 general; no model is asked.
 
 Everything not paired goes to the rejects file with its reason, so samples
-read = samples paired + samples rejected. With `preview=N` the first N images
-also get a panel PNG (image, heat map, region, noised image) under `preview/`
-beside the pairs file.
+read = samples paired + samples rejected (+ failed, in a stage a served model
+left incomplete). With `preview=N` the first N images also get a panel PNG
+(image, heat map, region, noised image) under `preview/` beside the pairs file.
+
+Many machines can split the work by image (`mmedpo curate visual --shard i/n`,
+then `--merge n`; see `curate_visual_regions`).
 """
 
 from __future__ import annotations
@@ -42,17 +46,21 @@ import numpy as np
 from PIL import Image
 
 from mmedpo.config import CurateVisualConfig
-from mmedpo.curation.answering import answer_samples
+from mmedpo.curation.answering import sample_questions
 from mmedpo.curation.filters import check_rejected
+from mmedpo.curation.merge import image_of, sort_curated
 from mmedpo.curation.preview import Previews
 from mmedpo.curation.summary import CHUNK, CurationSummary
 from mmedpo.data.images import load_image, open_image, resolve_image
+from mmedpo.errors import StageIncomplete
 from mmedpo.imaging.localizers import localizer_iou
 from mmedpo.imaging.noise import image_seed, noise_image_file
 from mmedpo.imaging.regions import Region
 from mmedpo.imaging.run_localizer import build_run_localizer
+from mmedpo.models.answerer import LocalAnswerer, RequestFailed, answer_stream, one_ahead
 from mmedpo.progress import progress_bar
 from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, rejects_path
+from mmedpo.shards import Shard, shard_path, take_shard
 
 KEPT = "answer on the noised image kept"  # a reject whose noised answer the filters refused (`check_rejected`)
 
@@ -60,6 +68,16 @@ KEPT = "answer on the noised image kept"  # a reject whose noised answer the fil
 def noised_name(image: str, region: str, timestep: int) -> str:
     """Where the noised copy of `image` goes, relative to the run's image folder."""
     return f"noised/{Path(image).with_suffix('')}_{region}_t{timestep}.png"
+
+
+def noised_files(samples: Sequence[Sample], settings: CurateVisualConfig, noised_root: Path) -> list[Path]:
+    """Every noised image and mask `samples` would get under `settings`, one per image and region."""
+    files = []
+    for image in dict.fromkeys(sample.image for sample in samples):
+        for region in settings.regions:
+            target = noised_root / noised_name(image, region, settings.timestep)
+            files += [target, target.with_name(target.stem + "_mask.png")]
+    return files
 
 
 def make_noised_image(
@@ -121,13 +139,14 @@ def curate_visual(
     settings: CurateVisualConfig,
     image_roots: Sequence[Path],
     noised_root: Path,
-    model_dir: Path,
+    model_dir: Path | None,
     seed: int = 0,
     show_progress: bool = True,
     localizer=None,
     preview: int = 0,
     noise_region: str = "lesion",
     rejected: str = "model-answer",
+    answerer=None,
 ) -> CurationSummary:
     """Write visual pairs for `samples` to `out_path`, resuming what is already there.
 
@@ -137,6 +156,10 @@ def curate_visual(
     "lesion" (MMedPO) or "whole" (the ablation; pair ids end in "-visual-whole").
     `rejected` is "model-answer" (MMedPO) or "gold" (image-conditional pairs; ids
     end in "-gold"). The summary's `pair_classes` counts every pair in the file.
+    `answerer` is the target model (`models.answerer`, e.g. a served one); None
+    loads it from `model_dir`. A sample whose request failed is left for the next
+    run (counted in the summary's `failed`); `curate_visual_regions` then ends the
+    stage incomplete.
     """
     if noise_region not in ("lesion", "whole"):
         raise ValueError(f"noise_region must be 'lesion' or 'whole', got {noise_region!r}")
@@ -148,16 +171,14 @@ def curate_visual(
     todo = [sample for sample in samples if sample.id not in done]
     summary = CurationSummary(read=len(samples), skipped_done=len(samples) - len(todo))
     if todo:
-        model = None
         if rejected == "model-answer":
-            from mmedpo.models.vlm import load_vlm
-
-            model = load_vlm(model_dir)
-        pairing = Pairing(image_roots, noised_root, model, noise_region, rejected, settings.keep)
+            answerer = answerer or LocalAnswerer(model_dir)
+        pairing = Pairing(image_roots, noised_root, answerer, noise_region, rejected, settings.keep)
         localizer = localizer or build_run_localizer(settings, samples, (), image_roots, None, model_dir, seed)[0]
         previews = Previews(out_path.parent / "preview", preview, image_roots, noised_root)
         noised: dict[str, tuple[str, dict] | str] = {}  # image -> (noised image, provenance) or why there is none
-        with progress_bar(f"curate visual ({noise_region}, {rejected})", len(todo), show_progress) as advance:
+
+        def jobs():  # prepared lazily: a chunk's images are noised while earlier chunks' questions are answered
             for start in range(0, len(todo), CHUNK):
                 chunk = todo[start : start + CHUNK]
                 for sample in chunk:
@@ -165,7 +186,17 @@ def curate_visual(
                         noised[sample.image] = _noise_once(
                             sample, settings, image_roots, noised_root, seed, localizer, previews, noise_region
                         )
-                pairs, rejects = pairing.chunk(chunk, noised)
+                yield pairing.questions(chunk, noised)
+
+        answered = answer_stream(answerer, jobs()) if rejected == "model-answer" else ((job, []) for job, _ in jobs())
+        # A chunk's clean-image questions go out as soon as its noised answers are in, and are collected a
+        # chunk later, while the next chunks' questions are answered too.
+        screened = ((job, pairing.screen(job[2], answers, job[1], summary)) for job, answers in answered)
+        with progress_bar(f"curate visual ({noise_region}, {rejected})", len(todo), show_progress) as advance:
+            for (chunk, rejects, asked), (wrong, clean) in one_ahead(screened):
+                pairs = pairing.pairs(asked, wrong, clean, rejects, summary)
+                order = {sample.id: position for position, sample in enumerate(chunk)}
+                rejects.sort(key=lambda reject: order[reject.id])  # in sample order, as every curation file
                 store.extend(pairs)
                 reject_store.extend(rejects)
                 summary.paired += len(pairs)
@@ -173,6 +204,8 @@ def curate_visual(
                 summary.pairs_by_generator[pairing.generator] += len(pairs)
                 summary.drops.update(_drop_reason(r.reason) for r in rejects)
                 advance(len(chunk))
+    if summary.skipped_done and todo and not summary.failed:
+        sort_curated(samples, out_path)  # samples a failed request held back were appended after the others
     summary.pair_classes.update(pair_classes(store.read()))
     return summary
 
@@ -202,13 +235,14 @@ def _noise_once(
 class Pairing:
     """Turns a chunk of samples whose images are noised into visual pairs and rejects.
 
-    `model` is (model, processor), asked greedily on the noised image and, where that
-    answer is wrong, on the clean one; None for image-conditional (gold) pairs.
+    `answerer` is the target model (`models.answerer`), asked greedily on the noised
+    image and, where that answer is wrong, on the clean one; None for
+    image-conditional (gold) pairs.
     """
 
     image_roots: Sequence[Path]
     noised_root: Path
-    model: tuple | None
+    answerer: object | None
     noise_region: str = "lesion"
     rejected: str = "model-answer"
     keep: str = "all"
@@ -217,7 +251,8 @@ class Pairing:
     def generator(self) -> str:
         return "gold" if self.rejected == "gold" else "noised-target"
 
-    def chunk(self, chunk: Sequence[Sample], noised: dict) -> tuple[list[PreferencePair], list[Reject]]:
+    def questions(self, chunk: Sequence[Sample], noised: dict) -> tuple[tuple, list]:
+        """((chunk, its rejects so far, its jobs), the questions on the noised images: none for gold pairs)."""
         rejects, jobs = [], []
         for sample in chunk:
             made = noised[sample.image]
@@ -226,11 +261,41 @@ class Pairing:
             else:
                 jobs.append((sample, *made))
         if self.rejected == "gold":
-            return [
-                self.pair(sample, relative, provenance, sample.answer) for sample, relative, provenance in jobs
-            ], rejects
+            return (chunk, rejects, jobs), []
+        images = [load_image(self.noised_root / relative) for _, relative, _ in jobs]
+        return (chunk, rejects, jobs), sample_questions([job[0] for job in jobs], images)
+
+    def screen(self, jobs: list, answers: list, rejects: list[Reject], summary: CurationSummary) -> tuple:
+        """(the jobs whose answer on the noised image is a usable rejected answer, with that answer; their
+        questions on the clean image, sent) from the jobs' answers on the noised images. The others join
+        `rejects`; a job whose request failed is neither: counted in `summary`, left for the next run."""
+        if self.rejected == "gold":
+            return [], None
+        wrong = []
+        for job, candidates in zip(jobs, answers):
+            sample, relative, _ = job
+            if self._failed(candidates, summary):
+                continue
+            reason = check_rejected(
+                sample.answer, candidates[0], sample.answer_type, sample.task, max_length_ratio=math.inf
+            )
+            if reason is None:
+                wrong.append((job, candidates[0]))
+            else:
+                rejects.append(Reject(id=sample.id, source=relative, reason=f"{KEPT}: {reason}"))
+        samples = [job[0] for job, _ in wrong]
+        images = [open_image(sample.image, self.image_roots) for sample in samples]
+        return wrong, self.answerer.submit(sample_questions(samples, images))  # only these are asked on it
+
+    def pairs(self, jobs: list, wrong: list, clean, rejects: list[Reject], summary: CurationSummary) -> list:
+        """The pairs of a chunk: every job for gold pairs, else the `wrong` ones with their `clean` answers."""
+        if self.rejected == "gold":
+            return [self.pair(sample, relative, provenance, sample.answer) for sample, relative, provenance in jobs]
         pairs = []
-        for (sample, relative, provenance), noised_answer, clean_answer in self.wrong_answers(jobs, rejects):
+        for ((sample, relative, provenance), noised_answer), candidates in zip(wrong, clean.result()):
+            if self._failed(candidates, summary):
+                continue
+            clean_answer = candidates[0]
             right = right_answer(sample, clean_answer)
             if self.keep == "neglect" and not right:
                 reason = f"wrong on the clean image too (keep: neglect): {clean_answer!r}"
@@ -239,30 +304,16 @@ class Pairing:
             error = "lesion-neglect" if right else "wrong-on-clean"
             outcome = {"clean_answer": clean_answer, "right_on_clean": right, "error": error}
             pairs.append(self.pair(sample, relative, {**provenance, **outcome}, noised_answer))
-        return pairs, rejects
+        return pairs
 
-    def wrong_answers(self, jobs: list, rejects: list[Reject]) -> list[tuple[tuple, str, str]]:
-        """(job, answer on the noised image, answer on the clean one) for each job whose answer on the noised
-        image is a usable rejected answer; the others join `rejects`. Only those are asked on the clean image."""
-        wrong = []
-        images = [load_image(self.noised_root / relative) for _, relative, _ in jobs]
-        for job, answer in zip(jobs, self.answer([job[0] for job in jobs], images)):
-            sample, relative, _ = job
-            reason = check_rejected(sample.answer, answer, sample.answer_type, sample.task, max_length_ratio=math.inf)
-            if reason is None:
-                wrong.append((job, answer))
-            else:
-                rejects.append(Reject(id=sample.id, source=relative, reason=f"{KEPT}: {reason}"))
-        samples = [job[0] for job, _ in wrong]
-        clean = self.answer(samples, [open_image(sample.image, self.image_roots) for sample in samples])
-        return [(job, answer, clean_answer) for (job, answer), clean_answer in zip(wrong, clean)]
-
-    def answer(self, samples: list[Sample], images: list) -> list[str]:
-        """The model's greedy answer to each sample on its image."""
-        if not samples:
-            return []
-        model, processor = self.model
-        return [candidates[0].strip() for candidates in answer_samples(model, processor, samples, images)]
+    def _failed(self, candidates, summary: CurationSummary) -> bool:
+        """Whether a request failed (counted in `summary`): no answer, the sample waits for the next run."""
+        if not isinstance(candidates, RequestFailed):
+            return False
+        summary.failed += 1
+        summary.failures[f"{self.generator}: {candidates.kind}"] += 1
+        summary.first_failure = summary.first_failure or candidates.reason
+        return True
 
     def pair(self, sample: Sample, relative: str, provenance: dict, rejected: str) -> PreferencePair:
         suffix = "-visual" if self.noise_region == "lesion" else "-visual-whole"
@@ -289,31 +340,49 @@ def curate_visual_regions(
     settings: CurateVisualConfig,
     image_roots: Sequence[Path],
     noised_root: Path,
-    model_dir: Path,
+    model_dir: Path | None,
     seed: int = 0,
     show_progress: bool = True,
     sft_samples: Sequence[Sample] = (),
     classifier_path: Path | None = None,
+    shard: Shard | None = None,
+    answerer=None,
 ) -> dict:
     """Visual pairs for every (noise region, rejected text) of `out_paths` (-> its pairs file); returns a summary.
 
     The localizer is the configured one (`imaging.run_localizer`: `auto` is the
-    data's annotation, else the attribution of the model in `model_dir`); the
+    data's annotation, else the attribution of the model in `model_dir`, which needs
+    the weights in process even when the answers come from a server); the
     annotation localizer draws regions for images without annotation from the
     lesions of `samples` of the same split. Grad-CAM without a given classifier
     trains the small default CNN on `sft_samples` into `classifier_path` first.
     Where the samples carry true lesion masks and the localizer is not the
     annotation itself, the summary says how well its regions match them
     (`localizer_iou`); otherwise it says why that was not measured.
+
+    `shard=(i, n)` curates the samples of every n-th image from the i-th into each
+    pairs file's shard file (`shards.shard_path`); every question on an image stays in
+    one shard, so each image is noised once, and the localizer still learns from all
+    `samples`. `curation.merge.merge_visual_shards` joins the shards. `answerer` is the target model
+    (None: loaded from `model_dir`). When requests failed, every file is still
+    curated, then `StageIncomplete` says how many samples wait for the next run.
     """
     localizer, note = build_run_localizer(
         settings, samples, sft_samples, image_roots, classifier_path, model_dir, seed=seed
     )
     if localizer.name == "annotation":  # a region for every image: unannotated ones get a real lesion's place
         localizer = localizer.drawing_from(samples, seed)
+    preview = settings.preview
+    if shard is not None:
+        first_images = list(dict.fromkeys(sample.image for sample in samples))[:preview]
+        samples = take_shard(samples, shard, key=image_of)
+        preview = len(set(first_images) & {sample.image for sample in samples})  # the shard's share of them
+        out_paths = {key: shard_path(path, shard) for key, path in out_paths.items()}
+    if any(rejected == "model-answer" for _, rejected in out_paths):
+        answerer = answerer or LocalAnswerer(model_dir)  # loaded once, for every file
     summaries = {}
     for (region, rejected), out_path in out_paths.items():
-        summaries[out_path.name.removeprefix("pairs.").removesuffix(".jsonl")] = curate_visual(
+        summaries[_file_name(out_path, shard)] = curate_visual(
             samples,
             out_path,
             settings,
@@ -323,14 +392,35 @@ def curate_visual_regions(
             seed=seed,
             show_progress=show_progress,
             localizer=localizer,
-            preview=settings.preview if region == "lesion" else 0,
+            preview=preview if region == "lesion" else 0,
             noise_region=region,
             rejected=rejected,
-        ).as_dict()
+            answerer=answerer,
+        )
+    failed = {name: summary for name, summary in summaries.items() if summary.failed}
+    if failed:
+        raise StageIncomplete(_incomplete_message(failed), {name: s.as_dict() for name, s in summaries.items()})
+    summaries = {name: summary.as_dict() for name, summary in summaries.items()}
     first = summaries[next(iter(summaries))]
     iou = _localizer_iou(samples, image_roots, localizer)
     notes = [note] + ([f"localizer_iou {iou}"] if isinstance(iou, str) else [])
     return {**first, "by_file": summaries if len(summaries) > 1 else None, "localizer_iou": iou, "notes": notes}
+
+
+def _file_name(path: Path, shard: Shard | None) -> str:
+    """`pairs.visual-whole.jsonl` (or its shard file) -> "visual-whole"."""
+    name = path.name.removeprefix("pairs.").removesuffix(".jsonl")
+    return name.removesuffix(f".shard-{shard[0]}-of-{shard[1]}") if shard else name
+
+
+def _incomplete_message(failed: dict[str, CurationSummary]) -> str:
+    count = sum(summary.failed for summary in failed.values())
+    grouped = ", ".join(f"{name}: {dict(summary.failures)}" for name, summary in failed.items())
+    first = next(iter(failed.values())).first_failure
+    return (
+        f"curate visual: {count} samples left unpaired because requests to the target model failed ({grouped}); "
+        f"first: {first[:200]}. The other samples are written: run again to retry these"
+    )
 
 
 def _localizer_iou(samples, image_roots, localizer) -> dict | str:

@@ -15,6 +15,7 @@ stores the prompt the model saw.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -23,7 +24,9 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from mmedpo.data.images import open_image
+from mmedpo.errors import StageIncomplete
 from mmedpo.evaluation.metrics import score_rows, vqa_answer_type
+from mmedpo.models.answerer import Decoding, LocalAnswerer, Question, RequestFailed, answer_stream
 from mmedpo.records import AnswerType, JsonlStore, Sample, Task, describe_error, dump_json
 
 DEFAULT_MAX_NEW_TOKENS: Mapping[str, int] = MappingProxyType({"vqa": 8, "report": 64})
@@ -74,7 +77,7 @@ def evaluate_model(
     meteor: bool = False,
     prompts: Mapping[str, str] | None = None,
     protocol: str = "mmedpo",
-    loaded: tuple | None = None,
+    answerer=None,
     report_tokenization: str = "mmedpo",
 ) -> dict[str, Any]:
     """Answer every sample greedily with the model in `model_dir`, score, and write `out_path`.
@@ -82,13 +85,12 @@ def evaluate_model(
     Writes and returns {"model", "metrics", "predictions"}; predictions follow
     the order of `samples`. `max_new_tokens` overrides the defaults per task;
     `prompts` maps a task to its prompt template (see `render_prompt`).
-    `loaded` is the (model, processor) of `model_dir` when the caller already
-    holds it, so a large model is not loaded twice. `protocol` and
+    `answerer` is the model (`models.answerer`: one the caller already loaded, or
+    a served one); None loads it from `model_dir`. `protocol` and
     `report_tokenization` choose how answers are scored (`metrics.score_rows`).
+    When requests to a served model failed, the answers that came back are kept
+    in the partial file and `StageIncomplete` says how many failed.
     """
-    # Imported here so that scoring and comparing stored results never pays for loading torch/transformers.
-    from mmedpo.models.vlm import generate_answers, load_vlm
-
     out_path = Path(out_path)
     _check_unique_ids(samples)
     tokens = {**DEFAULT_MAX_NEW_TOKENS, **max_new_tokens}
@@ -98,24 +100,35 @@ def evaluate_model(
     done = {prediction.id: prediction for prediction in store}
     _check_same_prompts(done.values(), asked, store.path)
     todo = [sample for sample in samples if sample.id not in done]
-    model, processor = loaded or (load_vlm(model_dir) if todo else (None, None))
-    for task in ("vqa", "report"):
-        task_samples = [sample for sample in todo if sample.task == task]
-        for start in range(0, len(task_samples), batch_size):
-            batch = task_samples[start : start + batch_size]
-            images = [open_image(sample.image, image_roots) for sample in batch]
-            answers = generate_answers(
-                model,
-                processor,
-                images,
-                [asked[sample.id] for sample in batch],
-                max_new_tokens=tokens[task],
-                batch_size=batch_size,
-                do_sample=False,
-            )
-            made = [_prediction(sample, asked[sample.id], candidates[0]) for sample, candidates in zip(batch, answers)]
-            store.extend(made)
-            done.update((prediction.id, prediction) for prediction in made)
+    answerer = answerer or LocalAnswerer(model_dir, batch_size)
+
+    def jobs():
+        for task in ("vqa", "report"):
+            task_samples = [sample for sample in todo if sample.task == task]
+            for start in range(0, len(task_samples), batch_size):
+                batch = task_samples[start : start + batch_size]
+                images = [open_image(sample.image, image_roots) for sample in batch]
+                yield batch, [Question(image, asked[s.id], Decoding(tokens[task])) for s, image in zip(batch, images)]
+
+    failures: Counter[str] = Counter()
+    first_failure = ""
+    for batch, answers in answer_stream(answerer, jobs()):
+        made = []
+        for sample, candidates in zip(batch, answers):
+            if isinstance(candidates, RequestFailed):
+                failures[candidates.kind] += 1
+                first_failure = first_failure or candidates.reason
+            else:
+                made.append(_prediction(sample, asked[sample.id], candidates[0]))
+        store.extend(made)
+        done.update((prediction.id, prediction) for prediction in made)
+    if failures:
+        raise StageIncomplete(
+            f"eval: {sum(failures.values())} of {len(samples)} samples not answered because requests failed "
+            f"({dict(failures)}); first: {first_failure[:200]}. The answers that came back are kept: run again "
+            "to ask the rest",
+            {"failed": sum(failures.values()), "failures": dict(failures)},
+        )
     predictions = [done[sample.id] for sample in samples]
     result = score_result(str(model_dir), predictions, meteor, protocol, report_tokenization)
     dump_json(result, out_path)

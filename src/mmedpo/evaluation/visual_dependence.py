@@ -18,7 +18,10 @@ samples' annotations by default, or the run's localizer where the test split has
 none (`imaging.run_localizer.evaluation_localizer`).
 
 The model is any `Answerer`: a function (task, images, prompts) -> answers;
-`vlm_answerer` wraps a loaded HF VLM with greedy decoding.
+`greedy_answerer` wraps the target model (`models.answerer`: loaded in process
+or served) with greedy decoding. A sample whose request failed is not measured:
+the others are, then `StageIncomplete` says how many failed (a served model's
+answers are cached, so running again asks only those).
 """
 
 from __future__ import annotations
@@ -33,31 +36,29 @@ import numpy as np
 from PIL import Image
 
 from mmedpo.data.images import ImageError, open_image
+from mmedpo.errors import StageIncomplete
 from mmedpo.evaluation.clinical import clinical_metrics
 from mmedpo.evaluation.evaluate import DEFAULT_MAX_NEW_TOKENS, render_prompt
 from mmedpo.evaluation.metrics import closed_correct, normalize_report, open_recall, vqa_answer_type
 from mmedpo.imaging.localizers import AnnotationLocalizer
 from mmedpo.imaging.noise import add_regional_noise, image_seed
 from mmedpo.imaging.regions import NoRegion
+from mmedpo.models.answerer import Decoding, Question, RequestFailed
 from mmedpo.records import Sample
 
-Answerer = Callable[[str, list[Image.Image], list[str]], list[str]]
+# (task, images, prompts) -> one answer per image, or RequestFailed where a served model gave none.
+Answerer = Callable[[str, list[Image.Image], list[str]], list[str | RequestFailed]]
 CONDITIONS = ("clean", "noised", "blank")
 
 
-def vlm_answerer(
-    model, processor, max_new_tokens: Mapping[str, int] = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16
-) -> Answerer:
-    """An `Answerer` that asks a loaded HF VLM, greedily, with the task's answer length."""
-    from mmedpo.models.vlm import generate_answers
-
+def greedy_answerer(answerer, max_new_tokens: Mapping[str, int] = DEFAULT_MAX_NEW_TOKENS) -> Answerer:
+    """An `Answerer` asking a `models.answerer` model (loaded or served), greedily, with the task's answer length."""
     tokens = {**DEFAULT_MAX_NEW_TOKENS, **max_new_tokens}
 
-    def answer(task: str, images: list[Image.Image], prompts: list[str]) -> list[str]:
-        answers = generate_answers(
-            model, processor, images, prompts, max_new_tokens=tokens[task], batch_size=batch_size, do_sample=False
-        )
-        return [candidates[0] for candidates in answers]
+    def answer(task: str, images: list[Image.Image], prompts: list[str]) -> list[str | RequestFailed]:
+        questions = [Question(image, prompt, Decoding(tokens[task])) for image, prompt in zip(images, prompts)]
+        answers = answerer.submit(questions).result()
+        return [candidates if isinstance(candidates, RequestFailed) else candidates[0] for candidates in answers]
 
     return answer
 
@@ -87,6 +88,8 @@ def visual_dependence(
     prompts = prompts or {}
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    failures: Counter[str] = Counter()
+    first_failure = ""
     for task in ("vqa", "report"):
         task_samples = [sample for sample in samples if sample.task == task]
         for start in range(0, len(task_samples), chunk_size):
@@ -105,17 +108,37 @@ def visual_dependence(
             asked = [render_prompt(sample, prompts) for sample in chunk]
             answers = {condition: answer(task, images[condition], asked) for condition in CONDITIONS}
             for index, sample in enumerate(chunk):
-                rows.append(_row(sample, {condition: answers[condition][index] for condition in CONDITIONS}))
+                by_condition = {condition: answers[condition][index] for condition in CONDITIONS}
+                failed = [a for a in by_condition.values() if isinstance(a, RequestFailed)]
+                if failed:
+                    failures[failed[0].kind] += 1
+                    first_failure = first_failure or failed[0].reason
+                else:
+                    rows.append(_row(sample, by_condition))
+    if failures:
+        raise StageIncomplete(
+            f"visual dependence: {sum(failures.values())} samples not measured because requests failed "
+            f"({dict(failures)}); first: {first_failure[:200]}. Run again to ask only these",
+            {"failed": sum(failures.values()), "failures": dict(failures)},
+        )
+    name = getattr(localizer, "name", type(localizer).__name__)
+    return dependence_result(len(samples), rows, skipped, name, timestep)
+
+
+def dependence_result(
+    n_samples: int, rows: list[dict[str, Any]], skipped: dict[str, str], localizer: str, timestep: int
+) -> dict:
+    """`visual_dependence`'s result from its per-sample rows (also of several shards' rows, joined)."""
     by_type: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_type.setdefault(row["answer_type"], []).append(row)
     return {
-        "n_samples": len(samples),
+        "n_samples": n_samples,
         "n_measured": len(rows),
         "n_skipped": len(skipped),
         "skipped": skipped,
         "skip_reasons": dict(Counter(_reason_kind(reason) for reason in skipped.values())),
-        "localizer": getattr(localizer, "name", type(localizer).__name__),
+        "localizer": localizer,
         "timestep": timestep,
         "overall": _summary(rows),
         "by_type": {kind: _summary(group) for kind, group in sorted(by_type.items())},

@@ -37,6 +37,7 @@ import hashlib
 import importlib
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,9 @@ def train_default_classifier(
         "input_size": input_size,
         "state_dict": model.state_dict(),
     }
-    partial = out_path.with_name(out_path.name + ".partial")
+    # A file of this process's own: shard workers may train the same classifier at once, and each
+    # must only ever see a whole file at out_path.
+    partial = out_path.with_name(f"{out_path.name}.{os.getpid()}.partial")
     torch.save(state, partial)
     partial.replace(out_path)
     return out_path

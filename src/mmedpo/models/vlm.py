@@ -7,11 +7,18 @@ checkpoints work the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.generation import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from mmedpo.data.messages import prompt_messages
 from mmedpo.progress import progress_bar
@@ -78,39 +85,77 @@ def generate_answers(
     batch_size: int = 16,
     do_sample: bool = False,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     num_return_sequences: int = 1,
-    seed: int | None = None,
+    seeds: Sequence[int] | None = None,
     progress: bool = False,
 ) -> list[list[str]]:
     """The model's answers: one list of `num_return_sequences` candidates per question.
 
     Greedy decoding (the default) is deterministic and does not depend on `batch_size`.
-    Sampling seeds torch's global generator with `seed` once, before the first batch.
+    Sampling (temperature, nucleus `top_p`) draws question q's candidates from a
+    generator of its own seeded with `seeds[q]`, so a question's answers do not
+    depend on the batch it is in: a server that answers it alone, as an
+    OpenAI-compatible request with that `seed` and `n`, draws what a batch draws.
+    Without `seeds`, they are drawn from torch's global generator.
     """
     if len(images) != len(questions):
         raise ValueError(f"got {len(images)} images for {len(questions)} questions")
     if num_return_sequences > 1 and not do_sample:
         raise ValueError("num_return_sequences > 1 needs do_sample=True: greedy candidates would be identical")
-    if seed is not None:
-        torch.manual_seed(seed)
+    if do_sample and seeds is None:
+        seeds = torch.randint(0, 2**31, (len(questions),)).tolist()
+    if seeds is not None and len(seeds) != len(questions):
+        raise ValueError(f"got {len(seeds)} seeds for {len(questions)} questions")
     tokenizer = processor.tokenizer
-    options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "num_return_sequences": num_return_sequences}
-    if do_sample:
-        options["temperature"] = temperature
-    options["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    n = num_return_sequences
     answers: list[list[str]] = []
     with progress_bar("generate", len(questions), progress) as advance:
         for start in range(0, len(questions), batch_size):
+            batch = range(start, min(start + batch_size, len(questions)))
+            # Each question's row repeated once per candidate: a sampled row is greedy over noised logits.
             prompts = [
-                processor.apply_chat_template(prompt_messages(question), add_generation_prompt=True)
-                for question in questions[start : start + batch_size]
+                processor.apply_chat_template(prompt_messages(questions[q]), add_generation_prompt=True)
+                for q in batch
+                for _ in range(n)
             ]
-            inputs = encode(processor, images[start : start + batch_size], prompts, padding_side="left")
+            inputs = encode(processor, [images[q] for q in batch for _ in range(n)], prompts, padding_side="left")
             inputs = inputs.to(model.device, dtype=model.dtype)
+            processors = LogitsProcessorList()
+            if do_sample:
+                sampler = _SeededSampler([seeds[q] for q in batch], n)
+                processors += [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p), sampler]
             with torch.inference_mode():
-                output = model.generate(**inputs, **options)
+                output = model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    logits_processor=processors,
+                    pad_token_id=pad,
+                )
             texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             texts = [text.strip() for text in texts]
-            answers.extend(texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
-            advance(len(prompts))
+            answers.extend(texts[i : i + n] for i in range(0, len(texts), n))
+            advance(len(batch))
     return answers
+
+
+class _SeededSampler(LogitsProcessor):
+    """Sampling with a generator per question: argmax of log-probabilities plus Gumbel noise (the Gumbel-max trick).
+
+    argmax(log p - log E) with E ~ Exp(1) is a draw from p, so greedy search over
+    these scores samples. Each question's generator draws the noise of its `n`
+    candidate rows (consecutive in the batch) at every step. transformers' own
+    sampling draws every row from one global generator, which ties a row's draw
+    to the batch around it.
+    """
+
+    def __init__(self, seeds: Sequence[int], n: int):
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.n = n
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        shape = (self.n, scores.shape[-1])
+        exponential = torch.cat([torch.empty(shape).exponential_(generator=g) for g in self.generators])
+        return scores - exponential.log().to(scores.device, scores.dtype)

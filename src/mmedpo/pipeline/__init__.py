@@ -1,8 +1,11 @@
-"""Run the stages of a config in order, skipping the finished ones.
+"""Run the stages of a config in order, skipping the finished ones; or one stage as shards over many machines.
 
     from mmedpo.config import load_config
-    from mmedpo.pipeline import run_pipeline
+    from mmedpo.pipeline import merge_shards, run_pipeline, run_shard
     run_pipeline(load_config("configs/demo.yaml", ["train.beta=0.2"]))
+
+    run_shard(config, "curate_visual", (2, 4))   # on each machine, i = 1..4
+    merge_shards(config, "curate_visual", 4)     # once all four are done; run_pipeline goes on from there
 
 The run folder's paths are `mmedpo.layout`; the stages and their adapters are
 `pipeline.stages`; fingerprints, resuming and the run lock are `pipeline.engine`.
@@ -15,11 +18,22 @@ from collections.abc import Callable, Sequence
 from mmedpo.config import RunConfig, dump_config
 from mmedpo.layout import RunLayout
 from mmedpo.pipeline.checks import check_samples
-from mmedpo.pipeline.engine import RunLock, StageResult, fingerprints, is_done, run_stages
-from mmedpo.pipeline.stages import build_stages, merge_curate_text, stage_curate_text
+from mmedpo.pipeline.engine import (
+    RunLock,
+    Stage,
+    StageResult,
+    fingerprints,
+    is_done,
+    read_state,
+    run_stage,
+    run_stages,
+    shard_stage,
+)
+from mmedpo.pipeline.stages import build_stages
 from mmedpo.records import dump_json
+from mmedpo.shards import Shard
 
-__all__ = ["StageResult", "curate_shard", "merge_curate_shards", "run_pipeline"]
+__all__ = ["StageResult", "merge_shards", "run_pipeline", "run_shard", "shardable_stages"]
 
 
 def run_pipeline(
@@ -43,28 +57,60 @@ def run_pipeline(
         return run_stages(layout, build_stages(config), config, only, force, show_progress, on_stage, gates)
 
 
-def _require_done(config: RunConfig, layout: RunLayout, names: Sequence[str]) -> None:
-    prints = fingerprints(build_stages(config), config)
-    for name in names:
-        if not is_done(layout, name, prints[name]):
-            raise ValueError(f"stage {name} has not finished with this config: run `mmedpo run` up to it first")
+def shardable_stages(config: RunConfig) -> list[str]:
+    """The stages of this config that can run as shards: curate_text, curate_visual, score, every eval."""
+    return [stage.name for stage in build_stages(config) if stage.sharding is not None]
 
 
-def curate_shard(config: RunConfig, shard: tuple[int, int], show_progress: bool = True) -> dict:
-    """Curate textual pairs for one shard (i, n) of the preference split; many shards may run at once."""
+def _shardable(config: RunConfig, name: str) -> tuple[Stage, dict[str, str]]:
+    stages = build_stages(config)
+    stage = next((stage for stage in stages if stage.name == name), None)
+    if stage is None or stage.sharding is None:
+        raise ValueError(f"stage {name!r} cannot be sharded; shardable: {', '.join(shardable_stages(config))}")
+    return stage, fingerprints(stages, config)
+
+
+def run_shard(config: RunConfig, name: str, shard: Shard, show_progress: bool = True) -> dict:
+    """Run shard (i, n) of stage `name`; many shards, on many machines sharing the run folder, may run at once.
+
+    The stages it reads must have finished (run them first, e.g. with `mmedpo run`
+    up to them). The shard resumes if it was stopped, and starts afresh if the
+    config changed. Shard workers share the run folder's lock; each shard holds a
+    lock of its own, so it never runs twice at once.
+    """
+    stage, prints = _shardable(config, name)
     layout = RunLayout.of(config)
-    with RunLock(layout, shared=True):
-        _require_done(config, layout, ["samples", "base"])
+    part = shard_stage(stage, shard, config)
+    with RunLock(layout, shared=True), RunLock(layout, name=part.name):
+        for before in stage.after:
+            if not is_done(layout, before, prints[before]):
+                raise ValueError(
+                    f"stage {before} has not finished with this config: run it first (`mmedpo run --only {before}`)"
+                )
         check_samples(config, layout)
-        return stage_curate_text(layout, config, show_progress, shard=shard)
+        return run_stage(layout, part, config, prints[name], show_progress).summary
 
 
-def merge_curate_shards(config: RunConfig, shards: int) -> dict:
-    """Join finished text-curation shards into pairs.text.jsonl and record the stage as done."""
+def merge_shards(config: RunConfig, name: str, count: int) -> dict:
+    """Join the `count` finished shards of stage `name` into its outputs and record the stage as done.
+
+    Every shard must be done with the current config; the merge is the same
+    whichever shard finished first, and equal to what the whole stage writes.
+    """
+    stage, prints = _shardable(config, name)
     layout = RunLayout.of(config)
     with RunLock(layout):
-        summary = merge_curate_text(layout, config, shards)
-        prints = fingerprints(build_stages(config), config)
-        state = {"fingerprint": prints["curate_text"], "status": "done", "seconds": 0.0, "summary": summary}
-        dump_json(state, layout.stage_state("curate_text"))
+        for index in range(1, count + 1):
+            part = shard_stage(stage, (index, count), config).name
+            if not is_done(layout, part, prints[name]):
+                raise ValueError(
+                    f"{name} shard {index}/{count} has not finished with this config: "
+                    f"run it with --shard {index}/{count}"
+                )
+        summary = stage.sharding.merge(layout, config, count)
+        # The stage's time is its shards' work, added up (they may have run side by side).
+        parts = [read_state(layout, shard_stage(stage, (index, count), config).name) for index in range(1, count + 1)]
+        seconds = round(sum(part.get("seconds", 0.0) for part in parts), 2)
+        state = {"fingerprint": prints[name], "status": "done", "seconds": seconds, "summary": summary}
+        dump_json(state, layout.stage_state(name))
         return summary

@@ -5,6 +5,8 @@ fingerprints of the stages whose outputs it reads. A stage that finished with
 its current fingerprint is skipped; a changed one is cleared and run again, and
 so is every stage after it (their fingerprints include its). A stage that was
 killed, failed or is incomplete resumes: its JSONL outputs keep what was written.
+A shardable stage (`Sharding`) can also run as shards on many machines, each
+one such a stage of its own, and merge.
 The state lives in RUN/stages/STAGE.json:
 
     {"fingerprint": ..., "status": "running" | "done" | "failed" | "incomplete",
@@ -41,6 +43,21 @@ from mmedpo.records import describe_error, dump_json
 
 
 @dataclass(frozen=True)
+class Sharding:
+    """How a stage splits over processes or machines: shard (i, n) runs alone, then the shards merge.
+
+    Each shard runs as a stage of its own (`shard_stage`), with the fingerprint of
+    the whole stage: it resumes, is cleared when the config changes, and records its
+    state, exactly as a stage does; the merge takes only shards done with the
+    current fingerprint.
+    """
+
+    run: Callable[[RunLayout, Any, bool, tuple[int, int]], dict]  # (layout, config, show_progress, shard)
+    outputs: Callable[[RunLayout, Any, tuple[int, int]], list[Path]]  # (layout, config, shard) -> its own files
+    merge: Callable[[RunLayout, Any, int], dict]  # (layout, config, shards) -> summary; writes the stage's outputs
+
+
+@dataclass(frozen=True)
 class Stage:
     """One step of a run: what it reads from the config and from earlier stages, what it writes, how it runs."""
 
@@ -49,6 +66,19 @@ class Stage:
     after: tuple[str, ...]  # stages whose outputs it reads
     outputs: Callable[[RunLayout], list[Path]]  # cleared when its fingerprint changes
     run: Callable[[RunLayout, Any, bool], dict]  # (layout, config, show_progress) -> summary
+    sharding: Sharding | None = None  # None: the stage runs whole, on one machine
+
+
+def shard_stage(stage: Stage, shard: tuple[int, int], config) -> Stage:
+    """Shard (i, n) of a shardable stage, as a stage: STAGE.shard-i-of-n, its own state file and outputs."""
+    sharding = stage.sharding
+    return Stage(
+        f"{stage.name}.shard-{shard[0]}-of-{shard[1]}",
+        stage.settings,
+        stage.after,
+        lambda layout: sharding.outputs(layout, config, shard),
+        lambda layout, config, show_progress: sharding.run(layout, config, show_progress, shard),
+    )
 
 
 @dataclass
@@ -189,12 +219,14 @@ class RunLock:
     """An advisory lock on RUN/.lock: exclusive for a run, shared between shard workers.
 
     The lock is the kernel's (flock): it goes away with the process, so a killed
-    run never leaves a stale lock behind. The file says who holds it.
+    run never leaves a stale lock behind. The file says who holds it. `name`
+    locks another file of the run folder (RUN/.lock.NAME), e.g. one per shard, so
+    that one shard is never run twice at once.
     """
 
-    def __init__(self, layout: RunLayout, shared: bool = False):
-        self.path = layout.dir / ".lock"
-        self.shared = shared
+    def __init__(self, layout: RunLayout, shared: bool = False, name: str | None = None):
+        self.path = layout.dir / (".lock" if name is None else f".lock.{name.replace(':', '.')}")
+        self.name, self.shared = name, shared
         self._handle = None
 
     def __enter__(self) -> RunLock:
@@ -206,9 +238,8 @@ class RunLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise ValueError(
-                f"run folder {self.path.parent} is in use by {holder}; wait for it or use another name"
-            ) from None
+            what = f"run folder {self.path.parent}" if self.name is None else f"{self.name} of {self.path.parent}"
+            raise ValueError(f"{what} is in use by {holder}; wait for it or use another name") from None
         if not self.shared:
             handle.seek(0)
             handle.truncate()

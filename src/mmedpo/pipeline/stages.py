@@ -8,6 +8,10 @@ An adapter decides nothing about the method: it names the inputs and outputs of
 its library function in the run folder (`mmedpo.layout`) and passes the config
 section on. `build_stages` lists them in order with what each reads from the
 config and from earlier stages, which is what the resume engine fingerprints.
+The stages that ask a model or a judge (curate_text, curate_visual, score, every
+eval) are shardable: each adapter takes a shard and has a merge beside it. Where
+the target model is served (`model.endpoint`, `eval.endpoints`) is no part of any
+fingerprint: served or in process, the answers are the same.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 from mmedpo.config import RunConfig
 from mmedpo.layout import RunLayout
-from mmedpo.pipeline.engine import Stage
+from mmedpo.pipeline.engine import Sharding, Stage
 from mmedpo.records import PreferencePair, Sample, read_jsonl, rejects_path, write_jsonl
+from mmedpo.shards import Shard, shard_name, shard_path, take_shard
 
 # The variant settings that choose and weight its pairs (the pairs:VARIANT stage); the rest train.
 PAIR_SETTINGS = (
@@ -69,58 +75,119 @@ def stage_base(layout: RunLayout, config: RunConfig, show_progress: bool) -> dic
     )
 
 
-def stage_curate_text(layout: RunLayout, config: RunConfig, show_progress: bool, shard=None) -> dict:
+@contextmanager
+def target_answerer(layout: RunLayout, endpoint, stage: str, shard: Shard | None = None):
+    """The target model as served at `endpoint`, its answers cached in the run folder; None: loaded in process.
+
+    A shard writes its answers to a cache file of its own (`mmedpo.jsonl_cache`).
+    """
+    if endpoint is None:
+        yield None
+        return
+    from mmedpo.models.answerer import make_answerer
+
+    writer = None if shard is None else f"{stage.replace(':', '.')}.{shard_name(shard)}"
+    answerer = make_answerer(None, endpoint, layout.answer_cache, writer)
+    try:
+        yield answerer
+    finally:
+        answerer.close()
+
+
+def stage_curate_text(layout: RunLayout, config: RunConfig, show_progress: bool, shard: Shard | None = None) -> dict:
     from mmedpo.curation.text import curate_text
 
-    summary = curate_text(
-        split(layout, *CURATED_SPLITS),
-        layout.text_pairs,
-        config.curate_text,
-        layout.image_roots,
-        seed=config.seed,
-        model_dir=layout.model("base"),
-        show_progress=show_progress,
-        shard=shard,
-    )
+    with target_answerer(layout, config.model.endpoint, "curate_text", shard) as answerer:
+        summary = curate_text(
+            split(layout, *CURATED_SPLITS),
+            layout.text_pairs,
+            config.curate_text,
+            layout.image_roots,
+            seed=config.seed,
+            model_dir=layout.model("base"),
+            show_progress=show_progress,
+            shard=shard,
+            answerer=answerer,
+        )
     return summary.as_dict()
 
 
 def merge_curate_text(layout: RunLayout, config: RunConfig, shards: int) -> dict:
-    from mmedpo.curation.text import merge_shards
+    from mmedpo.curation.merge import merge_curated
 
-    return merge_shards(split(layout, *CURATED_SPLITS), layout.text_pairs, shards)
+    return merge_curated(split(layout, *CURATED_SPLITS), layout.text_pairs, shards)
 
 
-def stage_curate_visual(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:
+def stage_curate_visual(layout: RunLayout, config: RunConfig, show_progress: bool, shard: Shard | None = None) -> dict:
     from mmedpo.curation.visual import curate_visual_regions
 
-    return curate_visual_regions(
-        split(layout, *CURATED_SPLITS),
-        {
-            (region, rejected): layout.visual_pairs(region, rejected)
-            for region in config.curate_visual.regions
-            for rejected in config.curate_visual.rejected
-        },
-        config.curate_visual,
-        layout.image_roots,
-        layout.images,
-        layout.model("base"),
-        seed=config.seed,
-        show_progress=show_progress,
-        sft_samples=split(layout, "sft"),
-        classifier_path=layout.localizer_cnn,
-    )
+    with target_answerer(layout, config.model.endpoint, "curate_visual", shard) as answerer:
+        return curate_visual_regions(
+            split(layout, *CURATED_SPLITS),
+            visual_files(layout, config),
+            config.curate_visual,
+            layout.image_roots,
+            layout.images,
+            layout.model("base"),
+            seed=config.seed,
+            show_progress=show_progress,
+            sft_samples=split(layout, "sft"),
+            classifier_path=layout.localizer_cnn,
+            shard=shard,
+            answerer=answerer,
+        )
 
 
-def stage_score(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:
+def visual_files(layout: RunLayout, config: RunConfig) -> dict[tuple[str, str], Path]:
+    """(noise region, rejected text) -> its pairs file, for every visual pairs file the config makes."""
+    settings = config.curate_visual
+    return {
+        (region, rejected): layout.visual_pairs(region, rejected)
+        for region in settings.regions
+        for rejected in settings.rejected
+    }
+
+
+def curate_visual_shard_outputs(layout: RunLayout, config: RunConfig, shard: Shard) -> list[Path]:
+    """A visual shard's pairs files and the noised images of its images (their names do not change with
+    every setting, so a shard whose config changed must not reuse them)."""
+    from mmedpo.curation.merge import image_of
+    from mmedpo.curation.visual import noised_files
+
+    samples = take_shard(split(layout, *CURATED_SPLITS), shard, key=image_of) if layout.samples.exists() else []
+    paths = [shard_path(path, shard) for path in visual_files(layout, config).values()]
+    return [
+        *(p for path in paths for p in (path, rejects_path(path))),
+        *noised_files(samples, config.curate_visual, layout.images),
+    ]
+
+
+def merge_curate_visual(layout: RunLayout, config: RunConfig, shards: int) -> dict:
+    from mmedpo.curation.merge import merge_visual_shards
+
+    return merge_visual_shards(split(layout, *CURATED_SPLITS), visual_files(layout, config), shards)
+
+
+def _pairs_to_score(layout: RunLayout, config: RunConfig) -> list[PreferencePair]:
+    pairs = read_jsonl(layout.text_pairs, PreferencePair)
+    for path in visual_files(layout, config).values():
+        pairs += read_jsonl(path, PreferencePair)
+    return pairs
+
+
+def stage_score(layout: RunLayout, config: RunConfig, show_progress: bool, shard: Shard | None = None) -> dict:
     from mmedpo.scoring.panel import score_pairs
 
-    pairs = read_jsonl(layout.text_pairs, PreferencePair)
-    for region in config.curate_visual.regions:
-        for rejected in config.curate_visual.rejected:
-            pairs += read_jsonl(layout.visual_pairs(region, rejected), PreferencePair)
-    summary = score_pairs(pairs, layout.scored_pairs, config.score, show_progress, cache_path=_judge_cache(config))
+    pairs = _pairs_to_score(layout, config)
+    cache = _judge_cache(config)
+    summary = score_pairs(pairs, layout.scored_pairs, config.score, show_progress, cache_path=cache, shard=shard)
     return summary.as_dict()
+
+
+def merge_score(layout: RunLayout, config: RunConfig, shards: int) -> dict:
+    from mmedpo.scoring.panel import merge_scored_shards
+
+    return merge_scored_shards(_pairs_to_score(layout, config), layout.scored_pairs, shards, config.score).as_dict()
 
 
 def _judge_cache(config: RunConfig) -> Path:
@@ -223,13 +290,17 @@ def pairs_description(config: RunConfig, variant: str) -> str:
     )
 
 
-def stage_eval(layout: RunLayout, config: RunConfig, variant: str) -> dict:
+def eval_endpoint(config: RunConfig, variant: str):
+    """Where the model of `variant` is served: `eval.endpoints`, else `model.endpoint` for base; None: in process."""
+    return config.eval.endpoints.get(variant, config.model.endpoint if variant == "base" else None)
+
+
+def stage_eval(layout: RunLayout, config: RunConfig, variant: str, shard: Shard | None = None) -> dict:
     from mmedpo.evaluation.suite import evaluate_run_model
     from mmedpo.evaluation.visual_dependence import measured_line
-    from mmedpo.training.model_card import write_model_card
 
     test, localizer, note = split(layout, config.eval.split), None, None
-    if config.eval.visual_dependence:
+    if config.eval.visual_dependence:  # found on the whole split, also for a shard of it
         from mmedpo.imaging.run_localizer import evaluation_localizer
 
         localizer, note = evaluation_localizer(
@@ -241,15 +312,50 @@ def stage_eval(layout: RunLayout, config: RunConfig, variant: str) -> dict:
             layout.model("base"),
             seed=config.seed,
         )
-    result = evaluate_run_model(
-        layout.model(variant), test, layout.image_roots, layout.eval(variant), config.eval, config.seed, localizer
-    )
-    if layout.train_log(variant).exists():  # a variant trained here: its model card gets the metrics
-        dataset = "SynthMed" if config.data.source == "synthmed" else (config.data.dataset or config.data.samples)
-        write_model_card(layout.model(variant), result["metrics"], dataset=dataset, split=config.eval.split)
+    with target_answerer(layout, eval_endpoint(config, variant), f"eval:{variant}", shard) as answerer:
+        result = evaluate_run_model(
+            layout.model(variant),
+            test,
+            layout.image_roots,
+            layout.eval(variant),
+            config.eval,
+            config.seed,
+            localizer,
+            answerer=answerer,
+            shard=shard,
+        )
+    if shard is None:
+        _refresh_model_card(layout, config, variant, result["metrics"])
     if "visual_dependence" not in result:
         return result["metrics"]
     return {**result["metrics"], "notes": [note, measured_line(result["visual_dependence"])]}
+
+
+def eval_shard_outputs(layout: RunLayout, variant: str, shard: Shard) -> list[Path]:
+    from mmedpo.evaluation.evaluate import partial_path
+    from mmedpo.evaluation.suite import eval_shard_path
+
+    path = eval_shard_path(layout.eval(variant), shard)
+    return [path, partial_path(path)]
+
+
+def merge_eval(layout: RunLayout, config: RunConfig, variant: str, shards: int) -> dict:
+    from mmedpo.evaluation.suite import merge_eval_shards
+    from mmedpo.evaluation.visual_dependence import measured_line
+
+    result = merge_eval_shards(split(layout, config.eval.split), layout.eval(variant), shards, config.eval)
+    _refresh_model_card(layout, config, variant, result["metrics"])
+    if "visual_dependence" not in result:
+        return result["metrics"]
+    return {**result["metrics"], "notes": [measured_line(result["visual_dependence"])]}
+
+
+def _refresh_model_card(layout: RunLayout, config: RunConfig, variant: str, metrics: dict) -> None:
+    from mmedpo.training.model_card import write_model_card
+
+    if layout.train_log(variant).exists():  # a variant trained here: its model card gets the metrics
+        dataset = "SynthMed" if config.data.source == "synthmed" else (config.data.dataset or config.data.samples)
+        write_model_card(layout.model(variant), metrics, dataset=dataset, split=config.eval.split)
 
 
 def stage_report(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:
@@ -258,8 +364,8 @@ def stage_report(layout: RunLayout, config: RunConfig, show_progress: bool) -> d
     return {"report": str(write_report(layout.dir))}
 
 
-def _section(name: str):
-    return lambda config: getattr(config, name).model_dump(mode="json")
+def _section(name: str, exclude: tuple[str, ...] = ()):
+    return lambda config: getattr(config, name).model_dump(mode="json", exclude=set(exclude))
 
 
 def _pair_settings(variant: str):
@@ -280,13 +386,25 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
             lambda r: [r.samples, rejects_path(r.samples), r.synthmed_images],
             stage_samples,
         ),
-        Stage("base", _section("model"), ("samples",), lambda r: [r.model("tiny-init"), r.model("base")], stage_base),
+        # Where the model is served is not what it is: changing the endpoint re-runs nothing.
+        Stage(
+            "base",
+            _section("model", exclude=("endpoint",)),
+            ("samples",),
+            lambda r: [r.model("tiny-init"), r.model("base")],
+            stage_base,
+        ),
         Stage(
             "curate_text",
             _section("curate_text"),
             ("samples", "base"),
             lambda r: [r.text_pairs, rejects_path(r.text_pairs)],
             stage_curate_text,
+            Sharding(
+                stage_curate_text,
+                lambda r, c, s: [shard_path(r.text_pairs, s), rejects_path(shard_path(r.text_pairs, s))],
+                merge_curate_text,
+            ),
         ),
         Stage(
             "curate_visual",
@@ -299,6 +417,7 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
                 r.localizer_cnn,
             ],
             stage_curate_visual,
+            Sharding(stage_curate_visual, curate_visual_shard_outputs, merge_curate_visual),
         ),
         Stage(
             "score",
@@ -306,6 +425,11 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
             ("curate_text", "curate_visual"),
             lambda r: [r.scored_pairs, rejects_path(r.scored_pairs)],
             stage_score,
+            Sharding(
+                stage_score,
+                lambda r, c, s: [shard_path(r.scored_pairs, s), rejects_path(shard_path(r.scored_pairs, s))],
+                merge_score,
+            ),
         ),
         _eval_stage("base", "base"),
     ]
@@ -343,7 +467,8 @@ LOCALIZER_SETTINGS = {"localizer", "localizer_options", "classifier", "classifie
 
 def _eval_settings(config: RunConfig) -> dict:
     localizer = config.curate_visual.model_dump(mode="json", include=LOCALIZER_SETTINGS)
-    return {"eval": config.eval.model_dump(mode="json"), "localizer": localizer}
+    # Where the model is served is not what it is: changing eval.endpoints re-runs nothing.
+    return {"eval": config.eval.model_dump(mode="json", exclude={"endpoints"}), "localizer": localizer}
 
 
 def _eval_stage(variant: str, model_stage: str) -> Stage:
@@ -353,4 +478,9 @@ def _eval_stage(variant: str, model_stage: str) -> Stage:
         ("samples", model_stage),
         lambda r: [r.eval(variant), r.eval_partial(variant)],
         lambda r, c, p: stage_eval(r, c, variant),
+        Sharding(
+            lambda r, c, p, s: stage_eval(r, c, variant, s),
+            lambda r, c, s: eval_shard_outputs(r, variant, s),
+            lambda r, c, n: merge_eval(r, c, variant, n),
+        ),
     )

@@ -6,7 +6,8 @@ behind it (with a fingerprint of its folder for local weights) and the pair's te
 sends no request, and a killed scoring run resumes from what it had already paid
 for. The file is JSON Lines, one verdict a line, flushed as it is written: a
 kill loses at most the line being written, and that torn line is cut off when
-the cache is opened again.
+the cache is opened again. A score shard writes a file of its own beside it
+(`mmedpo.jsonl_cache`); every file is read.
 
     >>> import tempfile, pathlib
     >>> cache = JudgeCache(pathlib.Path(tempfile.mkdtemp()) / "judge_cache.jsonl")
@@ -23,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+
+from mmedpo.jsonl_cache import JsonlCache
 
 
 def cache_key(judge_name: str, prompt_version: str, model: str, question: str, chosen: str, rejected: str) -> str:
@@ -50,64 +53,40 @@ def folder_fingerprint(path: Path | str) -> str:
 
 
 class JudgeCache:
-    """Verdicts (score, reason) by `cache_key`, kept in an append-only JSON Lines file.
+    """Verdicts (score, reason) by `cache_key`, kept in append-only JSON Lines files (`mmedpo.jsonl_cache`).
 
+    `writer` names a shard worker's own file beside `path`; every file is read.
     `hits` and `misses` count `get` calls. When a key was written twice (two runs
     racing), the last line wins.
     """
 
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.hits = 0
-        self.misses = 0
-        self._entries: dict[str, tuple[float, str]] = {}
-        self._handle = None
-        self._load()
+    def __init__(self, path: Path | str, writer: str | None = None):
+        self._cache = JsonlCache(path, writer, parse=_verdict, what="judge cache entry")
+        self.path = self._cache.path
 
-    def _load(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        keep = data.rfind(b"\n") + 1
-        if keep < len(data):
-            # A kill mid-write left a torn last line: cut it so appends start on a clean line.
-            with self.path.open("rb+") as handle:
-                handle.truncate(keep)
-        for number, line in enumerate(data[:keep].decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                self._entries[entry["key"]] = (float(entry["score"]), str(entry["reason"]))
-            except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"{self.path}:{number}: not a judge cache entry ({error})") from None
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self._cache.misses
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._cache)
 
     def get(self, key: str) -> tuple[float, str] | None:
         """The cached (score, reason), or None; counts a hit or a miss."""
-        entry = self._entries.get(key)
-        if entry is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return entry
+        return self._cache.get(key)
 
     def put(self, key: str, score: float, reason: str) -> None:
         """Store a verdict, on disk at once."""
-        if self._handle is None:
-            # One append handle for the cache's life: opening the file per verdict costs more CPU
-            # than a fast endpoint's whole reply.
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("a", encoding="utf-8")
-        self._handle.write(json.dumps({"key": key, "score": score, "reason": reason}, ensure_ascii=False) + "\n")
-        # A flush survives a killed process; no fsync, which would cost a disk sync per verdict.
-        self._handle.flush()
-        self._entries[key] = (score, reason)
+        self._cache.put(key, score=score, reason=reason)
 
     def close(self) -> None:
         """Close the file (every verdict is on disk already); a later `put` opens it again."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        self._cache.close()
+
+
+def _verdict(entry: dict) -> tuple[float, str]:
+    return float(entry["score"]), str(entry["reason"])

@@ -64,12 +64,13 @@ from scipy.stats import trim_mean
 from mmedpo.config import ScoreConfig
 from mmedpo.errors import StageIncomplete
 from mmedpo.progress import progress_bar
-from mmedpo.records import PreferencePair, Reject, describe_error, rejects_path, write_jsonl
+from mmedpo.records import PreferencePair, Reject, describe_error, read_jsonl, rejects_path, write_jsonl
 from mmedpo.registry import JUDGES
 from mmedpo.scoring.agreement import panel_agreement
 from mmedpo.scoring.cache import JudgeCache, cache_key
 from mmedpo.scoring.duplicates import mark_duplicates
 from mmedpo.scoring.judges import Judge, Verdict
+from mmedpo.shards import Shard, shard_name, shard_path, take_shard
 
 LOCALIZER = "localizer"
 CACHE_FILE = "judge_cache.jsonl"
@@ -163,7 +164,7 @@ def judge_pairs(
     todo: dict[tuple[str, str, str], list[int]] = {}  # item to ask about -> the pairs that share it
     keys: dict[tuple[str, str, str], str] = {}
     for index, pair in enumerate(pairs):
-        item = (pair.question, pair.chosen, pair.rejected)
+        item = judged_item(pair)
         if use_cache and item not in keys:
             keys[item] = cache_key(judge.name, judge.version, model, *item)
         hit = cache.get(keys[item]) if use_cache else None
@@ -197,17 +198,25 @@ def score_pairs(
     settings: ScoreConfig,
     show_progress: bool = True,
     cache_path: Path | None = None,
+    shard: Shard | None = None,
 ) -> ScoreSummary:
     """Score and weight every pair; write the scored ones to `out_path`, the rest to its rejects file.
 
     The judge cache is `cache_path`, else `settings.cache_path`, else judge_cache.jsonl
-    beside `out_path`; `settings.cache = False` uses none.
+    beside `out_path`; `settings.cache = False` uses none. `shard=(i, n)` scores one
+    shard of the pairs (pairs that share a judged text stay together, so each is asked
+    once) into `out_path`'s shard file, its verdicts into a cache file of its own
+    beside the shared one; `merge_scored_shards` joins the shards.
     """
+    pairs = mark_duplicates(pairs)  # over all pairs: a visual pair's textual twin may be in another shard
+    writer = None
+    if shard is not None:
+        pairs, out_path = take_shard(pairs, shard, key=judged_item), shard_path(out_path, shard)
+        writer = f"score.{shard_name(shard)}"
     panel = build_panel(settings)
-    pairs = mark_duplicates(pairs)
     cache = None
     if settings.cache:
-        cache = JudgeCache(cache_path or settings.cache_path or Path(out_path).with_name(CACHE_FILE))
+        cache = JudgeCache(cache_path or settings.cache_path or Path(out_path).with_name(CACHE_FILE), writer)
     judge_visual = settings.visual_mode == "confidence+judges"
     judged = [index for index, pair in enumerate(pairs) if pair.kind == "text" or judge_visual]
     verdicts: list[dict[str, Verdict]] = [{} for _ in pairs]  # per pair: member -> verdict
@@ -239,7 +248,8 @@ def score_pairs(
             provenance["not_applicable"] = outside
         update = {"scores": scores, "clinical_score": raw, "weight": None, "provenance": provenance}
         scored.append(pair.model_copy(update=update))
-    scored = fill_unjudged(scored)
+    if shard is None:  # a shard's pairs no judge applies to get the average of all pairs, at the merge
+        scored = fill_unjudged(scored)
     write_jsonl(out_path, scored)
     write_jsonl(rejects_path(Path(out_path)), rejects)
     summary = _summary(pairs, scored, [pair.clinical_score for pair in scored], list(panel), cache, failures)
@@ -263,6 +273,44 @@ def fill_unjudged(pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
 def _as_average(pair: PreferencePair, score: float) -> PreferencePair:
     provenance = {**pair.provenance, "no_applicable_judge": True}
     return pair.model_copy(update={"clinical_score": score, "provenance": provenance})
+
+
+def judged_item(pair: PreferencePair) -> tuple[str, str, str]:
+    """What a judge is asked about a pair; pairs that share it are judged once, and score shards keep them together."""
+    return pair.question, pair.chosen, pair.rejected
+
+
+def merge_scored_shards(
+    pairs: Sequence[PreferencePair], out_path: Path, count: int, settings: ScoreConfig
+) -> ScoreSummary:
+    """Join the `count` finished score shards of `out_path` into it and its rejects, in the order of `pairs`.
+
+    The result is the file one unsharded run writes. A missing shard, or one that
+    does not account for every pair of its shard, is an error naming it.
+    """
+    pairs = mark_duplicates(pairs)
+    order = {pair.id: position for position, pair in enumerate(pairs)}
+    scored: list[PreferencePair] = []
+    rejects: list[Reject] = []
+    for index in range(1, count + 1):
+        path = shard_path(Path(out_path), (index, count))
+        if not path.exists():
+            raise ValueError(f"shard {index}/{count} is missing: {path}")
+        shard_scored, shard_rejects = read_jsonl(path, PreferencePair), read_jsonl(rejects_path(path), Reject)
+        expected = {pair.id for pair in take_shard(pairs, (index, count), key=judged_item)}
+        if {pair.id for pair in shard_scored} | {reject.id for reject in shard_rejects} != expected:
+            raise ValueError(f"{path} does not hold the pairs of shard {index}/{count}: run it again")
+        scored += shard_scored
+        rejects += shard_rejects
+    scored.sort(key=lambda pair: order[pair.id])
+    rejects.sort(key=lambda reject: order[reject.id])
+    scored = fill_unjudged(scored)
+    write_jsonl(out_path, scored)
+    write_jsonl(rejects_path(Path(out_path)), rejects)
+    summary = _summary(pairs, scored, [pair.clinical_score for pair in scored], list(settings.judges), None, [])
+    if summary.agreement.get("warning"):  # over all pairs: a shard's agreement was over its own only
+        log.warning("score: %s", summary.agreement["warning"])
+    return summary
 
 
 def _incomplete_message(summary: ScoreSummary, failures: list[dict[str, Verdict]]) -> str:

@@ -124,3 +124,32 @@ def test_seed_runs_live_in_the_study_folder_and_share_the_judge_cache():
     assert parse_seeds("0,2-4") == [0, 2, 3, 4]
     with pytest.raises(ValueError, match="seeds must look like"):
         parse_seeds("a,b")
+
+
+def test_run_study_runs_each_seed_in_its_folder_then_writes_the_study(tmp_path, monkeypatch):
+    from mmedpo.layout import RunLayout
+    from mmedpo.pipeline import study
+
+    ran = []
+
+    def fake_run(config, show_progress=True, on_stage=None):
+        ran.append((str(config.run_dir), config.seed, config.score.cache_path))
+        # An evaluation per variant, as a finished seed run leaves it: dpo right on 30 of 40, sft 25, base 20.
+        for name, right in (("base", 20), ("sft", 25), ("dpo", 30)):
+            dump_json(_result(name, _right(right)), RunLayout.of(config).eval(name))
+        from mmedpo.config import dump_config
+
+        dump_config(config, RunLayout.of(config).config)
+
+    monkeypatch.setattr(study, "run_pipeline", fake_run)
+    config = load_config(
+        None, [f"runs_dir={tmp_path}", "name=s", "variants={sft: {loss_type: sft}, dpo: {}}", "claim=[dpo, sft, base]"]
+    )
+    folder = study.run_study(config, [3, 5], show_progress=False)
+    cache = str(tmp_path / "s" / "judge_cache.jsonl")
+    assert ran == [(str(tmp_path / "s" / "seed-3"), 3, cache), (str(tmp_path / "s" / "seed-5"), 5, cache)]
+    summary = json.loads((folder / "study.json").read_text())
+    assert summary["seeds"] == [3, 5] and summary["variants"] == ["base", "sft", "dpo"]
+    assert summary["chains"][0]["verdicts"][0]["steps"][0]["per_seed"] == pytest.approx([0.125, 0.125])
+    with pytest.raises(ValueError, match="distinct seeds"):
+        study.run_study(config, [1, 1])

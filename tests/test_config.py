@@ -6,7 +6,7 @@ import pytest
 
 from mmedpo.config import load_config
 from mmedpo.pipeline.engine import fingerprints
-from mmedpo.pipeline.stages import build_stages
+from mmedpo.pipeline.graph import build_stages
 from mmedpo.training.settings import pinned_dpo_config_fields
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))

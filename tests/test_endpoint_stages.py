@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from mmedpo.config import CurateVisualConfig, EvalConfig, load_config
-from mmedpo.curation.visual import KEPT, curate_visual_regions
+from mmedpo.curation.visual import curate_visual_regions
+from mmedpo.curation.visual_pairing import KEPT
 from mmedpo.errors import StageIncomplete
 from mmedpo.evaluation.suite import evaluate_run_model
 from mmedpo.layout import RunLayout

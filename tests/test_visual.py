@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mmedpo.config import CurateVisualConfig
-from mmedpo.curation import visual
+from mmedpo.curation import visual, visual_pairing
 from mmedpo.curation.visual import curate_visual, make_noised_image
 from mmedpo.data.images import load_image
 from mmedpo.imaging.localizers import AnnotationLocalizer
@@ -84,13 +84,13 @@ class LookingModel:
 def looking_model(monkeypatch, synth):
     """Curation asks `LookingModel` instead of loading the tiny model; its questions say whom they are about."""
     root, _ = synth
-    real_questions = visual.sample_questions
+    real_questions = visual_pairing.sample_questions
 
     def questions(samples, images, **decoding):
         asked = real_questions(samples, images, **decoding)
         return [AskedAbout(q.image, q.prompt, q.decoding, sample) for q, sample in zip(asked, samples)]
 
-    monkeypatch.setattr(visual, "sample_questions", questions)
+    monkeypatch.setattr(visual_pairing, "sample_questions", questions)
     monkeypatch.setattr(visual, "LocalAnswerer", lambda model_dir: LookingModel(root))
 
 
@@ -141,7 +141,8 @@ def test_every_pair_records_the_clean_answer_and_lesion_free_images_get_pairs(
     by_id = {sample.id: sample for sample in samples}
     for pair in pairs:
         provenance = pair.provenance
-        assert provenance["right_on_clean"] == visual.right_answer(by_id[pair.sample_id], provenance["clean_answer"])
+        right = visual_pairing.right_answer(by_id[pair.sample_id], provenance["clean_answer"])
+        assert provenance["right_on_clean"] == right
         assert provenance["error"] == ("lesion-neglect" if provenance["right_on_clean"] else "wrong-on-clean")
         free = not by_id[pair.sample_id].meta["lesion_mask"]
         assert provenance["lesion_found"] is not free
@@ -188,11 +189,11 @@ def test_right_answer_on_hand_cases():
     def sample(answer, answer_type):
         return Sample(id="s", task="vqa", image="x.png", question="q", answer=answer, answer_type=answer_type)
 
-    assert visual.right_answer(sample("yes", "closed"), "Yes")
-    assert not visual.right_answer(sample("yes", "closed"), "no")
-    assert visual.right_answer(sample("no finding", "open"), "no finding")
-    assert not visual.right_answer(sample("no finding", "open"), "consolidation")
-    assert not visual.right_answer(sample("nodule", "open"), "")
+    assert visual_pairing.right_answer(sample("yes", "closed"), "Yes")
+    assert not visual_pairing.right_answer(sample("yes", "closed"), "no")
+    assert visual_pairing.right_answer(sample("no finding", "open"), "no finding")
+    assert not visual_pairing.right_answer(sample("no finding", "open"), "consolidation")
+    assert not visual_pairing.right_answer(sample("nodule", "open"), "")
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_result(synth, tmp_path, tiny_vlm_dir, monkeypatch):
@@ -202,7 +203,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(synth, tmp_path, tin
     run_stage(root, samples, whole, tiny_vlm_dir)
 
     killed = tmp_path / "killed"
-    real_pairs, calls = visual.Pairing.pairs, []
+    real_pairs, calls = visual_pairing.Pairing.pairs, []
 
     def dies_on_the_second_chunk(self, *args):
         calls.append(1)
@@ -210,10 +211,10 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(synth, tmp_path, tin
             raise KeyboardInterrupt
         return real_pairs(self, *args)
 
-    monkeypatch.setattr(visual.Pairing, "pairs", dies_on_the_second_chunk)
+    monkeypatch.setattr(visual_pairing.Pairing, "pairs", dies_on_the_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_stage(root, samples, killed, tiny_vlm_dir)
-    monkeypatch.setattr(visual.Pairing, "pairs", real_pairs)
+    monkeypatch.setattr(visual_pairing.Pairing, "pairs", real_pairs)
     summary = run_stage(root, samples, killed, tiny_vlm_dir)
     assert summary.skipped_done == visual.CHUNK
     for name in ("pairs.visual.jsonl", "pairs.visual.rejects.jsonl"):

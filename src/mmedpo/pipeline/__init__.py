@@ -7,8 +7,8 @@
     run_shard(config, "curate_visual", (2, 4))   # on each machine, i = 1..4
     merge_shards(config, "curate_visual", 4)     # once all four are done; run_pipeline goes on from there
 
-The run folder's paths are `mmedpo.layout`; the stages and their adapters are
-`pipeline.stages`; fingerprints, resuming and the run lock are `pipeline.engine`.
+The run folder's paths are `mmedpo.layout`; the stage graph is `pipeline.graph`,
+their adapters `pipeline.stages`; fingerprints, resuming and the run lock are `pipeline.engine`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from mmedpo.pipeline.engine import (
     run_stages,
     shard_stage,
 )
-from mmedpo.pipeline.stages import build_stages
+from mmedpo.pipeline.graph import build_stages
 from mmedpo.records import dump_json
 from mmedpo.shards import Shard
 

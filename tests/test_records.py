@@ -133,6 +133,24 @@ def test_store_appends_resumes_and_repairs_a_torn_last_line(tmp_path):
     assert [p.id for p in read_jsonl(path, PreferencePair)] == ["p1", "p2", "p3"]
 
 
+def test_a_batch_interrupted_before_its_write_leaves_none_of_its_records(tmp_path):
+    """A sample's pairs go in one `extend`: stopped halfway, none of them is on disk, so resume redoes the sample."""
+    path = tmp_path / "pairs.jsonl"
+    store = JsonlStore(path, PreferencePair)
+    store.extend([make_pair(1)])
+
+    def interrupted():
+        yield make_pair(2)
+        yield make_pair(3)
+        raise KeyboardInterrupt  # stopped while the batch is being made
+
+    with pytest.raises(KeyboardInterrupt):
+        store.extend(interrupted())
+    assert JsonlStore(path, PreferencePair).done_ids() == {"p1"}
+    store.extend([make_pair(2), make_pair(3)])
+    assert [p.id for p in read_jsonl(path, PreferencePair)] == ["p1", "p2", "p3"]
+
+
 def test_samples_validate_and_ids_become_text():
     sample = Sample(id=7, task="vqa", image="x.png", question="Q?", answer="yes", answer_type="closed")
     assert sample.id == "7"

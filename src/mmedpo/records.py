@@ -162,8 +162,11 @@ def rejects_path(path: Path) -> Path:
 class JsonlStore(Generic[R]):
     """Append-only JSON Lines file of one record type, safe to resume.
 
-    Every `append` writes a whole line and flushes it. On open, a torn last line
-    (left by a kill mid-write) is cut off so the file is valid again.
+    Every `extend` writes its records in one write and flushes: a kill leaves
+    all of them or none (a process is not stopped inside a write to a regular
+    file), so a sample whose pairs go in one `extend` is written whole or not at
+    all. On open, a torn last line (a full disk, a machine that lost power) is
+    cut off so the file is valid again.
     """
 
     def __init__(self, path: Path | str, model: type[R]):
@@ -203,11 +206,15 @@ class JsonlStore(Generic[R]):
         self.extend([record])
 
     def extend(self, records: Iterable[R]) -> None:
+        text = "".join(record.model_dump_json() + "\n" for record in records)
+        if not text:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(record.model_dump_json() + "\n")
-                handle.flush()
+        data = text.encode("utf-8")
+        with self.path.open("ab", buffering=0) as handle:
+            written = handle.write(data)
+            while written < len(data):  # a short write (a signal, a nearly full disk): the rest follows
+                written += handle.write(data[written:])
 
 
 def read_jsonl(path: Path | str, model: type[R]) -> list[R]:

@@ -226,3 +226,19 @@ def test_a_killed_run_resumes_to_what_an_uninterrupted_run_writes(tmp_path):
     for path in (clean, rejects_path(clean)):
         assert (killed.parent / path.name).read_bytes() == path.read_bytes()
     assert len(read_jsonl(clean, PreferencePair)) == 80 and json.loads(clean.read_text().splitlines()[0])["id"]
+
+
+def test_a_configured_generator_that_made_no_pair_fails_the_stage_unless_allowed(tmp_path):
+    from helpers import make_pair
+    from mmedpo.config import load_config
+    from mmedpo.curation.text import check_generators
+
+    out = tmp_path / "pairs.text.jsonl"
+    write_jsonl(out, [make_pair(i, provenance={"generator": "perturb"}) for i in range(3)])
+    settings = CurateTextConfig(generators=["target", "perturb"])
+    with pytest.raises(ValueError, match=r"generators \['target'\] made no pair .*perturb 3"):
+        check_generators(out, settings)
+    allowed = settings.model_copy(update={"allow_empty_generators": ["target"]})
+    assert check_generators(out, allowed) == {"perturb": 3}
+    with pytest.raises(ValueError, match="curate_text.allow_empty_generators"):
+        load_config(None, ["curate_text.allow_empty_generators=[targte]"])

@@ -206,11 +206,8 @@ class JsonlStore(Generic[R]):
         self.extend([record])
 
     def extend(self, records: Iterable[R]) -> None:
-        text = "".join(record.model_dump_json() + "\n" for record in records)
-        if not text:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = text.encode("utf-8")
+        data = "".join(record.model_dump_json() + "\n" for record in records).encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # written even when empty: the stage ran
         with self.path.open("ab", buffering=0) as handle:
             written = handle.write(data)
             while written < len(data):  # a short write (a signal, a nearly full disk): the rest follows

@@ -98,6 +98,8 @@ class RunConfig(Section):
             READERS.check(self.data.dataset, "data.dataset")
         for name in self.curate_text.generators:
             GENERATORS.check(name, "curate_text.generators")
+        for name in self.curate_text.allow_empty_generators:
+            GENERATORS.check(name, "curate_text.allow_empty_generators")
         localizer = self.curate_visual.localizer
         if localizer != AUTO and localizer not in LOCALIZERS:
             raise unknown_name("localizer", localizer, [AUTO, *LOCALIZERS.names()], "curate_visual.localizer")

@@ -112,6 +112,9 @@ class CurateTextConfig(Section):
     )
     pairs_per_sample: int = Field(1, ge=1, description="at most this many textual pairs per sample")
     max_length_ratio: float = Field(3.0, gt=0, description="drop rejected answers longer than this times the gold")
+    allow_empty_generators: list[str] = Field(
+        [], description="generators allowed to make no pair at all (otherwise such a generator fails the stage)"
+    )
 
 
 # curate_visual.localizer: the data's annotation where the samples carry lesion masks, else the model's attribution.

@@ -15,7 +15,10 @@ and reason. A sample whose request to a generator failed (an HTTP error, a
 refused connection) is neither: pairing it from the other generators alone
 would silently shift their mix, so it is left out, the stage raises
 `StageIncomplete` with the failures grouped by cause, and the next run asks
-again for those samples only. Samples read = paired + rejected + failed.
+again for those samples only. Samples read = paired + rejected + failed. A
+configured generator with no pair in the finished file fails the stage
+(`check_generators`) unless `allow_empty_generators` names it: otherwise a
+generator that makes nothing usable would shift the mix without a word.
 
 Many machines can split the work: `shard=(i, n)` curates every n-th sample
 from the i-th (1-based) into `pairs.text.shard-i-of-n.jsonl`, and
@@ -24,6 +27,7 @@ from the i-th (1-based) into `pairs.text.shard-i-of-n.jsonl`, and
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -188,3 +192,21 @@ def _pair_sample(
     pairs += chosen
     summary.pairs_by_generator.update(p.provenance["generator"] for p in chosen)
     return None
+
+
+def check_generators(out_path: Path, settings: CurateTextConfig) -> dict[str, int]:
+    """Pairs per generator in the finished pairs file; ValueError naming each configured one with none.
+
+    Model-made candidates come first, so a later generator may rightly pair few
+    samples, but a configured generator that pairs none is a fault in it or in its
+    endpoint, not a mix the user chose; `allow_empty_generators` accepts it.
+    """
+    counts = Counter(pair.provenance.get("generator") for pair in JsonlStore(out_path, PreferencePair))
+    empty = [name for name in settings.generators if not counts[name] and name not in settings.allow_empty_generators]
+    if empty:
+        made = ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"
+        raise ValueError(
+            f"curate text: the generators {empty} made no pair in {out_path} (pairs by generator: {made}); "
+            "fix them, drop them from curate_text.generators, or name them in curate_text.allow_empty_generators"
+        )
+    return dict(counts)

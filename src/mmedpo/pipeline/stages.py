@@ -87,7 +87,7 @@ def target_answerer(layout: RunLayout, endpoint, stage: str, shard: Shard | None
 
 
 def stage_curate_text(layout: RunLayout, config: RunConfig, show_progress: bool, shard: Shard | None = None) -> dict:
-    from mmedpo.curation.text import curate_text
+    from mmedpo.curation.text import check_generators, curate_text
 
     with target_answerer(layout, config.model.endpoint, "curate_text", shard) as answerer:
         summary = curate_text(
@@ -101,13 +101,18 @@ def stage_curate_text(layout: RunLayout, config: RunConfig, show_progress: bool,
             shard=shard,
             answerer=answerer,
         )
+    if shard is None:  # a shard may rightly lack a generator's pairs; the merged file may not
+        check_generators(layout.text_pairs, config.curate_text)
     return summary.as_dict()
 
 
 def merge_curate_text(layout: RunLayout, config: RunConfig, shards: int) -> dict:
     from mmedpo.curation.merge import merge_curated
+    from mmedpo.curation.text import check_generators
 
-    return merge_curated(split(layout, *CURATED_SPLITS), layout.text_pairs, shards)
+    merged = merge_curated(split(layout, *CURATED_SPLITS), layout.text_pairs, shards)
+    check_generators(layout.text_pairs, config.curate_text)
+    return merged
 
 
 def stage_curate_visual(layout: RunLayout, config: RunConfig, show_progress: bool, shard: Shard | None = None) -> dict:

@@ -15,7 +15,7 @@ from mmedpo.evaluation.intervals import (
 )
 from mmedpo.evaluation.item_scores import ITEM_METRICS, aggregate, result_statistics
 from mmedpo.evaluation.metrics import score_rows
-from mmedpo.evaluation.power import closed_items_needed, discordance, minimum_detectable_difference
+from mmedpo.evaluation.power import closed_items_needed, discordance, minimum_detectable_difference, seeds_needed
 
 
 def test_verdict_words():
@@ -164,6 +164,22 @@ def test_minimum_detectable_difference_follows_connors_formula():
     with pytest.raises(ValueError, match="the seeds alone leave 0.0583; add seeds"):
         closed_items_needed(0.05, 0.2, n_seeds=3, seed_variance=0.0013)
     assert minimum_detectable_difference(5, 0.1) is None  # 5 items cannot detect even the largest difference
+
+
+def test_seeds_needed_where_the_seeds_vary_more_than_the_items():
+    # The demo study's mmedpo - dpo-text-visual step: 160 items, discordance 0.108, seed variance 0.00173.
+    # By hand, per seed: sqrt(0.108/160 + 0.00173) = 0.04904 under 0 and sqrt(0.1055/160 + 0.00173) = 0.04888
+    # under 0.05, so 0.05 needs sqrt(k) >= (1.95996 * 0.04904 + 0.84162 * 0.04888) / 0.05 = 2.745: k = 8.
+    assert seeds_needed(0.05, 160, 0.108, 0.00173) == 8
+    assert (
+        minimum_detectable_difference(160, 0.108, 7, 0.00173)
+        > 0.05
+        >= minimum_detectable_difference(160, 0.108, 8, 0.00173)
+    )
+    with pytest.raises(ValueError, match="add seeds"):  # with 3 seeds no number of items is enough
+        closed_items_needed(0.05, 0.108, n_seeds=3, seed_variance=0.00173)
+    assert seeds_needed(0.05, 626, 0.2, 0.0) == 1 and seeds_needed(0.05, 313, 0.2, 0.0) == 2
+    assert seeds_needed(0.05, 10, 0.2, 0.05, most=50) is None
 
 
 def test_discordance_of_two_results():

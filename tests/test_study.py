@@ -14,6 +14,7 @@ from mmedpo.records import dump_json
 from mmedpo.report.study import (
     README_BEGIN,
     README_END,
+    power_lines,
     study_markdown,
     summarize_study,
     write_readme_block,
@@ -84,6 +85,14 @@ def test_a_study_reports_seeds_means_intervals_and_interval_verdicts(tmp_path):
     assert summary["training"]["dpo"] == {"pairs": [30, 31], "steps": [12, 12]}
     assert summary["majority"]["closed_accuracy"] == pytest.approx(0.5)  # yes and no tie: one of them, half right
     assert summary["power"]["sft - base"]["n_items"] == N_ITEMS
+    # dpo - sft: discordance 15/40, no seed variance. By hand, one seed needs
+    # (1.95996 sqrt(0.375) + 0.84162 sqrt(0.3725))^2 / 0.05^2 = 1175.1 -> 1176 items to detect 0.05:
+    # 588 per seed with these two seeds, or 30 seeds of 40 items.
+    power = summary["power"]["dpo - sft"]
+    assert (power["items_needed"], power["seeds_needed"]) == (588, 30)
+    assert "Detecting 0.05 would take 588 closed items per seed with these seeds, or 30 seeds of 40 items." in (
+        " ".join(power_lines(summary))
+    )
 
 
 def test_more_seeds_of_the_same_effect_narrow_the_interval(tmp_path):

@@ -13,7 +13,7 @@ from mmedpo.evaluation.intervals import (
     verdict,
 )
 from mmedpo.evaluation.metrics import closed_accuracy, report_metrics, score_predictions
-from mmedpo.evaluation.power import closed_items_needed, discordance, minimum_detectable_difference
+from mmedpo.evaluation.power import closed_items_needed, discordance, minimum_detectable_difference, seeds_needed
 
 __all__ = [
     "approximate_randomization",
@@ -29,6 +29,7 @@ __all__ = [
     "exact_match",
     "hierarchical_bootstrap",
     "minimum_detectable_difference",
+    "seeds_needed",
     "open_recall",
     "paired_bootstrap",
     "paired_difference",

@@ -112,6 +112,40 @@ def closed_items_needed(
     return high
 
 
+def seeds_needed(
+    target: float,
+    n_items: int,
+    discordance: float,
+    seed_variance: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    most: int = 1000,
+) -> int | None:
+    """The fewest seeds for which `minimum_detectable_difference` at `n_items` per seed is at most `target`.
+
+    Where the seeds vary more than the items, more items stop helping
+    (`closed_items_needed` says so) and only more seeds narrow the study. None
+    when even `most` seeds do not reach `target`.
+
+    >>> seeds_needed(0.05, 626, 0.2, 0.0)  # Connor's 626 items detect 0.05 on their own
+    1
+    """
+    if not 0 < target <= discordance:
+        raise ValueError(f"target difference {target} must be above 0 and at most the discordance {discordance}")
+
+    def detected(n_seeds: int) -> bool:
+        found = minimum_detectable_difference(n_items, discordance, n_seeds, seed_variance, alpha, power)
+        return found is not None and found <= target
+
+    if not detected(most):
+        return None
+    low, high = 0, most  # detected(high); the MDE falls as seeds are added
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if detected(middle) else (middle, high)
+    return high
+
+
 def _check(n_items: int, discordance: float, n_seeds: int, seed_variance: float, alpha: float, power: float) -> None:
     if n_items < 1 or n_seeds < 1:
         raise ValueError(f"need at least one item and one seed, got {n_items} items and {n_seeds} seeds")

@@ -28,7 +28,7 @@ import numpy as np
 
 from mmedpo.evaluation.intervals import difference_over_seeds
 from mmedpo.evaluation.item_scores import ITEM_METRICS
-from mmedpo.evaluation.power import discordance, minimum_detectable_difference
+from mmedpo.evaluation.power import closed_items_needed, discordance, minimum_detectable_difference, seeds_needed
 from mmedpo.evaluation.text import normalize_report
 from mmedpo.layout import RunLayout, read_run_config
 from mmedpo.records import dump_json
@@ -146,8 +146,29 @@ def _power(results: Mapping[str, Sequence[Mapping]], chains: Sequence[Mapping]) 
         tau2 = float(np.var(differences, ddof=1)) if len(runs) > 1 else 0.0
         n_items = int(np.mean([a["metrics"]["n_closed"] for a, _ in runs]))
         mde = minimum_detectable_difference(n_items, psi, len(runs), tau2) if psi > 0 else None
-        steps[f"{upper} - {lower}"] = {"n_items": n_items, "discordance": psi, "seed_variance": tau2, "mde": mde}
+        steps[f"{upper} - {lower}"] = {
+            "n_items": n_items,
+            "discordance": psi,
+            "seed_variance": tau2,
+            "mde": mde,
+            **_to_reach(TARGET_MDE, n_items, psi, len(runs), tau2),
+        }
     return steps
+
+
+TARGET_MDE = 0.05  # the closed-accuracy difference a study should be able to detect (issue 13)
+
+
+def _to_reach(target: float, n_items: int, psi: float, n_seeds: int, tau2: float) -> dict[str, Any]:
+    """What detecting `target` would take: closed items per seed with these seeds (None: no number of items
+    is enough, the seeds vary too much), and seeds with these items (None: not within 1000 seeds)."""
+    if not 0 < target <= psi:
+        return {"target": target, "items_needed": None, "seeds_needed": None}
+    try:
+        items = closed_items_needed(target, psi, n_seeds, tau2)
+    except ValueError:  # the seeds alone leave more than the target
+        items = None
+    return {"target": target, "items_needed": items, "seeds_needed": seeds_needed(target, n_items, psi, tau2)}
 
 
 TRAINING_HEADER = ["variant", "pairs (per seed)", "optimizer steps", "held-out reward accuracy",
@@ -179,9 +200,19 @@ def power_lines(summary: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"Smallest closed-accuracy difference detectable for {step} (95% level, 80% power): {mde} "
             f"({power['n_items']} closed items per seed, discordance {power['discordance']:.3f}, "
-            f"seed variance {power['seed_variance']:.5f})."
+            f"seed variance {power['seed_variance']:.5f}). {_reach_line(power)}"
         )
     return lines
+
+
+def _reach_line(power: Mapping[str, Any]) -> str:
+    """What detecting the target difference would take, in words."""
+    if power["mde"] is not None and power["mde"] <= power["target"]:
+        return f"It detects {power['target']}."
+    items, seeds = power["items_needed"], power["seeds_needed"]
+    with_items = f"{items} closed items per seed with these seeds" if items else "no number of items with these seeds"
+    with_seeds = f"{seeds} seeds of {power['n_items']} items" if seeds else "more than 1000 seeds"
+    return f"Detecting {power['target']} would take {with_items}, or {with_seeds}."
 
 
 def study_markdown(summary: Mapping[str, Any]) -> str:

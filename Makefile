@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint clean
+.PHONY: demo study test lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/mmedpo run
+
+study: $(STAMP)
+	$(VENV)/bin/mmedpo study --seeds 0,1,2 --readme README.md
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 --durations=15

@@ -38,6 +38,10 @@ from mmedpo.records import rejects_path
 from mmedpo.shards import shard_path
 
 
+def _with_rejects(path):
+    return [path, rejects_path(path)]
+
+
 def _section(name: str, exclude: tuple[str, ...] = ()):
     return lambda config: getattr(config, name).model_dump(mode="json", exclude=set(exclude))
 
@@ -57,7 +61,7 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
             "samples",
             _section("data"),
             (),
-            lambda r: [r.samples, rejects_path(r.samples), r.synthmed_images],
+            lambda r: [*_with_rejects(r.samples), r.synthmed_images],
             stage_samples,
         ),
         # Where the model is served is not what it is: changing the endpoint re-runs nothing.
@@ -72,11 +76,11 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
             "curate_text",
             _section("curate_text"),
             ("samples", "base"),
-            lambda r: [r.text_pairs, rejects_path(r.text_pairs)],
+            lambda r: _with_rejects(r.text_pairs),
             stage_curate_text,
             Sharding(
                 stage_curate_text,
-                lambda r, c, s: [shard_path(r.text_pairs, s), rejects_path(shard_path(r.text_pairs, s))],
+                lambda r, c, s: _with_rejects(shard_path(r.text_pairs, s)),
                 merge_curate_text,
             ),
         ),
@@ -97,11 +101,11 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
             "score",
             _section("score"),
             ("curate_text", "curate_visual"),
-            lambda r: [r.scored_pairs, rejects_path(r.scored_pairs)],
+            lambda r: _with_rejects(r.scored_pairs),
             stage_score,
             Sharding(
                 stage_score,
-                lambda r, c, s: [shard_path(r.scored_pairs, s), rejects_path(shard_path(r.scored_pairs, s))],
+                lambda r, c, s: _with_rejects(shard_path(r.scored_pairs, s)),
                 merge_score,
             ),
         ),

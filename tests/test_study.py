@@ -95,6 +95,17 @@ def test_a_study_reports_seeds_means_intervals_and_interval_verdicts(tmp_path):
     )
 
 
+def test_the_seed_variance_of_power_leaves_out_what_the_items_explain(tmp_path):
+    # sft is right on 1 more item than base (of 40) in seed 0 and on 5 more in seed 1: differences 0.025 and
+    # 0.125, whose variance (ddof 1) is 0.005. Each seed's own items explain psi/n of it on average:
+    # (0.025/40 + 0.125/40) / 2 = 0.001875, so the seeds' variance is 0.005 - 0.001875 = 0.003125.
+    _write_study(tmp_path, {0: {"base": _right(20), "sft": _right(21), "dpo": _right(36)},
+                            1: {"base": _right(20), "sft": _right(25), "dpo": _right(36)}})  # fmt: skip
+    power = summarize_study(tmp_path, [0, 1])["power"]["sft - base"]
+    assert power["seed_variance"] == pytest.approx(0.003125)
+    assert power["discordance"] == pytest.approx(0.075)
+
+
 def test_more_seeds_of_the_same_effect_narrow_the_interval(tmp_path):
     def width(seeds: int) -> float:
         folder = tmp_path / str(seeds)

@@ -141,10 +141,14 @@ def _power(results: Mapping[str, Sequence[Mapping]], chains: Sequence[Mapping]) 
     steps = {}
     for upper, lower in zip(claim, claim[1:]):
         runs = list(zip(results[upper], results[lower]))
-        psi = float(np.mean([discordance(a, b) for a, b in runs]))
+        psis = [discordance(a, b) for a, b in runs]
+        psi = float(np.mean(psis))
         differences = [a["metrics"]["closed_accuracy"] - b["metrics"]["closed_accuracy"] for a, b in runs]
-        tau2 = float(np.var(differences, ddof=1)) if len(runs) > 1 else 0.0
         n_items = int(np.mean([a["metrics"]["n_closed"] for a, _ in runs]))
+        # Each seed's difference also varies with its own test items (about psi/n): what is left of the
+        # spread over seeds is the seeds' own variance (method of moments, never below 0).
+        item_variance = float(np.mean([p / a["metrics"]["n_closed"] for p, (a, _) in zip(psis, runs)]))
+        tau2 = max(0.0, float(np.var(differences, ddof=1)) - item_variance) if len(runs) > 1 else 0.0
         mde = minimum_detectable_difference(n_items, psi, len(runs), tau2) if psi > 0 else None
         steps[f"{upper} - {lower}"] = {
             "n_items": n_items,

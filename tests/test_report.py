@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mmedpo.report.ablation import chain_verdict, verdict_lines
-from mmedpo.report.html import load_results, pair_counts, write_report
+from mmedpo.report.html import load_results, write_report
+from mmedpo.report.pairs import pair_counts
 
 
 def result(closed: list[int], reports: list[str] | None = None) -> dict:
@@ -324,3 +325,16 @@ def test_only_a_kind_whose_weights_are_all_equal_gets_a_note():
 
     notes = equal_weight_notes({"text": [0.5, 1.0, 1.5], "visual": [1.36, 1.36], "alone": [2.0]})
     assert notes == ["All 2 visual pairs weigh 1.36: their weights do not tell them apart."]
+
+
+def test_report_shows_the_share_of_test_answers_each_variant_changed(tmp_path):
+    run = fake_run(tmp_path)
+    # An SFT control that answers exactly as the base does.
+    (run / "eval" / "sft.json").write_text((run / "eval" / "base.json").read_text())
+    page = write_report(run).read_text()
+    table = page.split("<table id='changed'>", 1)[1].split("</table>", 1)[0]
+    assert "<tr><th>test answers changed</th><th>vs base</th><th>vs sft</th></tr>" in table
+    # mmedpo against base: closed q01 (1 of 4), and of the reports r00-r09 (mmedpo writes the base's next
+    # report: L R R R R R L R R R against R R R R R L R R R R) r00, r05 and r06: 4 of 14 items.
+    assert "<tr><td>mmedpo</td><td>28.6%</td><td>28.6%</td></tr>" in table
+    assert "<tr><td>sft</td><td>0.0%</td><td>-</td></tr>" in table

@@ -296,3 +296,12 @@ def compare_table(
 ) -> str:
     """The markdown table of `compare_results` in one call."""
     return to_markdown(compare_results(results, baseline, seed=seed, n_resamples=n_resamples))
+
+
+def share_changed(result: Mapping[str, Any], other: Mapping[str, Any]) -> float:
+    """Share of the test items two evaluation results answer differently (after report normalisation)."""
+    from mmedpo.evaluation.text import normalize_report
+
+    theirs = {row["id"]: normalize_report(row["prediction"]) for row in other["predictions"]}
+    rows = [row for row in result["predictions"] if row["id"] in theirs]
+    return sum(normalize_report(row["prediction"]) != theirs[row["id"]] for row in rows) / len(rows) if rows else 0.0

@@ -23,6 +23,8 @@ import numpy as np
 from mmedpo.evaluation.intervals import difference_over_seeds
 from mmedpo.evaluation.item_scores import ITEM_METRICS
 
+CONTROL = "sft"  # the variant name of the supervised control, when a run has one
+
 HEADLINE = ("closed_accuracy", "closed_balanced_accuracy", "open_recall", "bleu_1", "bleu_4", "rouge_l")
 
 

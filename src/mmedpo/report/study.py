@@ -26,16 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from mmedpo.evaluation.compare import share_changed
 from mmedpo.evaluation.intervals import difference_over_seeds
 from mmedpo.evaluation.item_scores import ITEM_METRICS
 from mmedpo.evaluation.power import closed_items_needed, discordance, minimum_detectable_difference, seeds_needed
-from mmedpo.evaluation.text import normalize_report
 from mmedpo.layout import RunLayout, read_run_config
 from mmedpo.records import dump_json
-from mmedpo.report.ablation import HEADLINE, chain_verdict_over_seeds, verdict_lines
+from mmedpo.report.ablation import CONTROL, HEADLINE, chain_verdict_over_seeds, verdict_lines
 from mmedpo.report.html import STYLE, VERDICT_CLASS, load_results
-
-CONTROL = "sft"  # the variant name of the supervised control, when a study has one
 
 
 def seed_dir(study_dir: Path, seed: int) -> Path:
@@ -98,15 +96,9 @@ def _changed_answers(results: Mapping[str, Sequence[Mapping]]) -> dict[str, dict
         shares = {}
         for other in ("base", CONTROL):
             if other in results and other != name:
-                shares[f"vs_{other}"] = float(np.mean([_share_changed(a, b) for a, b in zip(runs, results[other])]))
+                shares[f"vs_{other}"] = float(np.mean([share_changed(a, b) for a, b in zip(runs, results[other])]))
         changed[name] = shares
     return changed
-
-
-def _share_changed(result: Mapping[str, Any], other: Mapping[str, Any]) -> float:
-    theirs = {row["id"]: normalize_report(row["prediction"]) for row in other["predictions"]}
-    rows = [row for row in result["predictions"] if row["id"] in theirs]
-    return float(np.mean([normalize_report(row["prediction"]) != theirs[row["id"]] for row in rows])) if rows else 0.0
 
 
 def _training(study_dir: Path, seeds: Sequence[int], variants: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -277,3 +277,28 @@ def test_train_weighted_dpo_updates_and_saves(tiny_vlm_dir, image_root, tmp_path
     assert steps[0]["loss/unweighted"] == pytest.approx(math.log(2), abs=1e-6)
     assert steps[0]["loss/weighted"] == pytest.approx(0.375 * math.log(2), abs=1e-6)
     assert "rewards/accuracies/visual" in steps[0] and "rewards/margins/text" in steps[0]
+
+
+def test_each_image_is_encoded_once_and_every_row_gets_its_own(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from helpers import make_pair
+    from mmedpo.training import pairs as pairs_module
+
+    for name, shade in (("a.png", 40), ("b.png", 200), ("noised_a.png", 120)):
+        Image.new("RGB", (16, 16), (shade, shade, shade)).save(tmp_path / name)
+    opened = []
+    real_open = pairs_module.open_image
+
+    def counting_open(name, roots):
+        opened.append(name)
+        return real_open(name, roots)
+
+    monkeypatch.setattr(pairs_module, "open_image", counting_open)
+    pairs = [make_pair(i, image="a.png" if i % 2 else "b.png") for i in range(6)]
+    pairs.append(make_pair(6, image="a.png", kind="visual", rejected_image="noised_a.png"))
+    dataset = pairs_to_dataset(pairs, [tmp_path])
+    assert sorted(opened) == ["a.png", "b.png", "noised_a.png"]  # 7 pairs, 8 images, 3 distinct
+    shades = [row["images"][0].getpixel((0, 0))[0] for row in dataset]
+    assert shades == [200, 40, 200, 40, 200, 40, 40]
+    assert [row["rejected_images"][0].getpixel((0, 0))[0] for row in dataset if row["rejected_images"]] == [120]

@@ -121,7 +121,8 @@ def test_counts_add_up_and_each_image_is_noised_once(synth, tmp_path, tiny_vlm_d
         noised_pixels = np.asarray(Image.open(tmp_path / "images" / pair.rejected_image))
         beyond = noise_weight(mask, SETTINGS.edge_sigma) == 0
         assert np.array_equal(noised_pixels[beyond], clean[beyond])
-        assert np.mean(noised_pixels[mask] != clean[mask]) > 0.9  # every lesion pixel gets the full step
+        assert (noise_weight(mask, SETTINGS.edge_sigma)[mask] == 1).all()  # every lesion pixel: the full step
+        assert np.mean(noised_pixels[mask] != clean[mask]) > 0.9
         assert mask.mean() == pytest.approx(provenance["area_fraction"])
     assert len({pair.provenance["confidence"] for pair in pairs}) > 1  # conspicuity differs between images
     panels = sorted((tmp_path / "preview").rglob("*.png"))

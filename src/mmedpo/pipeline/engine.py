@@ -40,6 +40,7 @@ from typing import Any
 from mmedpo.errors import StageIncomplete
 from mmedpo.layout import RunLayout
 from mmedpo.records import describe_error, dump_json
+from mmedpo.shards import shard_name
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def shard_stage(stage: Stage, shard: tuple[int, int], config) -> Stage:
     """Shard (i, n) of a shardable stage, as a stage: STAGE.shard-i-of-n, its own state file and outputs."""
     sharding = stage.sharding
     return Stage(
-        f"{stage.name}.shard-{shard[0]}-of-{shard[1]}",
+        f"{stage.name}.{shard_name(shard)}",
         stage.settings,
         stage.after,
         lambda layout: sharding.outputs(layout, config, shard),

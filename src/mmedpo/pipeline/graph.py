@@ -144,7 +144,12 @@ LOCALIZER_SETTINGS = {"localizer", "localizer_options", "classifier", "classifie
 
 
 def _eval_settings(config: RunConfig) -> dict:
-    localizer = config.curate_visual.model_dump(mode="json", include=LOCALIZER_SETTINGS)
+    # Without visual dependence no eval reads the localizer: changing it re-runs none.
+    localizer = (
+        config.curate_visual.model_dump(mode="json", include=LOCALIZER_SETTINGS)
+        if config.eval.visual_dependence
+        else None
+    )
     # Where the model is served is not what it is: changing eval.endpoints re-runs nothing.
     return {"eval": config.eval.model_dump(mode="json", exclude={"endpoints"}), "localizer": localizer}
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mmedpo.config import RunConfig
 from mmedpo.layout import RunLayout
+from mmedpo.pipeline.engine import read_state
 from mmedpo.records import PreferencePair, Sample, read_jsonl, rejects_path, write_jsonl
 from mmedpo.shards import Shard, shard_name, shard_path, take_shard
 
@@ -254,7 +255,7 @@ def shared_steps(layout: RunLayout, config: RunConfig) -> int:
     for name in config.variants:
         train = config.variant(name)
         per_step = train.per_device_train_batch_size * train.gradient_accumulation_steps
-        pairs = len(read_jsonl(layout.variant_pairs(name), PreferencePair))
+        pairs = read_state(layout, f"pairs:{name}")["summary"]["pairs"]  # done: every train stage waits for it
         steps.append(train.max_steps or math.ceil(pairs * train.num_train_epochs / per_step))
     return max(steps)
 

@@ -62,6 +62,11 @@ def test_the_issues_junk_is_refused_with_its_reason():
     assert reason("circle", "a triangle", "open", question_type(circle)) is None  # unseen, so not judged off-type
     assert reason("yes", "No", "closed") is None
     assert check_rejected("2 cm", "3 x 4 cm", "open", "vqa") is None  # a measurement is not a fragment
+    # A capital after a word names a type or a zone: the wrong answers worth a pair, not fragments.
+    assert check_rejected("hepatitis C", "hepatitis B", "open", "vqa") is None
+    assert check_rejected("Type A dissection", "Type B dissection", "open", "vqa") is None
+    assert check_rejected("zone 1", "zone B", "open", "vqa") is None
+    assert check_rejected("nodule", "nodule e", "open", "vqa") == "fragment"  # a lower-case stray letter still is
     assert check_rejected("CT", "MRI", "closed", "vqa") is None  # a closed question that is not yes/no
 
 

@@ -52,10 +52,20 @@ def contradicts(gold: str, candidate: str, answer_type: str | None) -> bool:
 
 
 def is_fragment(candidate: str, gold: str) -> bool:
-    """A stray Latin letter the gold answer does not have: "W", "e yes" (but "a", "I" and "2 x 3 cm" are words)."""
+    """A stray Latin letter the gold answer does not have: "W", "e yes" (but "a", "I" and "2 x 3 cm" are words,
+    and a capital after a word names a type or a zone: "hepatitis C", "Type B dissection", "zone B")."""
     allowed = _WORD_LETTERS | {letter.lower() for letter in _LONE_LETTER_RE.findall(gold)}
-    letters = _LONE_LETTER_RE.findall(_TIMES_RE.sub(" ", candidate))
-    return any(letter.lower() not in allowed for letter in letters)
+    text = _TIMES_RE.sub(" ", candidate)
+    return any(
+        match.group().lower() not in allowed and not _is_label(text, match.start())
+        for match in _LONE_LETTER_RE.finditer(text)
+    )
+
+
+def _is_label(text: str, start: int) -> bool:
+    """Whether the lone letter at `start` is a capital right after a word of two or more letters."""
+    before = text[:start].split()
+    return text[start].isupper() and bool(before) and len(before[-1]) > 1 and before[-1].isalpha()
 
 
 def is_repeated(candidate: str, gold: str) -> bool:

@@ -99,6 +99,10 @@ def to_trl_config(settings: DPOSettings, out_dir: Path) -> WeightedDPOConfig:
         # The final model is saved by the caller; checkpoints are only for resuming.
         save_strategy="no" if settings.save_steps is None else "steps",
         save_steps=settings.save_steps or 500,
+        # The held-out evaluation reads only the logged rewards: without this, transformers keeps every
+        # held-out pair's logits (for a 7B model, GBs of full-vocabulary logits) and the loss runs a second
+        # forward to make them.
+        prediction_loss_only=True,
     )
     # Checked on load against the recorded names; here against the installed TRL, whatever its version.
     names = {f.name for f in dataclasses.fields(WeightedDPOConfig)}

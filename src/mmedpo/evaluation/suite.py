@@ -56,6 +56,7 @@ def evaluate_run_model(
     `answerer` is the model when it is served (`models.answerer`); None loads
     `model_dir` in this process. `shard=(i, n)` evaluates one shard (see above).
     """
+    split = samples
     if shard is not None:
         samples, out_path = take_shard(samples, shard), eval_shard_path(out_path, shard)
     max_new_tokens = {"vqa": settings.max_new_tokens_vqa, "report": settings.max_new_tokens_report}
@@ -64,7 +65,10 @@ def evaluate_run_model(
         from mmedpo.imaging.localizers import AnnotationLocalizer
         from mmedpo.imaging.run_localizer import FixedRegions
 
-        regions = FixedRegions(localizer or AnnotationLocalizer(), samples, image_roots)
+        # An image's region comes from its first sample in the whole split, as an unsharded run finds it:
+        # a question-dependent localizer (attribution) then gives each shard the same regions.
+        images = {sample.image for sample in samples}
+        regions = FixedRegions(localizer or AnnotationLocalizer(), [s for s in split if s.image in images], image_roots)
     answerer = answerer or LocalAnswerer(model_dir, settings.batch_size)
     result = evaluate_model(
         model_dir,

@@ -304,4 +304,6 @@ def share_changed(result: Mapping[str, Any], other: Mapping[str, Any]) -> float:
 
     theirs = {row["id"]: normalize_report(row["prediction"]) for row in other["predictions"]}
     rows = [row for row in result["predictions"] if row["id"] in theirs]
-    return sum(normalize_report(row["prediction"]) != theirs[row["id"]] for row in rows) / len(rows) if rows else 0.0
+    if not rows:  # e.g. two seeds' results: nothing to compare is not "nothing changed"
+        raise ValueError("the two results share no test item")
+    return sum(normalize_report(row["prediction"]) != theirs[row["id"]] for row in rows) / len(rows)

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mmedpo.config import CurateVisualConfig, load_config
-from mmedpo.imaging.attribution import AttributionLocalizer, _processor_view, _qwen_grid, concentration
+from mmedpo.imaging.attribution import AttributionLocalizer, _processor_view, _qwen_grid
+from mmedpo.imaging.regions import concentration
 from mmedpo.imaging.run_localizer import FixedRegions, evaluation_localizer, localizer_problem, resolve_localizer
 from mmedpo.layout import RunLayout
 from mmedpo.models.vlm import generate_answers, load_vlm

@@ -49,7 +49,7 @@ from PIL import Image
 
 from mmedpo.data.images import open_image
 from mmedpo.data.messages import prompt_messages
-from mmedpo.imaging.regions import NoRegion, Region, RegionOptions, map_to_region
+from mmedpo.imaging.regions import NoRegion, Region, RegionOptions, concentration, map_to_region
 from mmedpo.records import Sample
 
 METHODS = ("occlusion", "integrated-gradients")
@@ -219,19 +219,3 @@ def _processor_view(image_processor, size: tuple[int, int]) -> tuple[int, int, i
     seen_w, seen_h = min(width, crop["width"] / scale), min(height, crop["height"] / scale)
     left, top = round((width - seen_w) / 2), round((height - seen_h) / 2)
     return left, top, left + round(seen_w), top + round(seen_h)
-
-
-def concentration(heat: np.ndarray, mask: np.ndarray) -> float:
-    """How much more of the heat map's mass lies inside `mask` than a flat map would put there, in [0, 1].
-
-    >>> heat = np.zeros((10, 10)); heat[:2, :5] = 1.0
-    >>> concentration(heat, heat > 0), concentration(np.ones((10, 10)), heat > 0)
-    (1.0, 0.0)
-    """
-    heat = np.clip(np.asarray(heat, dtype=np.float64), 0, None)
-    area = float(np.mean(mask))
-    total = float(heat.sum())
-    if total <= 0 or area >= 1:
-        return 0.0
-    inside = float(heat[mask].sum()) / total
-    return float(np.clip((inside - area) / (1 - area), 0.0, 1.0))

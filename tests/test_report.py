@@ -329,8 +329,11 @@ def test_only_a_kind_whose_weights_are_all_equal_gets_a_note():
 
 def test_report_shows_the_share_of_test_answers_each_variant_changed(tmp_path):
     run = fake_run(tmp_path)
-    # An SFT control that answers exactly as the base does.
+    # An SFT control (known by its loss_type, not its name) that answers exactly as the base does.
     (run / "eval" / "sft.json").write_text((run / "eval" / "base.json").read_text())
+    config = json.loads((run / "config.yaml").read_text())
+    config["variants"]["sft"] = {"loss_type": "sft"}
+    (run / "config.yaml").write_text(json.dumps(config))
     page = write_report(run).read_text()
     table = page.split("<table id='changed'>", 1)[1].split("</table>", 1)[0]
     assert "<tr><th>test answers changed</th><th>vs base</th><th>vs sft</th></tr>" in table
@@ -338,3 +341,10 @@ def test_report_shows_the_share_of_test_answers_each_variant_changed(tmp_path):
     # report: L R R R R R L R R R against R R R R R L R R R R) r00, r05 and r06: 4 of 14 items.
     assert "<tr><td>mmedpo</td><td>28.6%</td><td>28.6%</td></tr>" in table
     assert "<tr><td>sft</td><td>0.0%</td><td>-</td></tr>" in table
+
+
+def test_the_sft_control_is_known_by_its_loss_type_not_its_name():
+    from mmedpo.report.ablation import control_of
+
+    assert control_of({"variants": {"dpo": {}, "supervised": {"loss_type": "sft"}}}) == "supervised"
+    assert control_of({"variants": {"sft": {}, "dpo": {"loss_type": "sigmoid"}}}) is None

@@ -47,7 +47,7 @@ def _result(name: str, right: list[bool]) -> dict:
 def _write_study(tmp_path, right_by_seed: dict[int, dict[str, list[bool]]]) -> None:
     config = {
         "seed": 0,
-        "variants": {"sft": {}, "dpo": {}},
+        "variants": {"sft": {"loss_type": "sft"}, "dpo": {}},
         "claim": ["dpo", "sft", "base"],
         "ablations": [["dpo", "base"]],
     }

@@ -23,8 +23,6 @@ import numpy as np
 from mmedpo.evaluation.intervals import difference_over_seeds
 from mmedpo.evaluation.item_scores import ITEM_METRICS
 
-CONTROL = "sft"  # the variant name of the supervised control, when a run has one
-
 HEADLINE = ("closed_accuracy", "closed_balanced_accuracy", "open_recall", "bleu_1", "bleu_4", "rouge_l")
 
 
@@ -142,3 +140,9 @@ def _step_note(step: Mapping[str, Any], confidence: float) -> str:
     if "verdict" not in step:
         return text + " no interval"
     return text + f" [{confidence:.0%} CI {step['low']:+.4f}, {step['high']:+.4f}] {step['verdict']}"
+
+
+def control_of(config: Mapping[str, Any]) -> str | None:
+    """The run's supervised control: its first variant trained with `loss_type: sft`, whatever its name."""
+    variants = config.get("variants") or {}
+    return next((name for name, train in variants.items() if (train or {}).get("loss_type") == "sft"), None)

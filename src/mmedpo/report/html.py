@@ -24,7 +24,7 @@ from typing import Any
 
 from mmedpo.evaluation.plots import metric_panels
 from mmedpo.layout import RunLayout, read_run_config
-from mmedpo.report.ablation import CONTROL, chain_verdict, verdict_lines
+from mmedpo.report.ablation import chain_verdict, control_of, verdict_lines
 from mmedpo.report.pairs import pairs_section
 from mmedpo.report.training import training_section
 
@@ -95,23 +95,23 @@ def results_section(run_dir: Path, out_dir: Path) -> str:
     results = load_results(run_dir)
     if "base" not in results:
         return "<p>No evaluation yet.</p>"
-    seed = _config(run_dir).get("seed", 0)
+    config = _config(run_dir)
+    seed = config.get("seed", 0)
     comparison = compare_results(results, baseline="base", seed=seed)
     table = _comparison_table(comparison)
-    config = _config(run_dir)
     chains = [config.get("claim") or [], *(config.get("ablations") or [])]
     verdict = "".join(_chain_section(results, chain, seed, is_claim=index == 0) for index, chain in enumerate(chains))
     plots = "".join(
         f"<img class='plot' src='{_e(p.name)}' alt='{_e(p.stem)}'>" for p in plot_comparison(comparison, out_dir)
     )
-    return f"{table}{_changed_table(results)}{verdict}<div class='plots'>{plots}</div>"
+    return f"{table}{_changed_table(results, control_of(config))}{verdict}<div class='plots'>{plots}</div>"
 
 
-def _changed_table(results: dict) -> str:
+def _changed_table(results: dict, control: str | None) -> str:
     """Per trained variant, the share of test answers unlike the base's and unlike the SFT control's."""
     from mmedpo.evaluation.compare import share_changed
 
-    others = [name for name in ("base", CONTROL) if name in results]
+    others = [name for name in ("base", control) if name in results]
     rows = "".join(
         f"<tr><td>{_e(name)}</td>"
         + "".join(

@@ -32,7 +32,7 @@ from mmedpo.evaluation.item_scores import ITEM_METRICS
 from mmedpo.evaluation.power import closed_items_needed, discordance, minimum_detectable_difference, seeds_needed
 from mmedpo.layout import RunLayout, read_run_config
 from mmedpo.records import dump_json
-from mmedpo.report.ablation import CONTROL, HEADLINE, chain_verdict_over_seeds, verdict_lines
+from mmedpo.report.ablation import HEADLINE, chain_verdict_over_seeds, control_of, verdict_lines
 from mmedpo.report.html import STYLE, VERDICT_CLASS, load_results
 
 
@@ -71,7 +71,8 @@ def summarize_study(study_dir: Path, seeds: Sequence[int], metrics: Sequence[str
         "table": table,
         "majority": _majority(results, metrics),
         "chains": chains,
-        "changed": _changed_answers(results),
+        "control": control_of(config),
+        "changed": _changed_answers(results, control_of(config)),
         "training": _training(study_dir, seeds, list(results)),
         "power": _power(results, chains),
     }
@@ -89,12 +90,12 @@ def _majority(results: Mapping[str, Sequence[Mapping]], metrics: Sequence[str]) 
     return {m: float(np.mean([found[m] for found in majorities])) for m in metrics if all(m in f for f in majorities)}
 
 
-def _changed_answers(results: Mapping[str, Sequence[Mapping]]) -> dict[str, dict[str, float]]:
+def _changed_answers(results: Mapping[str, Sequence[Mapping]], control: str | None) -> dict[str, dict[str, float]]:
     """Per variant: the share of test answers unlike the base's, and unlike the SFT control's (mean over seeds)."""
     changed = {}
     for name, runs in results.items():
         shares = {}
-        for other in ("base", CONTROL):
+        for other in ("base", control):
             if other in results and other != name:
                 shares[f"vs_{other}"] = float(np.mean([share_changed(a, b) for a, b in zip(runs, results[other])]))
         changed[name] = shares
@@ -168,7 +169,13 @@ def _to_reach(target: float, n_items: int, psi: float, n_seeds: int, tau2: float
 
 
 TRAINING_HEADER = ["variant", "pairs (per seed)", "optimizer steps", "held-out reward accuracy",
-                   "answers changed vs base", f"vs {CONTROL}"]  # fmt: skip
+                   "answers changed vs base"]  # fmt: skip
+
+
+def training_header(summary: Mapping[str, Any]) -> list[str]:
+    """The training table's columns: a last one against the SFT control where the study has one."""
+    control = summary.get("control")
+    return TRAINING_HEADER + ([f"vs {control}"] if control else [])
 
 
 def training_rows(summary: Mapping[str, Any]) -> list[list[str]]:
@@ -183,7 +190,7 @@ def training_rows(summary: Mapping[str, Any]) -> list[list[str]]:
                 _list(training.get("steps")),
                 _list(training.get("heldout_reward_accuracy"), "{:.3f}"),
                 _share(changed.get("vs_base")),
-                _share(changed.get(f"vs_{CONTROL}")),
+                *([_share(changed.get(f"vs_{summary['control']}"))] if summary.get("control") else []),
             ]
         )
     return rows
@@ -229,7 +236,8 @@ def study_markdown(summary: Mapping[str, Any]) -> str:
     for chain in summary["chains"]:
         lines += ["", f"**{'Claim' if chain['is_claim'] else 'Ablation'}: {' > '.join(chain['chain'])}**", ""]
         lines += [f"- {line}" for line in verdict_lines(chain["verdicts"])]
-    lines += ["", "| " + " | ".join(TRAINING_HEADER) + " |", "|---" * len(TRAINING_HEADER) + "|"]
+    header = training_header(summary)
+    lines += ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in training_rows(summary)]
     lines += ["", *power_lines(summary)]
     return "\n".join(lines) + "\n"
@@ -272,7 +280,7 @@ def study_html(summary: Mapping[str, Any], title: str) -> str:
         kind = "Claim" if chain["is_claim"] else "Ablation"
         parts.append(f"<h3>{kind}: {e(' > '.join(chain['chain']))}</h3><ul>{items}</ul>")
     parts.append("<h3>What each variant trained on and changed</h3>")
-    parts.append(table(TRAINING_HEADER, training_rows(summary), "training"))
+    parts.append(table(training_header(summary), training_rows(summary), "training"))
     parts += [f"<p>{e(line)}</p>" for line in power_lines(summary)]
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{STYLE}</style></head>"

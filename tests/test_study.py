@@ -24,15 +24,18 @@ from mmedpo.report.study import (
 N_ITEMS = 40
 
 
-def _result(name: str, right: list[bool]) -> dict:
-    """An evaluation of closed questions whose gold answer alternates yes/no; `right[i]`: item i answered right."""
+def _result(name: str, right: list[bool], items: str = "q") -> dict:
+    """An evaluation of closed questions whose gold answer alternates yes/no; `right[i]`: item i answered right.
+
+    `items` names the test items: seeds that draw their own test split (as SynthMed's do) name them apart.
+    """
     predictions = []
     for index, correct in enumerate(right):
         gold = "yes" if index % 2 else "no"
         wrong = "no" if gold == "yes" else "yes"
         predictions.append(
             Prediction(
-                id=f"q{index:02d}",
+                id=f"{items}{index:02d}",
                 task="vqa",
                 question="Is there a nodule?",
                 answer=gold,
@@ -44,7 +47,7 @@ def _result(name: str, right: list[bool]) -> dict:
     return score_result(name, predictions)
 
 
-def _write_study(tmp_path, right_by_seed: dict[int, dict[str, list[bool]]]) -> None:
+def _write_study(tmp_path, right_by_seed: dict[int, dict[str, list[bool]]], shared_items: bool = False) -> None:
     config = {
         "seed": 0,
         "variants": {"sft": {"loss_type": "sft"}, "dpo": {}},
@@ -57,7 +60,8 @@ def _write_study(tmp_path, right_by_seed: dict[int, dict[str, list[bool]]]) -> N
         (run / "config.yaml").parent.mkdir(parents=True)
         (run / "config.yaml").write_text(yaml.safe_dump(config))
         for name, right in by_variant.items():
-            dump_json(_result(name, right), run / "eval" / f"{name}.json")
+            items = "q" if shared_items else f"s{seed}-q"
+            dump_json(_result(name, right, items), run / "eval" / f"{name}.json")
         dump_json({"status": "done", "summary": {"pairs": 30 + seed, "steps": 12}}, run / "stages" / "train.dpo.json")
 
 
@@ -104,6 +108,20 @@ def test_the_seed_variance_of_power_leaves_out_what_the_items_explain(tmp_path):
     power = summarize_study(tmp_path, [0, 1])["power"]["sft - base"]
     assert power["seed_variance"] == pytest.approx(0.003125)
     assert power["discordance"] == pytest.approx(0.075)
+
+
+def test_seeds_that_share_one_test_split_keep_its_item_noise(tmp_path):
+    # The same two seeds as above, on one shared test split (a real dataset's): the items' noise is common to
+    # both seeds, so all of the spread, 0.005, is the seeds' own; and since more seeds cannot shrink the
+    # items' term, sqrt(0.075 / 40) = 0.0433 times (1.96 + 0.84) = 0.121 > 0.05: no number of seeds detects 0.05.
+    seeds = {0: {"base": _right(20), "sft": _right(21), "dpo": _right(36)},
+             1: {"base": _right(20), "sft": _right(25), "dpo": _right(36)}}  # fmt: skip
+    _write_study(tmp_path, seeds, shared_items=True)
+    summary = summarize_study(tmp_path, [0, 1])
+    power = summary["power"]["sft - base"]
+    assert power["shared_items"] and power["seed_variance"] == pytest.approx(0.005)
+    assert power["seeds_needed"] is None and power["items_needed"] is None
+    assert "or no number of seeds of these 40 items (the seeds share them)." in " ".join(power_lines(summary))
 
 
 def test_more_seeds_of_the_same_effect_narrow_the_interval(tmp_path):

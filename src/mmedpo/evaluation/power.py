@@ -19,8 +19,10 @@ mean difference under d = 0 and under d are
 
 and the smallest detectable difference (MDE) solves d = z_{1-alpha/2} sqrt(V0)
 + z_{1-beta} sqrt(V1), which for k = 1 and tau = 0 is Connor's formula solved
-for d. When the seeds share one test split, the item term does not shrink with
-k; `n_seeds=1` then gives a conservative figure. psi comes from the observed
+for d. When the seeds share one test split (a real dataset's fixed test set,
+`shared_items=True`), the item term does not shrink with k:
+V0 = psi / n + tau^2 / k, and more seeds cannot take the MDE below what the
+items alone allow. psi comes from the observed
 answers of two evaluations (`discordance`) or is an assumption stated by the
 caller.
 """
@@ -51,6 +53,7 @@ def minimum_detectable_difference(
     seed_variance: float = 0.0,
     alpha: float = 0.05,
     power: float = 0.8,
+    shared_items: bool = False,
 ) -> float | None:
     """The smallest closed-accuracy difference a two-sided paired test at `alpha` detects with `power`.
 
@@ -65,8 +68,9 @@ def minimum_detectable_difference(
     z_alpha, z_power = norm.ppf(1 - alpha / 2), norm.ppf(power)
 
     def shortfall(difference: float) -> float:
-        null = (discordance / n_items + seed_variance) / n_seeds
-        alternative = ((discordance - difference**2) / n_items + seed_variance) / n_seeds
+        items = n_seeds if not shared_items else 1  # seeds that share one test split share its item noise
+        null = discordance / n_items / items + seed_variance / n_seeds
+        alternative = (discordance - difference**2) / n_items / items + seed_variance / n_seeds
         return z_alpha * math.sqrt(null) + z_power * math.sqrt(alternative) - difference
 
     # The shortfall falls as the difference grows; no root up to the discordance means nothing is detectable.
@@ -82,6 +86,7 @@ def closed_items_needed(
     seed_variance: float = 0.0,
     alpha: float = 0.05,
     power: float = 0.8,
+    shared_items: bool = False,
 ) -> int:
     """The fewest closed test items (per seed) for which `minimum_detectable_difference` is at most `target`.
 
@@ -99,17 +104,13 @@ def closed_items_needed(
         )
 
     def detected(n_items: int) -> bool:
-        found = minimum_detectable_difference(n_items, discordance, n_seeds, seed_variance, alpha, power)
+        found = minimum_detectable_difference(n_items, discordance, n_seeds, seed_variance, alpha, power, shared_items)
         return found is not None and found <= target
 
     high = 1
     while not detected(high):
         high *= 2
-    low = high // 2  # not detected (or 0)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if detected(middle) else (middle, high)
-    return high
+    return _fewest(detected, high // 2, high)
 
 
 def seeds_needed(
@@ -120,12 +121,14 @@ def seeds_needed(
     alpha: float = 0.05,
     power: float = 0.8,
     most: int = 1000,
+    shared_items: bool = False,
 ) -> int | None:
     """The fewest seeds for which `minimum_detectable_difference` at `n_items` per seed is at most `target`.
 
     Where the seeds vary more than the items, more items stop helping
     (`closed_items_needed` says so) and only more seeds narrow the study. None
-    when even `most` seeds do not reach `target`.
+    when even `most` seeds do not reach `target`, as when the seeds share one test
+    split (`shared_items`) too small for it.
 
     >>> seeds_needed(0.05, 626, 0.2, 0.0)  # Connor's 626 items detect 0.05 on their own
     1
@@ -134,12 +137,15 @@ def seeds_needed(
         raise ValueError(f"target difference {target} must be above 0 and at most the discordance {discordance}")
 
     def detected(n_seeds: int) -> bool:
-        found = minimum_detectable_difference(n_items, discordance, n_seeds, seed_variance, alpha, power)
+        found = minimum_detectable_difference(n_items, discordance, n_seeds, seed_variance, alpha, power, shared_items)
         return found is not None and found <= target
 
-    if not detected(most):
-        return None
-    low, high = 0, most  # detected(high); the MDE falls as seeds are added
+    return _fewest(detected, 0, most) if detected(most) else None
+
+
+def _fewest(detected, low: int, high: int) -> int:
+    """The smallest count in (low, high] that `detected` accepts, given that it accepts `high` and not `low`
+    (the MDE only falls as items or seeds are added)."""
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (low, middle) if detected(middle) else (middle, high)

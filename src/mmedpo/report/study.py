@@ -138,17 +138,22 @@ def _power(results: Mapping[str, Sequence[Mapping]], chains: Sequence[Mapping]) 
         psi = float(np.mean(psis))
         differences = [a["metrics"]["closed_accuracy"] - b["metrics"]["closed_accuracy"] for a, b in runs]
         n_items = int(np.mean([a["metrics"]["n_closed"] for a, _ in runs]))
-        # Each seed's difference also varies with its own test items (about psi/n): what is left of the
-        # spread over seeds is the seeds' own variance (method of moments, never below 0).
-        item_variance = float(np.mean([p / a["metrics"]["n_closed"] for p, (a, _) in zip(psis, runs)]))
+        # Seeds that draw their own test items (SynthMed) each add item noise (about psi/n) to their
+        # difference: what is left of the spread over seeds is the seeds' own variance (method of moments,
+        # never below 0). Seeds that share one test split (a real dataset) share its item noise instead.
+        shared = len({tuple(sorted(row["id"] for row in a["predictions"])) for a, _ in runs}) == 1
+        item_variance = (
+            0.0 if shared else float(np.mean([p / a["metrics"]["n_closed"] for p, (a, _) in zip(psis, runs)]))
+        )
         tau2 = max(0.0, float(np.var(differences, ddof=1)) - item_variance) if len(runs) > 1 else 0.0
-        mde = minimum_detectable_difference(n_items, psi, len(runs), tau2) if psi > 0 else None
+        mde = minimum_detectable_difference(n_items, psi, len(runs), tau2, shared_items=shared) if psi > 0 else None
         steps[f"{upper} - {lower}"] = {
             "n_items": n_items,
+            "shared_items": shared,
             "discordance": psi,
             "seed_variance": tau2,
             "mde": mde,
-            **_to_reach(TARGET_MDE, n_items, psi, len(runs), tau2),
+            **_to_reach(TARGET_MDE, n_items, psi, len(runs), tau2, shared),
         }
     return steps
 
@@ -156,16 +161,17 @@ def _power(results: Mapping[str, Sequence[Mapping]], chains: Sequence[Mapping]) 
 TARGET_MDE = 0.05  # the closed-accuracy difference a study should be able to detect (issue 13)
 
 
-def _to_reach(target: float, n_items: int, psi: float, n_seeds: int, tau2: float) -> dict[str, Any]:
+def _to_reach(target: float, n_items: int, psi: float, n_seeds: int, tau2: float, shared: bool) -> dict[str, Any]:
     """What detecting `target` would take: closed items per seed with these seeds (None: no number of items
     is enough, the seeds vary too much), and seeds with these items (None: not within 1000 seeds)."""
     if not 0 < target <= psi:
         return {"target": target, "items_needed": None, "seeds_needed": None}
     try:
-        items = closed_items_needed(target, psi, n_seeds, tau2)
+        items = closed_items_needed(target, psi, n_seeds, tau2, shared_items=shared)
     except ValueError:  # the seeds alone leave more than the target
         items = None
-    return {"target": target, "items_needed": items, "seeds_needed": seeds_needed(target, n_items, psi, tau2)}
+    seeds = seeds_needed(target, n_items, psi, tau2, shared_items=shared)
+    return {"target": target, "items_needed": items, "seeds_needed": seeds}
 
 
 TRAINING_HEADER = ["variant", "pairs (per seed)", "optimizer steps", "held-out reward accuracy",
@@ -214,7 +220,12 @@ def _reach_line(power: Mapping[str, Any]) -> str:
         return f"It detects {power['target']}."
     items, seeds = power["items_needed"], power["seeds_needed"]
     with_items = f"{items} closed items per seed with these seeds" if items else "no number of items with these seeds"
-    with_seeds = f"{seeds} seeds of {power['n_items']} items" if seeds else "more than 1000 seeds"
+    shared = " (the seeds share them)" if power.get("shared_items") else ""
+    with_seeds = (
+        f"{seeds} seeds of {power['n_items']} items{shared}"
+        if seeds
+        else f"no number of seeds of these {power['n_items']} items{shared}"
+    )
     return f"Detecting {power['target']} would take {with_items}, or {with_seeds}."
 
 

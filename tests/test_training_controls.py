@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mmedpo.training.dpo import train_weighted_dpo
+from mmedpo.training.dpo import WeightedDPOTrainer, train_weighted_dpo
 from mmedpo.training.pairs import pairs_to_dataset
 from mmedpo.training.settings import DPOSettings
 from test_training import loss_and_grads, make_pair, make_trainer, perturb
@@ -58,3 +58,43 @@ def test_heldout_pairs_give_reward_accuracy_by_kind_without_being_trained_on(tin
     found = log["heldout"]
     assert found["pairs"] == 2 and 0.0 <= found["reward_accuracy"] <= 1.0
     assert {"reward_margin", "reward_accuracy_text", "reward_accuracy_visual", "loss"} <= set(found)
+
+
+class _Logged:
+    """What `_log_pair_metrics` reads of a trainer, on one process (gather returns what it is given)."""
+
+    beta = 1.0
+    accelerator = type("Accelerator", (), {"gather": staticmethod(lambda tensor: tensor)})()
+    args = type("Args", (), {"weight_reduction": "mean"})()
+
+    def __init__(self):
+        from collections import defaultdict
+
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def logged(self, mode: str) -> dict:
+        """What TRL's `log` reports: the mean of what was added."""
+        return {name: sum(values) / len(values) for name, values in self._metrics[mode].items()}
+
+
+def _add_batch(logged: _Logged, mode: str, right: list[bool], visual: list[bool]) -> None:
+    """One batch of pairs; pair i's chosen reward beats its rejected one when right[i]."""
+    chosen = torch.tensor([1.0 if is_right else -1.0 for is_right in right])
+    zeros = torch.zeros(len(right))
+    WeightedDPOTrainer._log_pair_metrics(
+        logged, mode, zeros, zeros, chosen, zeros, zeros, torch.ones(len(right)), torch.tensor(visual)
+    )
+
+
+@pytest.mark.parametrize("mode, overall, text", [("eval", 2 / 3, 1 / 2), ("train", 1 / 2, 1 / 2)])
+def test_heldout_reward_accuracy_is_a_share_of_pairs_not_a_mean_of_batch_means(mode, overall, text):
+    # Two right pairs in a full batch, one wrong pair in a short last batch. Held out (eval) that is 2 of 3
+    # pairs; training logs keep upstream's mean of batch means, (1 + 0) / 2.
+    logged = _Logged()
+    _add_batch(logged, mode, right=[True, True], visual=[False, True])
+    _add_batch(logged, mode, right=[False], visual=[False])
+    found = logged.logged(mode)
+    assert found["rewards/accuracies"] == pytest.approx(overall)
+    assert found["rewards/accuracies/text"] == pytest.approx(text)  # text pairs: one right, one wrong
+    assert found["rewards/accuracies/visual"] == pytest.approx(1.0)
+    assert found["rewards/margins"] == pytest.approx(1 / 3 if mode == "eval" else 0.0)

@@ -104,6 +104,11 @@ def _print_stage(result: StageResult, prefix: str = "") -> None:
         console.print(f"{prefix}{'':<15}{note}", markup=False)
 
 
+def _print_seed_stage(seed: int, result: StageResult) -> None:
+    """A study's stage line; a top-level function, so that a seed's own process can call it (`--jobs`)."""
+    _print_stage(result, f"seed {seed} ")
+
+
 def _short(summary: dict) -> str:
     text = json.dumps(summary, default=str)
     return text if len(text) < 160 else text[:157] + "..."
@@ -138,13 +143,14 @@ def study(
     override: OverrideOption = None,
     seeds: Annotated[str, typer.Option(help="seeds to repeat the run over, e.g. 0,1,2 or 0-4")] = "0,1,2",
     readme: Annotated[Path | None, typer.Option(help="also write the results into this README's study block")] = None,
+    jobs: Annotated[int, typer.Option(help="seeds run side by side, each in a process of its own")] = 1,
 ) -> None:
     """Repeat the run over seeds; write what holds across them (RUNS_DIR/NAME/results.md and report/)."""
     from mmedpo.pipeline.study import parse_seeds, run_study
     from mmedpo.report.study import write_readme_block
 
     cfg = _config(config, override)
-    study_dir = run_study(cfg, parse_seeds(seeds), on_stage=lambda seed, result: _print_stage(result, f"seed {seed} "))
+    study_dir = run_study(cfg, parse_seeds(seeds), on_stage=_print_seed_stage, jobs=jobs)
     console.print((study_dir / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
     if readme is not None:
         words = ["mmedpo study", *(["--config", str(config)] if config else []), f"--seeds {seeds}"]

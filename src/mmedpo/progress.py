@@ -36,7 +36,14 @@ def on_terminal(stream=None) -> bool:
 def quiet_output_off_terminal(stream=None) -> None:
     """For the command line, before tqdm is imported: no progress bars unless stderr is a terminal,
     and no bitsandbytes kernel warning. A value the user set in the environment wins."""
-    if not on_terminal(stream):
+    quiet_libraries(bars_off=not on_terminal(stream))
+
+
+def quiet_libraries(bars_off: bool = True) -> None:
+    """Before tqdm is imported: the libraries' progress bars off (`bars_off`; a value the user set in the
+    environment wins), and no bitsandbytes kernel warning. Also for a process of its own whose output
+    mixes with others' (a study's seeds side by side)."""
+    if bars_off:
         for name, value in BARS_OFF.items():
             os.environ.setdefault(name, value)
     logging.getLogger(BITSANDBYTES_KERNEL_LOGGER).setLevel(logging.ERROR)

@@ -177,8 +177,10 @@ def stage_score(layout: RunLayout, config: RunConfig, show_progress: bool, shard
     from mmedpo.scoring.panel import score_pairs
 
     pairs = _pairs_to_score(layout, config)
-    cache = _judge_cache(config)
-    summary = score_pairs(pairs, layout.scored_pairs, config.score, show_progress, cache_path=cache, shard=shard)
+    cache, writer = _judge_cache(layout, config)
+    summary = score_pairs(
+        pairs, layout.scored_pairs, config.score, show_progress, cache_path=cache, shard=shard, cache_writer=writer
+    )
     return summary.as_dict()
 
 
@@ -188,8 +190,15 @@ def merge_score(layout: RunLayout, config: RunConfig, shards: int) -> dict:
     return merge_scored_shards(_pairs_to_score(layout, config), layout.scored_pairs, shards, config.score).as_dict()
 
 
-def _judge_cache(config: RunConfig) -> Path:
-    return Path(config.score.cache_path) if config.score.cache_path else RunLayout.of(config).judge_cache
+def _judge_cache(layout: RunLayout, config: RunConfig) -> tuple[Path, str | None]:
+    """The judge cache file, and the name of this run's own file beside it when the cache lies outside the
+    run folder: other runs (a study's seeds, side by side) may share it at the same time, and no two
+    processes append to one file (`mmedpo.jsonl_cache`)."""
+    if not config.score.cache_path:
+        return layout.judge_cache, None
+    path = Path(config.score.cache_path)
+    inside = path.resolve().is_relative_to(layout.dir.resolve())
+    return path, None if inside else config.name
 
 
 def stage_pairs(layout: RunLayout, config: RunConfig, variant: str) -> dict:

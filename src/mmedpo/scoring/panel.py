@@ -199,6 +199,7 @@ def score_pairs(
     show_progress: bool = True,
     cache_path: Path | None = None,
     shard: Shard | None = None,
+    cache_writer: str | None = None,
 ) -> ScoreSummary:
     """Score and weight every pair; write the scored ones to `out_path`, the rest to its rejects file.
 
@@ -206,13 +207,15 @@ def score_pairs(
     beside `out_path`; `settings.cache = False` uses none. `shard=(i, n)` scores one
     shard of the pairs (pairs that share a judged text stay together, so each is asked
     once) into `out_path`'s shard file, its verdicts into a cache file of its own
-    beside the shared one; `merge_scored_shards` joins the shards.
+    beside the shared one; `merge_scored_shards` joins the shards. `cache_writer`
+    names this process's own cache file when other runs share the cache at the
+    same time (a study's seeds run side by side).
     """
     pairs = mark_duplicates(pairs)  # over all pairs: a visual pair's textual twin may be in another shard
-    writer = None
+    writer = cache_writer
     if shard is not None:
         pairs, out_path = take_shard(pairs, shard, key=judged_item), shard_path(out_path, shard)
-        writer = f"score.{shard_name(shard)}"
+        writer = ".".join(part for part in (cache_writer, f"score.{shard_name(shard)}") if part)
     panel = build_panel(settings)
     cache = None
     if settings.cache:

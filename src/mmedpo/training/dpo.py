@@ -165,21 +165,30 @@ class WeightedDPOTrainer(TRLOverrides):
         )
         chosen_lp, rejected_lp, chosen_r, rejected_r, loss, weight, visual = self.accelerator.gather(per_pair).T
         metrics = self._metrics[mode]
-        metrics["logps/chosen"].append(chosen_lp.mean().item())
-        metrics["logps/rejected"].append(rejected_lp.mean().item())
-        metrics["rewards/chosen"].append(chosen_r.mean().item())
-        metrics["rewards/rejected"].append(rejected_r.mean().item())
-        metrics["rewards/accuracies"].append((chosen_r > rejected_r).float().mean().item())
-        metrics["rewards/margins"].append((chosen_r - rejected_r).mean().item())
-        metrics["loss/unweighted"].append(loss.mean().item())
+
+        def add(name: str, values: torch.Tensor) -> None:
+            # `log` averages what was added. In training that is upstream's mean of batch means; held out, every
+            # pair is added, so the figures are shares of pairs and a short last batch weighs what its pairs weigh.
+            if mode == "eval":
+                metrics[name].extend(values.tolist())
+            else:
+                metrics[name].append(values.mean().item())
+
+        add("logps/chosen", chosen_lp)
+        add("logps/rejected", rejected_lp)
+        add("rewards/chosen", chosen_r)
+        add("rewards/rejected", rejected_r)
+        add("rewards/accuracies", (chosen_r > rejected_r).float())
+        add("rewards/margins", chosen_r - rejected_r)
+        add("loss/unweighted", loss)
         metrics["loss/weighted"].append(_reduce(loss, weight, self.args.weight_reduction).item())
-        metrics["weight/mean"].append(weight.mean().item())
+        add("weight/mean", weight)
         for kind, mask in (("text", visual == 0), ("visual", visual == 1)):
-            # Only batches that hold this kind add an entry, so the logged value averages those batches.
+            # Only batches that hold this kind add an entry, so in training the logged value averages those.
             if mask.any():
-                metrics[f"rewards/accuracies/{kind}"].append((chosen_r[mask] > rejected_r[mask]).float().mean().item())
-                metrics[f"rewards/margins/{kind}"].append((chosen_r[mask] - rejected_r[mask]).mean().item())
-                metrics[f"loss/unweighted/{kind}"].append(loss[mask].mean().item())
+                add(f"rewards/accuracies/{kind}", (chosen_r[mask] > rejected_r[mask]).float())
+                add(f"rewards/margins/{kind}", chosen_r[mask] - rejected_r[mask])
+                add(f"loss/unweighted/{kind}", loss[mask])
 
 
 def objective(
@@ -305,7 +314,7 @@ def train_weighted_dpo(
 
 
 def _heldout_metrics(trainer: WeightedDPOTrainer, pairs: int) -> dict:
-    """Reward accuracy and margin of the trained policy on the held-out pairs (means over evaluation batches)."""
+    """Reward accuracy and margin of the trained policy on the held-out pairs (shares and means over pairs)."""
     trainer.evaluate()
     logged = trainer.state.log_history[-1]  # evaluate() logs our metrics with the eval_ prefix
     names = {

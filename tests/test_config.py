@@ -68,6 +68,19 @@ def test_a_setting_changes_only_its_stage_and_the_ones_after_it():
     assert changed == {"train:b", "eval:b", "report"}
 
 
+@pytest.mark.parametrize("visual_dependence", [True, False])
+def test_the_localizer_reaches_the_base_evaluation_only_through_the_regions_it_measures_on(visual_dependence):
+    settings = ["variants={a: {}}", "claim=[a, base]", f"eval.visual_dependence={str(visual_dependence).lower()}"]
+    before = load_config(None, settings)
+    after = load_config(None, [*settings, "curate_visual.localizer_options={dilation: 3}"])
+    old, new = fingerprints(build_stages(before), before), fingerprints(build_stages(after), after)
+    # eval:base reads no curation: a new localizer reaches it through the regions stage, which exists only
+    # when visual dependence is measured.
+    assert ("regions" in old) is visual_dependence
+    assert (old["eval:base"] != new["eval:base"]) is visual_dependence
+    assert old["base"] == new["base"] and old["curate_visual"] != new["curate_visual"]
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

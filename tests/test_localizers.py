@@ -195,6 +195,50 @@ def test_images_without_annotation_get_a_region_drawn_from_the_splits_lesions(tm
         localizer.localize(other_split, [tmp_path])
 
 
+def test_saved_regions_give_every_evaluation_what_the_localizer_found_once(tmp_path):
+    from mmedpo.imaging.run_localizer import FixedRegions, SavedRegions, save_regions
+    from mmedpo.synth.synthmed import generate_synthmed
+
+    samples = generate_synthmed(tmp_path / "data", {"test": 12}, seed=0, image_size=64)
+    roots = [tmp_path / "data"]
+    calls = []
+
+    class Counting(AnnotationLocalizer):
+        def localize(self, sample, image_roots):
+            calls.append(sample.image)
+            return super().localize(sample, image_roots)
+
+    summary = save_regions(Counting(), samples, roots, tmp_path / "regions", "localizer: annotation (masks)")
+    images = list(dict.fromkeys(sample.image for sample in samples))
+    assert sorted(calls) == sorted(images)  # each image once, whatever its number of questions
+    lesion_free = {sample.image for sample in samples if not sample.meta["lesion_mask"]}
+    assert summary == {"images": len(images), "regions": len(images) - len(lesion_free), "no_region": len(lesion_free)}
+    assert 0 < len(lesion_free) < len(images)
+    saved = SavedRegions(tmp_path / "regions")
+    assert (saved.name, saved.note) == ("annotation", "localizer: annotation (masks)")
+    evaluated = FixedRegions(saved, samples, roots)  # as an evaluation reads them
+    for sample in samples:
+        if sample.image in lesion_free:
+            for regions in (saved, evaluated):
+                with pytest.raises(NoRegion) as error:
+                    regions.localize(sample, roots)
+                assert str(error.value) == f"image {sample.image}: no lesion_mask or lesion_boxes annotation"
+            continue
+        found, read = AnnotationLocalizer().localize(sample, roots), saved.localize(sample, roots)
+        assert np.array_equal(read.mask, found.mask) and read.mask.sum() > 0
+        assert (read.confidence, read.label, read.area_fraction, read.found) == (
+            found.confidence,
+            found.label,
+            found.area_fraction,
+            found.found,
+        )
+    stranger = samples[0].model_copy(update={"image": "elsewhere.png"})
+    with pytest.raises(NoRegion, match="image elsewhere.png: not localized"):
+        saved.localize(stranger, roots)
+    with pytest.raises(ValueError, match="no saved regions; run the regions stage first"):
+        SavedRegions(tmp_path / "nowhere")
+
+
 def test_build_localizer_lists_valid_names():
     with pytest.raises(ValueError, match="unknown localizer 'medklip'; valid: annotation, gradcam"):
         build_localizer("medklip")

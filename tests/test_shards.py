@@ -119,7 +119,11 @@ def test_two_shards_in_parallel_processes_merge_into_the_unsharded_run(runs):
     assert [row["id"] for row in mine] == [row["id"] for row in theirs] and mine == theirs
     assert len(list(there.dir.glob("judge_cache.score.shard-*-of-2.jsonl"))) == 2  # one cache file per writer
 
+    # Visual dependence's regions are found once, for every shard: a shard without them says what to run.
     command = [sys.executable, "-m", "mmedpo", "eval", "--config", str(config_file), "--variant", "base", "--shard"]
+    refused = CliRunner().invoke(app, ["eval", "--config", str(config_file), "--variant", "base", "--shard", "1/2"])
+    assert refused.exit_code == 2 and "stage regions has not finished with this config" in refused.output
+    run_pipeline(sharded, only=["regions"], show_progress=False)
     in_parallel([[*command, "1/2"], [*command, "2/2"]])
     result = CliRunner().invoke(app, ["eval", "--config", str(config_file), "--variant", "base", "--merge", "2"])
     assert result.exit_code == 0, result.output

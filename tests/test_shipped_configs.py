@@ -66,7 +66,7 @@ def states(layout: RunLayout) -> dict[str, dict]:
 
 def check_every_stage_done(layout: RunLayout) -> dict[str, dict]:
     done = states(layout)
-    expected = {"samples", "base", "curate_text", "curate_visual", "score", "report"}
+    expected = {"samples", "base", "curate_text", "curate_visual", "score", "regions", "report"}
     expected |= {f"{stage}.{variant}" for stage in ("pairs", "train", "eval") for variant in ("dpo", "mmedpo")}
     assert set(done) == expected | {"eval.base"}
     assert {name: state["status"] for name, state in done.items() if state["status"] != "done"} == {}

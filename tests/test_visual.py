@@ -170,6 +170,53 @@ def test_every_pair_records_the_clean_answer_and_lesion_free_images_get_pairs(
     assert only.read == only.paired + only.rejected
 
 
+class CountingLocalizer:
+    """The annotation localizer with a model of its own, as attribution's is: says when it localizes and frees."""
+
+    name = "counting"
+
+    def __init__(self, events: list):
+        self.events, self.annotation = events, AnnotationLocalizer()
+
+    def localize(self, sample, image_roots):
+        self.events.append(("localize", sample.image))
+        return self.annotation.localize(sample, image_roots)
+
+    def release(self):
+        self.events.append(("release", None))
+
+
+def test_every_pairs_file_shares_one_region_per_image_found_before_the_answerer_loads(
+    synth, tmp_path, tiny_vlm_dir, looking_model, monkeypatch
+):
+    root, samples = synth
+    events = []
+    monkeypatch.setattr(visual, "build_run_localizer", lambda *args, **kwargs: (CountingLocalizer(events), "note"))
+
+    def answerer(model_dir):
+        events.append(("answerer", None))
+        return LookingModel(root)
+
+    monkeypatch.setattr(visual, "LocalAnswerer", answerer)
+    files = {
+        (region, rejected): tmp_path / f"pairs.{region}-{rejected}.jsonl"
+        for region in ("lesion", "whole")
+        for rejected in ("model-answer", "gold")
+    }
+    roots = [root, tmp_path / "images"]
+    visual.curate_visual_regions(samples, files, SETTINGS, roots, tmp_path / "images", tiny_vlm_dir)
+    localized = Counter(image for event, image in events if event == "localize")
+    assert localized == Counter({sample.image: 1 for sample in samples})  # once each, for all four files
+    # Every region was found, and the localizer's model freed, before the target model loaded.
+    assert [event for event, _ in events[len(localized) :]] == ["release", "answerer"]
+    lesion_free = next(sample for sample in samples if not sample.meta["lesion_mask"])
+    for path in files.values():
+        reasons = {reject.id: reject.reason for reject in read_jsonl(rejects_path(path), Reject)}
+        assert reasons[lesion_free.id] == (
+            f"no lesion region: image {lesion_free.image}: no lesion_mask or lesion_boxes annotation"
+        )
+
+
 def test_image_conditional_pairs_reject_the_gold_answer_on_the_noised_image(synth, tmp_path):
     root, samples = synth
     localizer = AnnotationLocalizer().drawing_from(samples, seed=0)

@@ -16,6 +16,7 @@
     runs/NAME/models/VARIANT/             the base (SFT) model and each trained variant (README.md: its model card)
     runs/NAME/models/VARIANT/train_log.json what a variant trained on, its logged curves and held-out rewards
     runs/NAME/eval/VARIANT.json           metrics and per-sample predictions
+    runs/NAME/eval/regions/               visual dependence's region of every test image (index.json, masks)
     runs/NAME/stages/STAGE.json           fingerprint, status, wall time and summary of each stage
     runs/NAME/report/index.html           the run report
 
@@ -128,6 +129,11 @@ class RunLayout:
     @property
     def eval_dir(self) -> Path:
         return self.dir / "eval"
+
+    @property
+    def eval_regions(self) -> Path:
+        """The evaluated split's regions, found once for every evaluation's visual dependence."""
+        return self.eval_dir / "regions"
 
     def eval(self, variant: str) -> Path:
         return self.eval_dir / f"{variant}.json"

@@ -53,7 +53,7 @@ from mmedpo.errors import StageIncomplete
 from mmedpo.imaging.localizers import localizer_iou
 from mmedpo.imaging.noise import image_seed, noise_image_file
 from mmedpo.imaging.regions import Region
-from mmedpo.imaging.run_localizer import build_run_localizer
+from mmedpo.imaging.run_localizer import FixedRegions, build_run_localizer
 from mmedpo.models.answerer import LocalAnswerer, answer_stream, one_ahead
 from mmedpo.progress import progress_bar
 from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, rejects_path
@@ -215,7 +215,8 @@ def _noise_once(
         )
     except ValueError as error:  # what the image holds; a system error (a full disk, no permission) propagates
         # The reason is shared by every sample of this image: name the image, not the sample asked first.
-        return f"no lesion region: image {sample.image}: {str(error).removeprefix(f'sample {sample.id}: ')}"
+        reason = str(error).removeprefix(f"sample {sample.id}: ").removeprefix(f"image {sample.image}: ")
+        return f"no lesion region: image {sample.image}: {reason}"
     previews.add(sample, region, relative)
     return relative, provenance
 
@@ -244,7 +245,10 @@ def curate_visual_regions(
     trains the small default CNN on `sft_samples` into `classifier_path` first.
     Where the samples carry true lesion masks and the localizer is not the
     annotation itself, the summary says how well its regions match them
-    (`localizer_iou`); otherwise it says why that was not measured.
+    (`localizer_iou`); otherwise it says why that was not measured. Every image is
+    localized once, up front (from its first sample), for all the pairs files, and
+    the localizer's own model, if it has one, is released before the answerer loads;
+    a resumed stage localizes its images again.
 
     `shard=(i, n)` curates the samples of every n-th image from the i-th into each
     pairs file's shard file (`shards.shard_path`); every question on an image stays in
@@ -264,6 +268,9 @@ def curate_visual_regions(
         samples = take_shard(samples, shard, key=image_of)
         preview = len(set(first_images) & {sample.image for sample in samples})  # the shard's share of them
         out_paths = {key: shard_path(path, shard) for key, path in out_paths.items()}
+    # Each image is localized once for every pairs file, and a localizer with a model of its own (attribution:
+    # the target model) is done with it before the answerer loads, so the model is never held twice.
+    localizer = FixedRegions(localizer, samples, image_roots)
     if any(rejected == "model-answer" for _, rejected in out_paths):
         answerer = answerer or LocalAnswerer(model_dir)  # loaded once, for every file
     summaries = {}

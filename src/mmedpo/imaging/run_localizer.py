@@ -12,14 +12,20 @@ they exist, else against the run's localizer.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from mmedpo.config import AUTO, CurateVisualConfig
 from mmedpo.data.images import ImageError
 from mmedpo.imaging.localizers import build_localizer, finding_names
 from mmedpo.imaging.regions import NoRegion, Region
-from mmedpo.records import Sample
+from mmedpo.records import Sample, dump_json
+
+REGIONS_INDEX = "index.json"
 
 
 def has_annotation(sample: Sample) -> bool:
@@ -115,24 +121,79 @@ class FixedRegions:
 
     `localize` returns the image's region (or raises the reason it has none), like
     the localizer it was made from; that localizer's model, if it loaded one, is
-    released once every region is found.
+    released once every region is found. `regions` holds, per image, its region
+    or the reason it has none.
     """
 
     def __init__(self, localizer, samples: Sequence[Sample], image_roots: Sequence[Path]):
         self.name = localizer.name
-        self._regions: dict[str, Region | str] = {}
+        self.regions: dict[str, Region | str] = {}
         for sample in samples:
-            if sample.image in self._regions:
+            if sample.image in self.regions:
                 continue
             try:
-                self._regions[sample.image] = localizer.localize(sample, image_roots)
+                self.regions[sample.image] = localizer.localize(sample, image_roots)
             except (NoRegion, ImageError) as error:
-                self._regions[sample.image] = str(error).removeprefix(f"sample {sample.id}: ")
+                # The reason alone: `localize` names the image (a localizer may have named the sample or image).
+                reason = str(error).removeprefix(f"sample {sample.id}: ").removeprefix(f"image {sample.image}: ")
+                self.regions[sample.image] = reason
         if hasattr(localizer, "release"):
             localizer.release()
 
     def localize(self, sample: Sample, image_roots: Sequence[Path]) -> Region:
-        region = self._regions[sample.image]
+        return _region_or_reason(self.regions.get(sample.image, "not localized"), sample)
+
+
+def save_regions(localizer, samples: Sequence[Sample], image_roots: Sequence[Path], out_dir: Path, note: str) -> dict:
+    """Localize every image of `samples` once (from its first sample) and write what `SavedRegions` reads.
+
+    out_dir/index.json holds the localizer's name, `note` (the line saying which it
+    is), and per image its region's confidence, label, area and mask file (a PNG
+    beside it, named after the image), or the reason it has none. The index is
+    written last: a folder without one is unfinished. Heat maps are not kept.
+    Returns how many images got a region and how many did not.
+    """
+    fixed = FixedRegions(localizer, samples, image_roots)
+    entries: dict[str, dict] = {}
+    for image, region in fixed.regions.items():
         if isinstance(region, str):
-            raise NoRegion(f"image {sample.image}: {region}")
-        return region
+            entries[image] = {"reason": region}
+            continue
+        mask = f"{image}.png"  # the image's own relative path (resolve_image refuses any other), so names differ
+        (out_dir / mask).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(region.mask.astype(np.uint8) * 255).save(out_dir / mask)
+        entries[image] = {
+            "mask": mask,
+            "confidence": float(region.confidence),
+            "label": region.label,
+            "area_fraction": float(region.area_fraction),
+            "found": bool(region.found),
+        }
+    dump_json({"localizer": fixed.name, "note": note, "regions": entries}, out_dir / REGIONS_INDEX)
+    found = sum("mask" in entry for entry in entries.values())
+    return {"images": len(entries), "regions": found, "no_region": len(entries) - found}
+
+
+class SavedRegions:
+    """The regions `save_regions` wrote, as a localizer: every evaluation reads the same ones, found once."""
+
+    def __init__(self, out_dir: Path):
+        index = out_dir / REGIONS_INDEX
+        try:
+            saved = json.loads(index.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{index}: no saved regions; run the regions stage first") from None
+        self.name, self.note, self._entries, self._dir = saved["localizer"], saved["note"], saved["regions"], out_dir
+
+    def localize(self, sample: Sample, image_roots: Sequence[Path]) -> Region:
+        entry = self._entries.get(sample.image)
+        if entry is None or "reason" in entry:
+            return _region_or_reason(entry["reason"] if entry else "not localized", sample)
+        mask = np.asarray(Image.open(self._dir / entry["mask"])) > 0
+        return Region(mask, entry["confidence"], entry["label"], entry["area_fraction"], found=entry["found"])
+
+
+def _region_or_reason(region: Region | str, sample: Sample) -> Region:
+    if isinstance(region, str):
+        raise NoRegion(f"image {sample.image}: {region}")
+    return region

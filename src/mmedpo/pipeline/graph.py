@@ -2,7 +2,7 @@
 
     samples ─> base ─> curate_text ──┐
                  └──> curate_visual ─┴> score ─> pairs:VARIANT ─> train:VARIANT ─> eval:VARIANT ─> report
-                 └──────────────────────────────────────────────────────────────> eval:base ──┘
+                 └──> regions (visual dependence's, read by every eval) ───────> eval:base ──┘
 
 `build_stages` lists each stage with the config it reads (what the resume engine
 fingerprints), the stages it reads from, its outputs in the run folder
@@ -29,6 +29,7 @@ from mmedpo.pipeline.stages import (
     stage_curate_visual,
     stage_eval,
     stage_pairs,
+    stage_regions,
     stage_report,
     stage_samples,
     stage_score,
@@ -109,8 +110,19 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
                 merge_score,
             ),
         ),
-        _eval_stage("base", "base"),
     ]
+    if config.eval.visual_dependence:
+        stages.append(
+            Stage(
+                "regions",
+                _regions_settings,
+                ("samples", "base"),
+                lambda r: [r.eval_regions],
+                lambda r, c, p: stage_regions(r, c),
+            )
+        )
+    stages.append(_eval_stage("base", "base", config))
+
     for variant in config.variants:
         stages.append(
             Stage(
@@ -133,32 +145,32 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
                 lambda r, c, p, v=variant: stage_train(r, c, v),
             )
         )
-        stages.append(_eval_stage(variant, f"train:{variant}"))
+        stages.append(_eval_stage(variant, f"train:{variant}", config))
     after = tuple(stage.name for stage in stages if stage.name.startswith("eval:"))
     stages.append(Stage("report", lambda c: None, after, lambda r: [r.report_dir], stage_report))
     return tuple(stages)
 
 
-# What visual dependence reads of curate_visual: the run's localizer, used where the test split has no masks.
+# What the regions stage reads of curate_visual: the run's localizer, used where the test split has no masks.
 LOCALIZER_SETTINGS = {"localizer", "localizer_options", "classifier", "classifier_factory"}
 
 
-def _eval_settings(config: RunConfig) -> dict:
-    # Without visual dependence no eval reads the localizer: changing it re-runs none.
-    localizer = (
-        config.curate_visual.model_dump(mode="json", include=LOCALIZER_SETTINGS)
-        if config.eval.visual_dependence
-        else None
-    )
-    # Where the model is served is not what it is: changing eval.endpoints re-runs nothing.
-    return {"eval": config.eval.model_dump(mode="json", exclude={"endpoints"}), "localizer": localizer}
+def _regions_settings(config: RunConfig) -> dict:
+    return {
+        "split": config.eval.split,
+        "localizer": config.curate_visual.model_dump(mode="json", include=LOCALIZER_SETTINGS),
+    }
 
 
-def _eval_stage(variant: str, model_stage: str) -> Stage:
+def _eval_stage(variant: str, model_stage: str, config: RunConfig) -> Stage:
+    # With visual dependence every evaluation reads the regions stage's regions; without, no eval reads the
+    # localizer, and changing it re-runs none. Where the model is served is not what it is: changing
+    # eval.endpoints re-runs nothing.
+    regions = ("regions",) if config.eval.visual_dependence else ()
     return Stage(
         f"eval:{variant}",
-        _eval_settings,
-        ("samples", model_stage),
+        lambda c: c.eval.model_dump(mode="json", exclude={"endpoints"}),
+        ("samples", model_stage, *regions),
         lambda r: [r.eval(variant), r.eval_partial(variant)],
         lambda r, c, p: stage_eval(r, c, variant),
         Sharding(

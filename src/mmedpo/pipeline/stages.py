@@ -302,23 +302,34 @@ def eval_endpoint(config: RunConfig, variant: str):
     return config.eval.endpoints.get(variant, config.model.endpoint if variant == "base" else None)
 
 
+def stage_regions(layout: RunLayout, config: RunConfig) -> dict:
+    """Visual dependence's region of every image of the evaluated split, found once for every evaluation (the
+    attribution localizer explains the base model, so every variant is measured on the same regions)."""
+    from mmedpo.imaging.run_localizer import evaluation_localizer, save_regions
+
+    test = split(layout, config.eval.split)
+    localizer, note = evaluation_localizer(
+        config.curate_visual,
+        test,
+        split(layout, "sft"),
+        layout.image_roots,
+        layout.localizer_cnn,
+        layout.model("base"),
+        seed=config.seed,
+    )
+    return {**save_regions(localizer, test, layout.image_roots, layout.eval_regions, note), "notes": [note]}
+
+
 def stage_eval(layout: RunLayout, config: RunConfig, variant: str, shard: Shard | None = None) -> dict:
     from mmedpo.evaluation.suite import evaluate_run_model
     from mmedpo.evaluation.visual_dependence import measured_line
 
     test, localizer, note = split(layout, config.eval.split), None, None
-    if config.eval.visual_dependence:  # found on the whole split, also for a shard of it
-        from mmedpo.imaging.run_localizer import evaluation_localizer
+    if config.eval.visual_dependence:
+        from mmedpo.imaging.run_localizer import SavedRegions
 
-        localizer, note = evaluation_localizer(
-            config.curate_visual,
-            test,
-            split(layout, "sft"),
-            layout.image_roots,
-            layout.localizer_cnn,
-            layout.model("base"),
-            seed=config.seed,
-        )
+        localizer = SavedRegions(layout.eval_regions)
+        note = localizer.note
     with target_answerer(layout, eval_endpoint(config, variant), f"eval:{variant}", shard) as answerer:
         result = evaluate_run_model(
             layout.model(variant),

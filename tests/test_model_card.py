@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from huggingface_hub import HfApi, ModelCard
@@ -74,6 +75,41 @@ def test_a_full_fine_tune_gets_a_card_that_the_eval_metrics_complete(tiny_vlm_di
     assert {result.dataset_split for result in card.data.eval_results} == {"test"}
     assert "| closed_accuracy | 0.6250 |" in card.text and "8 closed questions" in card.text
     assert "Not evaluated yet" not in card.text and "Optimizer steps: 1," in card.text  # the rest unchanged
+
+
+def test_a_pushed_model_gets_its_test_metrics_on_the_hub_once_evaluated(
+    tiny_vlm_dir, image_root, tmp_path, monkeypatch
+):
+    from mmedpo.config import load_config
+    from mmedpo.layout import RunLayout
+    from mmedpo.pipeline import stages
+
+    hub = {}  # what the fake Hub holds: path in the repository -> text
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: None)
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        hub["README.md"] = (Path(folder_path) / "README.md").read_text()
+
+    def upload_file(self, path_or_fileobj, path_in_repo, repo_id, **kwargs):
+        assert repo_id == "me/pushed"
+        hub[path_in_repo] = Path(path_or_fileobj).read_text()
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "upload_file", upload_file)
+    config = load_config(
+        None,
+        [f"runs_dir={tmp_path}", "name=r", "variants={pushed: {push_to_hub: true, hub_model_id: me/pushed}}",
+         "claim=[pushed, base]", "ablations=[]"],
+    )  # fmt: skip
+    layout = RunLayout.of(config)
+    layout.dir.mkdir(parents=True)
+    base = linked_base(layout.dir, tiny_vlm_dir)
+    settings = DPOSettings(per_device_train_batch_size=2, max_steps=1, push_to_hub=True, hub_model_id="me/pushed")
+    train_weighted_dpo(base, pairs()[:2], [image_root], layout.model("pushed"), settings)
+    assert "Not evaluated yet" in hub["README.md"]  # pushed when training ended
+    stages._refresh_model_card(layout, config, "pushed", {"closed_accuracy": 0.625, "n_closed": 8})
+    assert "| closed_accuracy | 0.6250 |" in hub["README.md"] and "Not evaluated yet" not in hub["README.md"]
+    assert hub["README.md"] == (layout.model("pushed") / "README.md").read_text()
 
 
 @pytest.mark.slow

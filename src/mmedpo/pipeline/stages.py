@@ -369,11 +369,17 @@ def merge_eval(layout: RunLayout, config: RunConfig, variant: str, shards: int) 
 
 
 def _refresh_model_card(layout: RunLayout, config: RunConfig, variant: str, metrics: dict) -> None:
-    from mmedpo.training.model_card import write_model_card
+    """A variant trained here: its model card gets the test metrics, on the Hub too if training pushed it
+    there (before these metrics existed)."""
+    from mmedpo.training.model_card import hub_folder, push_card, write_model_card
 
-    if layout.train_log(variant).exists():  # a variant trained here: its model card gets the metrics
-        dataset = "SynthMed" if config.data.source == "synthmed" else (config.data.dataset or config.data.samples)
-        write_model_card(layout.model(variant), metrics, dataset=dataset, split=config.eval.split)
+    if not layout.train_log(variant).exists():
+        return
+    dataset = "SynthMed" if config.data.source == "synthmed" else (config.data.dataset or config.data.samples)
+    write_model_card(layout.model(variant), metrics, dataset=dataset, split=config.eval.split)
+    settings = config.variant(variant)
+    if settings.push_to_hub:
+        push_card(hub_folder(layout.model(variant)), settings.hub_model_id)
 
 
 def stage_report(layout: RunLayout, config: RunConfig, show_progress: bool) -> dict:

@@ -40,7 +40,7 @@ from mmedpo.data.llava_json import read_mmedpo_json
 from mmedpo.records import PreferencePair, write_jsonl
 from mmedpo.training.dpo_config import WeightedDPOConfig, to_trl_config
 from mmedpo.training.lora import load_policy, lora_config, merge_adapter
-from mmedpo.training.model_card import base_model_name, push_model, write_model_card
+from mmedpo.training.model_card import base_model_name, hub_folder, push_model, write_model_card
 from mmedpo.training.pairs import PAIR_BATCH_KEYS, pairs_to_dataset
 from mmedpo.training.settings import SUPPORTED_LOSS_TYPES, DPOSettings
 from mmedpo.training.trl_overrides import TRLOverrides
@@ -305,7 +305,7 @@ def train_weighted_dpo(
         (out_dir / "train_log.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         write_model_card(out_dir)
         if settings.push_to_hub:
-            folder = out_dir if (out_dir / "config.json").exists() else out_dir / "adapter"
+            folder = hub_folder(out_dir)
             log.info("pushed %s to %s", folder, push_model(folder, settings.hub_model_id))
         if state.global_step >= state.max_steps:  # finished (not stopped early): checkpoints were only for resuming
             for checkpoint in _checkpoints(out_dir):

@@ -224,6 +224,13 @@ def _load_lines(base: str, adapter: bool) -> list[str]:
     ]
 
 
+def hub_folder(out_dir: Path | str) -> Path:
+    """What `push_model` uploads of a trained model's folder: the model (full or merged) if there is one, else
+    the LoRA adapter."""
+    out_dir = Path(out_dir)
+    return out_dir if (out_dir / "config.json").exists() else out_dir / ADAPTER_DIR
+
+
 def push_model(folder: Path | str, repo_id: str) -> str:
     """Upload a model folder, its card included, to a private Hub repository (created if needed); returns its URL.
 
@@ -235,3 +242,15 @@ def push_model(folder: Path | str, repo_id: str) -> str:
     api.create_repo(repo_id, private=True, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=str(folder), ignore_patterns=["checkpoint-*", "ref_logps/*"])
     return f"https://huggingface.co/{repo_id}"
+
+
+def push_card(folder: Path | str, repo_id: str) -> None:
+    """Upload only the card of a model `push_model` uploaded: evaluation adds the test metrics after training."""
+    from huggingface_hub import HfApi
+
+    HfApi().upload_file(
+        path_or_fileobj=str(Path(folder) / "README.md"),
+        path_in_repo="README.md",
+        repo_id=repo_id,
+        commit_message="Model card: the test metrics of mmedpo's evaluation",
+    )

@@ -141,7 +141,18 @@ def test_study_files_and_the_readme_block(tmp_path):
     assert json.loads((tmp_path / "study.json").read_text())["seeds"] == [0, 1, 2]
     markdown = (tmp_path / "results.md").read_text()
     assert markdown == study_markdown(summarize_study(tmp_path, [0, 1, 2]))
-    assert "| closed_accuracy | 0.500 [" in markdown and "Claim: dpo > sft > base" in markdown
+    lines = markdown.splitlines()
+    # 20, 30 and 22 of 40 right in every seed; the intervals are the bootstrap's, the rest is by hand.
+    row = next(line for line in lines if line.startswith("| closed_accuracy |"))
+    assert [cell.split(" [")[0] for cell in row.split(" | ")[1:]] == ["0.500", "0.750", "0.550", "0.500 |"]
+    assert any(line.startswith("- closed_accuracy: dpo 0.7500 > sft 0.5500 > base 0.5000: HOLDS (dpo - sft "
+                               "+0.2000 [95% CI ") for line in lines)  # fmt: skip
+    # dpo differs from base on 10 of 40 items and from sft on 8.
+    assert "| dpo | 30, 31, 32 | 12, 12, 12 | - | 25.0% | 20.0% |" in lines
+    # Discordance 8/40 = 0.2: (1.95996 sqrt(0.2) + 0.84162 sqrt(0.1975))^2 / 0.05^2 = 625.5 -> 626 items in all,
+    # 209 in each of 3 seeds, or 16 seeds of 40.
+    assert any("dpo - sft" in line and "discordance 0.200" in line and "Detecting 0.05 would take 209 closed "
+               "items per seed with these seeds, or 16 seeds of 40 items." in line for line in lines)  # fmt: skip
     assert "class='better'" in page.read_text()
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\noutro\n")

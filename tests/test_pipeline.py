@@ -191,7 +191,7 @@ def test_rerun_skips_finished_stages_and_a_change_reruns_only_what_follows(finis
 def test_help_lists_every_stage_command():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("curate", "score", "train", "eval", "compare", "convert", "report", "run"):
+    for command in ("curate", "score", "train", "regions", "eval", "compare", "convert", "report", "run"):
         assert command in result.output
     curate = CliRunner().invoke(app, ["curate", "--help"])
     assert "text" in curate.output and "visual" in curate.output

@@ -83,7 +83,7 @@ def runs(tmp_path_factory):
 def test_two_shards_in_parallel_processes_merge_into_the_unsharded_run(runs):
     whole, sharded, config_file = runs
     here, there = RunLayout.of(whole), RunLayout.of(sharded)
-    assert shardable_stages(sharded) == ["curate_text", "curate_visual", "score", "eval:base", *(
+    assert shardable_stages(sharded) == ["curate_text", "curate_visual", "score", "regions", "eval:base", *(
         f"eval:{variant}" for variant in sharded.variants)]  # fmt: skip
 
     in_parallel(workers(config_file, "curate_text", "curate_visual"))
@@ -123,7 +123,14 @@ def test_two_shards_in_parallel_processes_merge_into_the_unsharded_run(runs):
     command = [sys.executable, "-m", "mmedpo", "eval", "--config", str(config_file), "--variant", "base", "--shard"]
     refused = CliRunner().invoke(app, ["eval", "--config", str(config_file), "--variant", "base", "--shard", "1/2"])
     assert refused.exit_code == 2 and "stage regions has not finished with this config" in refused.output
-    run_pipeline(sharded, only=["regions"], show_progress=False)
+    for index in (1, 2):  # the regions themselves in two shards, each a part of the images
+        assert run_shard(sharded, "regions", (index, 2), show_progress=False)["images"] < 8
+    merge_shards(sharded, "regions", 2)
+    index = json.loads((there.eval_regions / "index.json").read_text())
+    assert index == json.loads((here.eval_regions / "index.json").read_text()) and len(index["regions"]) == 8
+    for entry in index["regions"].values():  # the same masks, byte for byte
+        if "mask" in entry:
+            assert (there.eval_regions / entry["mask"]).read_bytes() == (here.eval_regions / entry["mask"]).read_bytes()
     in_parallel([[*command, "1/2"], [*command, "2/2"]])
     result = CliRunner().invoke(app, ["eval", "--config", str(config_file), "--variant", "base", "--merge", "2"])
     assert result.exit_code == 0, result.output

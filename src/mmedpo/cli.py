@@ -230,6 +230,19 @@ def curate_visual(
 
 @app.command()
 @friendly_errors
+def regions(
+    config: ConfigOption = None,
+    override: OverrideOption = None,
+    force: ForceOption = False,
+    shard: ShardOption = None,
+    merge: MergeOption = None,
+) -> None:
+    """Visual dependence's region of every test image, found once for every evaluation (with --shard, a part)."""
+    _run_stage(config, override, "regions", force, shard, merge)
+
+
+@app.command()
+@friendly_errors
 def score(
     config: ConfigOption = None,
     override: OverrideOption = None,

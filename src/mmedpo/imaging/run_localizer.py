@@ -144,14 +144,28 @@ class FixedRegions:
         return _region_or_reason(self.regions.get(sample.image, "not localized"), sample)
 
 
-def save_regions(localizer, samples: Sequence[Sample], image_roots: Sequence[Path], out_dir: Path, note: str) -> dict:
+def region_mask_name(image: str) -> str:
+    """The mask file of an image's saved region, relative to the regions folder: the image's own relative path
+    (`resolve_image` refuses any other) with .png added, so no two images share one."""
+    return f"{image}.png"
+
+
+def save_regions(
+    localizer,
+    samples: Sequence[Sample],
+    image_roots: Sequence[Path],
+    out_dir: Path,
+    note: str,
+    index: str = REGIONS_INDEX,
+) -> dict:
     """Localize every image of `samples` once (from its first sample) and write what `SavedRegions` reads.
 
-    out_dir/index.json holds the localizer's name, `note` (the line saying which it
-    is), and per image its region's confidence, label, area and mask file (a PNG
-    beside it, named after the image), or the reason it has none. The index is
-    written last: a folder without one is unfinished. Heat maps are not kept.
-    Returns how many images got a region and how many did not.
+    out_dir/`index` (index.json) holds the localizer's name, `note` (the line saying
+    which it is), and per image its region's confidence, label, area and mask file (a
+    PNG beside it, `region_mask_name`), or the reason it has none. The index is
+    written last: a folder without one is unfinished. A shard writes an index of its
+    own (`merge_region_shards` joins them). Heat maps are not kept. Returns how many
+    images got a region and how many did not.
     """
     fixed = FixedRegions(localizer, samples, image_roots)
     entries: dict[str, dict] = {}
@@ -159,7 +173,7 @@ def save_regions(localizer, samples: Sequence[Sample], image_roots: Sequence[Pat
         if isinstance(region, str):
             entries[image] = {"reason": region}
             continue
-        mask = f"{image}.png"  # the image's own relative path (resolve_image refuses any other), so names differ
+        mask = region_mask_name(image)
         (out_dir / mask).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(region.mask.astype(np.uint8) * 255).save(out_dir / mask)
         entries[image] = {
@@ -169,7 +183,21 @@ def save_regions(localizer, samples: Sequence[Sample], image_roots: Sequence[Pat
             "area_fraction": float(region.area_fraction),
             "found": bool(region.found),
         }
-    dump_json({"localizer": fixed.name, "note": note, "regions": entries}, out_dir / REGIONS_INDEX)
+    dump_json({"localizer": fixed.name, "note": note, "regions": entries}, out_dir / index)
+    return _regions_summary(entries)
+
+
+def merge_region_shards(out_dir: Path, indexes: Sequence[str]) -> dict:
+    """Join the shards' `indexes` (each `save_regions` of a part of the images) into out_dir/index.json, the one
+    the whole split gives; returns its summary."""
+    parts = [json.loads((out_dir / index).read_text(encoding="utf-8")) for index in indexes]
+    entries = {image: entry for part in parts for image, entry in part["regions"].items()}
+    merged = {"localizer": parts[0]["localizer"], "note": parts[0]["note"], "regions": entries}
+    dump_json(merged, out_dir / REGIONS_INDEX)
+    return _regions_summary(entries)
+
+
+def _regions_summary(entries: dict[str, dict]) -> dict:
     found = sum("mask" in entry for entry in entries.values())
     return {"images": len(entries), "regions": found, "no_region": len(entries) - found}
 

@@ -58,7 +58,7 @@ def run_pipeline(
 
 
 def shardable_stages(config: RunConfig) -> list[str]:
-    """The stages of this config that can run as shards: curate_text, curate_visual, score, every eval."""
+    """The stages of this config that can run as shards: curate_text, curate_visual, score, regions, every eval."""
     return [stage.name for stage in build_stages(config) if stage.sharding is not None]
 
 

@@ -23,7 +23,9 @@ from mmedpo.pipeline.stages import (
     merge_curate_text,
     merge_curate_visual,
     merge_eval,
+    merge_regions,
     merge_score,
+    regions_shard_outputs,
     stage_base,
     stage_curate_text,
     stage_curate_visual,
@@ -119,6 +121,7 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
                 ("samples", "base"),
                 lambda r: [r.eval_regions],
                 lambda r, c, p: stage_regions(r, c),
+                Sharding(lambda r, c, p, s: stage_regions(r, c, s), regions_shard_outputs, merge_regions),
             )
         )
     stages.append(_eval_stage("base", "base", config))

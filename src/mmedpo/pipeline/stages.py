@@ -302,10 +302,12 @@ def eval_endpoint(config: RunConfig, variant: str):
     return config.eval.endpoints.get(variant, config.model.endpoint if variant == "base" else None)
 
 
-def stage_regions(layout: RunLayout, config: RunConfig) -> dict:
+def stage_regions(layout: RunLayout, config: RunConfig, shard: Shard | None = None) -> dict:
     """Visual dependence's region of every image of the evaluated split, found once for every evaluation (the
-    attribution localizer explains the base model, so every variant is measured on the same regions)."""
-    from mmedpo.imaging.run_localizer import evaluation_localizer, save_regions
+    attribution localizer explains the base model, so every variant is measured on the same regions).
+    `shard=(i, n)` localizes every n-th image from the i-th; `merge_regions` joins the shards."""
+    from mmedpo.curation.merge import image_of
+    from mmedpo.imaging.run_localizer import REGIONS_INDEX, evaluation_localizer, save_regions
 
     test = split(layout, config.eval.split)
     localizer, note = evaluation_localizer(
@@ -317,7 +319,28 @@ def stage_regions(layout: RunLayout, config: RunConfig) -> dict:
         layout.model("base"),
         seed=config.seed,
     )
-    return {**save_regions(localizer, test, layout.image_roots, layout.eval_regions, note), "notes": [note]}
+    samples, index = test, REGIONS_INDEX
+    if shard is not None:
+        samples, index = take_shard(test, shard, key=image_of), shard_path(Path(REGIONS_INDEX), shard).name
+    return {**save_regions(localizer, samples, layout.image_roots, layout.eval_regions, note, index), "notes": [note]}
+
+
+def regions_shard_outputs(layout: RunLayout, config: RunConfig, shard: Shard) -> list[Path]:
+    """A regions shard's index and the masks of its images."""
+    from mmedpo.curation.merge import image_of
+    from mmedpo.imaging.run_localizer import REGIONS_INDEX, region_mask_name
+
+    images = {image_of(s) for s in take_shard(split(layout, config.eval.split), shard, key=image_of)}
+    masks = [layout.eval_regions / region_mask_name(image) for image in sorted(images)]
+    return [layout.eval_regions / shard_path(Path(REGIONS_INDEX), shard).name, *masks]
+
+
+def merge_regions(layout: RunLayout, config: RunConfig, shards: int) -> dict:
+    from mmedpo.imaging.run_localizer import REGIONS_INDEX, SavedRegions, merge_region_shards
+
+    indexes = [shard_path(Path(REGIONS_INDEX), (index, shards)).name for index in range(1, shards + 1)]
+    summary = merge_region_shards(layout.eval_regions, indexes)
+    return {**summary, "notes": [SavedRegions(layout.eval_regions).note]}
 
 
 def stage_eval(layout: RunLayout, config: RunConfig, variant: str, shard: Shard | None = None) -> dict:

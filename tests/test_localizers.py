@@ -237,6 +237,9 @@ def test_saved_regions_give_every_evaluation_what_the_localizer_found_once(tmp_p
         saved.localize(stranger, roots)
     with pytest.raises(ValueError, match="no saved regions; run the regions stage first"):
         SavedRegions(tmp_path / "nowhere")
+    (tmp_path / "regions" / "index.json").write_text('{"localizer": "annotation", "regions"')  # cut short
+    with pytest.raises(ValueError, match=r"regions/index.json: not a regions index .*mmedpo regions --force"):
+        SavedRegions(tmp_path / "regions")
 
 
 def test_build_localizer_lists_valid_names():

@@ -20,6 +20,7 @@ Every candidate returned contradicts the answer by `filters.check_rejected`.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -190,15 +191,22 @@ def _vocabulary_swap(
     body: str, answer_type: str | None, task: str, alternatives: Sequence[str], rng: random.Random
 ) -> str | None:
     """Another of `alternatives` (in `body`'s casing) that contradicts it, neither inside the other; or None."""
+    fitting = _fitting_answers(body, answer_type, task, tuple(alternatives))
+    return match_case(body, rng.choice(fitting)) if fitting else None
+
+
+# A split's questions of one type share few gold answers (PathVQA: tens of thousands of questions, a few thousand
+# answers), and filtering every alternative against a gold is the slow part: each (gold, type) is filtered once.
+@functools.lru_cache(maxsize=1024)
+def _fitting_answers(body: str, answer_type: str | None, task: str, alternatives: tuple[str, ...]) -> tuple[str, ...]:
     gold = f" {normalise_text(body)} "
-    fitting = [
+    return tuple(
         other
         for other in alternatives
         if f" {other} " not in gold
         and gold not in f" {other} "
         and check_rejected(body, other, answer_type, task) is None
-    ]
-    return match_case(body, rng.choice(fitting)) if fitting else None
+    )
 
 
 def _perturb_sentences(body: str, answer_type: str | None, task: str, operation: str, rng: random.Random) -> str | None:

@@ -209,9 +209,12 @@ class SavedRegions:
         index = out_dir / REGIONS_INDEX
         try:
             saved = json.loads(index.read_text(encoding="utf-8"))
+            self.name, self.note, self._entries = saved["localizer"], saved["note"], dict(saved["regions"])
         except FileNotFoundError:
             raise ValueError(f"{index}: no saved regions; run the regions stage first") from None
-        self.name, self.note, self._entries, self._dir = saved["localizer"], saved["note"], saved["regions"], out_dir
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{index}: not a regions index ({error!r}); run `mmedpo regions --force`") from None
+        self._dir = out_dir
 
     def localize(self, sample: Sample, image_roots: Sequence[Path]) -> Region:
         entry = self._entries.get(sample.image)

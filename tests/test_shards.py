@@ -135,6 +135,8 @@ def test_two_shards_in_parallel_processes_merge_into_the_unsharded_run(runs):
     result = CliRunner().invoke(app, ["eval", "--config", str(config_file), "--variant", "base", "--merge", "2"])
     assert result.exit_code == 0, result.output
     assert evaluation(there.eval("base")) == evaluation(here.eval("base"))
+    # The merged stage says what the whole one says: where the regions came from, how many samples were measured.
+    assert read_state(there, "eval:base")["summary"]["notes"] == read_state(here, "eval:base")["summary"]["notes"]
     assert not list(there.eval_dir.glob("*.shard-*"))  # shards live apart, never read as a variant
 
     # Merged stages are done: a run goes on from there and asks nothing again.

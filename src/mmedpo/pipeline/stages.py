@@ -345,7 +345,6 @@ def merge_regions(layout: RunLayout, config: RunConfig, shards: int) -> dict:
 
 def stage_eval(layout: RunLayout, config: RunConfig, variant: str, shard: Shard | None = None) -> dict:
     from mmedpo.evaluation.suite import evaluate_run_model
-    from mmedpo.evaluation.visual_dependence import measured_line
 
     test, localizer, note = split(layout, config.eval.split), None, None
     if config.eval.visual_dependence:
@@ -367,9 +366,7 @@ def stage_eval(layout: RunLayout, config: RunConfig, variant: str, shard: Shard 
         )
     if shard is None:
         _refresh_model_card(layout, config, variant, result["metrics"])
-    if "visual_dependence" not in result:
-        return result["metrics"]
-    return {**result["metrics"], "notes": [note, measured_line(result["visual_dependence"])]}
+    return _eval_summary(result, note)
 
 
 def eval_shard_outputs(layout: RunLayout, variant: str, shard: Shard) -> list[Path]:
@@ -382,13 +379,24 @@ def eval_shard_outputs(layout: RunLayout, variant: str, shard: Shard) -> list[Pa
 
 def merge_eval(layout: RunLayout, config: RunConfig, variant: str, shards: int) -> dict:
     from mmedpo.evaluation.suite import merge_eval_shards
-    from mmedpo.evaluation.visual_dependence import measured_line
 
     result = merge_eval_shards(split(layout, config.eval.split), layout.eval(variant), shards, config.eval)
     _refresh_model_card(layout, config, variant, result["metrics"])
     if "visual_dependence" not in result:
         return result["metrics"]
-    return {**result["metrics"], "notes": [measured_line(result["visual_dependence"])]}
+    from mmedpo.imaging.run_localizer import SavedRegions
+
+    return _eval_summary(result, SavedRegions(layout.eval_regions).note)
+
+
+def _eval_summary(result: dict, note: str | None) -> dict:
+    """What an evaluation (whole, shard or merged) records: its metrics, and with visual dependence where the
+    regions came from (`note`) and how many samples it measured."""
+    from mmedpo.evaluation.visual_dependence import measured_line
+
+    if "visual_dependence" not in result:
+        return result["metrics"]
+    return {**result["metrics"], "notes": [note, measured_line(result["visual_dependence"])]}
 
 
 def _refresh_model_card(layout: RunLayout, config: RunConfig, variant: str, metrics: dict) -> None:

@@ -82,7 +82,7 @@ def test_a_pushed_model_gets_its_test_metrics_on_the_hub_once_evaluated(
 ):
     from mmedpo.config import load_config
     from mmedpo.layout import RunLayout
-    from mmedpo.pipeline import stages
+    from mmedpo.pipeline import eval_stages
 
     hub = {}  # what the fake Hub holds: path in the repository -> text
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: None)
@@ -107,7 +107,7 @@ def test_a_pushed_model_gets_its_test_metrics_on_the_hub_once_evaluated(
     settings = DPOSettings(per_device_train_batch_size=2, max_steps=1, push_to_hub=True, hub_model_id="me/pushed")
     train_weighted_dpo(base, pairs()[:2], [image_root], layout.model("pushed"), settings)
     assert "Not evaluated yet" in hub["README.md"]  # pushed when training ended
-    stages._refresh_model_card(layout, config, "pushed", {"closed_accuracy": 0.625, "n_closed": 8})
+    eval_stages._refresh_model_card(layout, config, "pushed", {"closed_accuracy": 0.625, "n_closed": 8})
     assert "| closed_accuracy | 0.6250 |" in hub["README.md"] and "Not evaluated yet" not in hub["README.md"]
     assert hub["README.md"] == (layout.model("pushed") / "README.md").read_text()
 

@@ -15,23 +15,25 @@ from __future__ import annotations
 
 from mmedpo.config import RunConfig
 from mmedpo.pipeline.engine import Sharding, Stage
+from mmedpo.pipeline.eval_stages import (
+    eval_shard_outputs,
+    merge_eval,
+    merge_regions,
+    regions_shard_outputs,
+    stage_eval,
+    stage_regions,
+)
 from mmedpo.pipeline.stages import (
     PAIR_SETTINGS,
     VISUAL_FILES,
     curate_visual_shard_outputs,
-    eval_shard_outputs,
     merge_curate_text,
     merge_curate_visual,
-    merge_eval,
-    merge_regions,
     merge_score,
-    regions_shard_outputs,
     stage_base,
     stage_curate_text,
     stage_curate_visual,
-    stage_eval,
     stage_pairs,
-    stage_regions,
     stage_report,
     stage_samples,
     stage_score,

@@ -100,11 +100,12 @@ def merge_eval(layout: RunLayout, config: RunConfig, variant: str, shards: int) 
 
     result = merge_eval_shards(split(layout, config.eval.split), layout.eval(variant), shards, config.eval)
     _refresh_model_card(layout, config, variant, result["metrics"])
-    if "visual_dependence" not in result:
-        return result["metrics"]
-    from mmedpo.imaging.run_localizer import SavedRegions
+    note = None
+    if "visual_dependence" in result:
+        from mmedpo.imaging.run_localizer import SavedRegions
 
-    return _eval_summary(result, SavedRegions(layout.eval_regions).note)
+        note = SavedRegions(layout.eval_regions).note
+    return _eval_summary(result, note)
 
 
 def _eval_summary(result: dict, note: str | None) -> dict:

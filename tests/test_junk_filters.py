@@ -67,6 +67,11 @@ def test_the_issues_junk_is_refused_with_its_reason():
     assert check_rejected("Type A dissection", "Type B dissection", "open", "vqa") is None
     assert check_rejected("zone 1", "zone B", "open", "vqa") is None
     assert check_rejected("nodule", "nodule e", "open", "vqa") == "fragment"  # a lower-case stray letter still is
+    # ... and so is a capital after any other word: a stray letter, not a label.
+    assert check_rejected("yes", "No W", "closed", "vqa") == "fragment"
+    assert check_rejected("spleen", "liver X", "open", "vqa") == "fragment"
+    assert check_rejected("MRI", "CT X", "open", "vqa") == "fragment"
+    assert check_rejected("nodule", "small nodule L", "open", "vqa") != "fragment"  # the sides' shorthand is a word
     assert check_rejected("CT", "MRI", "closed", "vqa") is None  # a closed question that is not yes/no
 
 

@@ -30,6 +30,12 @@ MALFORMED_RE = re.compile(r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LONE_LETTER_RE = re.compile(r"""(?<![^\s"(\[])[A-Za-z](?![^\s.,;:!?"')\]])""")
 _TIMES_RE = re.compile(r"\d\s*[xX]\s*\d")
 _WORD_LETTERS = {"a", "i"}
+_SIDES = {"L", "R"}  # radiology's shorthand for left and right: "nodule L"
+# Words a capital letter names a kind of: "hepatitis C", "Type B dissection", "zone B", "grade A", "vitamin D".
+_LABELLED_WORDS = {
+    "type", "zone", "grade", "stage", "class", "group", "level", "phase", "segment", "category", "lead",
+    "hepatitis", "vitamin", "factor", "pattern", "influenza", "schatzki", "kerley",
+}  # fmt: skip
 # A word said twice in a row ("blue blue", "nodule nodule nodule"): a sampler stuck in a loop.
 _REPEAT_RE = re.compile(r"\b(\w+)\s+\1\b", re.IGNORECASE)
 
@@ -52,20 +58,21 @@ def contradicts(gold: str, candidate: str, answer_type: str | None) -> bool:
 
 
 def is_fragment(candidate: str, gold: str) -> bool:
-    """A stray Latin letter the gold answer does not have: "W", "e yes" (but "a", "I" and "2 x 3 cm" are words,
-    and a capital after a word names a type or a zone: "hepatitis C", "Type B dissection", "zone B")."""
+    """A stray Latin letter the gold answer does not have: "W", "e yes", "No W" (but "a", "I", "2 x 3 cm" and the
+    sides "L", "R" are words, and a capital after a word that names kinds is a type or a zone: "hepatitis C",
+    "Type B dissection")."""
     allowed = _WORD_LETTERS | {letter.lower() for letter in _LONE_LETTER_RE.findall(gold)}
     text = _TIMES_RE.sub(" ", candidate)
     return any(
-        match.group().lower() not in allowed and not _is_label(text, match.start())
+        match.group().lower() not in allowed and match.group() not in _SIDES and not _is_label(text, match.start())
         for match in _LONE_LETTER_RE.finditer(text)
     )
 
 
 def _is_label(text: str, start: int) -> bool:
-    """Whether the lone letter at `start` is a capital right after a word of two or more letters."""
+    """Whether the lone letter at `start` is a capital right after a word that names kinds (`_LABELLED_WORDS`)."""
     before = text[:start].split()
-    return text[start].isupper() and bool(before) and len(before[-1]) > 1 and before[-1].isalpha()
+    return text[start].isupper() and bool(before) and before[-1].lower() in _LABELLED_WORDS
 
 
 def is_repeated(candidate: str, gold: str) -> bool:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mmedpo.data.images import ImageError
 from mmedpo.imaging.gradcam import Classifier, GradCamLocalizer, load_classifier, train_default_classifier
 from mmedpo.imaging.localizers import AnnotationLocalizer, build_localizer, localizer_iou
 from mmedpo.imaging.regions import NoRegion, RegionOptions, map_to_region
@@ -108,6 +109,30 @@ def test_coco_boxes_file_is_matched_by_file_name_and_rescaled(tmp_path):
         AnnotationLocalizer(boxes_file=tmp_path / "boxes.json").localize(
             image_sample(tmp_path, {}, "other.png"), [tmp_path]
         )
+
+
+def test_visual_dependence_reads_a_boxes_file_and_drops_annotation_options_when_it_explains_the_model(tmp_path):
+    from mmedpo.config import CurateVisualConfig
+    from mmedpo.imaging.run_localizer import evaluation_localizer
+
+    coco = {
+        "images": [{"id": 7, "file_name": "cxr.png", "width": 100, "height": 80}],
+        "annotations": [{"image_id": 7, "bbox": [20, 40, 20, 20], "category_id": 3}],
+        "categories": [{"id": 3, "name": "nodule"}],
+    }
+    (tmp_path / "boxes.json").write_text(json.dumps(coco))
+    (tmp_path / "scans").mkdir()
+    test = [image_sample(tmp_path, {}, image="scans/cxr.png")]  # no mask in its meta: its boxes are in the file
+    boxes = CurateVisualConfig(localizer="annotation", localizer_options={"boxes_file": str(tmp_path / "boxes.json")})
+    localizer, note = evaluation_localizer(boxes, test, [], [tmp_path], None, tmp_path / "base")
+    assert note == "localizer: annotation (the evaluated split's lesion masks)"
+    assert localizer.localize(test[0], [tmp_path]).label == "nodule"
+    # A split without annotations: the base model's attribution, which takes none of the annotation's options.
+    grown = CurateVisualConfig(localizer="annotation", localizer_options={"dilation": 3})
+    localizer, note = evaluation_localizer(grown, [image_sample(tmp_path, {}, "bare.png")], [], [tmp_path], None,
+                                           tmp_path / "base")  # fmt: skip
+    assert note == "localizer: attribution (the evaluated split has no lesion masks)"
+    assert localizer.name == "attribution"
 
 
 def lesion_on_noise(tmp_path, name: str, contrast: float, radius: int, seed: int = 0) -> Sample:
@@ -237,9 +262,33 @@ def test_saved_regions_give_every_evaluation_what_the_localizer_found_once(tmp_p
         saved.localize(stranger, roots)
     with pytest.raises(ValueError, match="no saved regions; run the regions stage first"):
         SavedRegions(tmp_path / "nowhere")
+    # A mask that cannot be read is an image error naming it, which the evaluation counts as a skip reason.
+    entry = next(entry for entry in json.loads((tmp_path / "regions" / "index.json").read_text())["regions"].values()
+                 if "mask" in entry)  # fmt: skip
+    (tmp_path / "regions" / entry["mask"]).write_bytes(b"not a png")
+    broken = next(sample for sample in samples if f"{sample.image}.png" == entry["mask"])
+    with pytest.raises(ImageError, match=f"cannot read lesion mask .*{entry['mask']}"):
+        SavedRegions(tmp_path / "regions").localize(broken, roots)
     (tmp_path / "regions" / "index.json").write_text('{"localizer": "annotation", "regions"')  # cut short
     with pytest.raises(ValueError, match=r"regions/index.json: not a regions index .*mmedpo regions --force"):
         SavedRegions(tmp_path / "regions")
+
+
+def test_fixed_regions_keep_heat_maps_only_for_the_previewed_images():
+    from mmedpo.imaging.regions import Region
+    from mmedpo.imaging.run_localizer import FixedRegions
+
+    class Heated:
+        name = "heated"
+
+        def localize(self, sample, image_roots):
+            return Region(np.ones((4, 4), bool), 0.5, "lesion", 1.0, heat=np.full((4, 4), 0.25))
+
+    samples = [Sample(id=f"s{i}", task="vqa", image=f"{i}.png", question="q", answer="no") for i in range(3)]
+    fixed = FixedRegions(Heated(), samples, [], keep_heat={"0.png"})
+    assert fixed.localize(samples[0], []).heat is not None
+    assert fixed.localize(samples[1], []).heat is None and fixed.localize(samples[2], []).heat is None
+    assert fixed.localize(samples[1], []).mask.all()  # the region itself is kept
 
 
 def test_build_localizer_lists_valid_names():

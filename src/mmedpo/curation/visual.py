@@ -270,7 +270,8 @@ def curate_visual_regions(
         out_paths = {key: shard_path(path, shard) for key, path in out_paths.items()}
     # Each image is localized once for every pairs file, and a localizer with a model of its own (attribution:
     # the target model) is done with it before the answerer loads, so the model is never held twice.
-    localizer = FixedRegions(localizer, samples, image_roots)
+    previewed = list(dict.fromkeys(sample.image for sample in samples))[:preview]
+    localizer = FixedRegions(localizer, samples, image_roots, keep_heat=set(previewed))
     if any(rejected == "model-answer" for _, rejected in out_paths):
         answerer = answerer or LocalAnswerer(model_dir)  # loaded once, for every file
     summaries = {}

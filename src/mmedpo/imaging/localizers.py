@@ -82,7 +82,7 @@ class AnnotationLocalizer:
         self._coco = _read_coco(Path(self.boxes_file)) if self.boxes_file else {}
         if not 0.0 <= self.no_lesion_confidence <= 1.0:
             raise ValueError(f"no_lesion_confidence must lie in [0, 1], got {self.no_lesion_confidence}")
-        annotated = {(sample.split, sample.image): sample for sample in self.donors if self._annotated(sample)}
+        annotated = {(sample.split, sample.image): sample for sample in self.donors if self.annotated(sample)}
         self._donors: dict[str, list[Sample]] = {}
         for split, image in sorted(annotated):  # in an order of their own, whatever the samples' order
             self._donors.setdefault(split, []).append(annotated[split, image])
@@ -96,7 +96,7 @@ class AnnotationLocalizer:
         annotation; raises `NoRegion` (or `ImageError`) when there is none or it is unusable."""
         path = resolve_image(sample.image, image_roots)
         height, width = _image_size(path)
-        if not self._annotated(sample) and self.donors:
+        if not self.annotated(sample) and self.donors:
             return self._drawn(sample, image_roots, height, width)
         mask, names = self._annotation(sample, image_roots, height, width)
         lesion = mask
@@ -128,7 +128,8 @@ class AnnotationLocalizer:
         label = f"no finding (region of {donor.image})"
         return Region(mask, self.no_lesion_confidence, label, float(mask.mean()), found=False)
 
-    def _annotated(self, sample: Sample) -> bool:
+    def annotated(self, sample: Sample) -> bool:
+        """Whether the sample's image has a lesion annotation: a mask or boxes in its meta, or boxes in `boxes_file`."""
         meta = sample.meta
         return bool(meta.get("lesion_mask") or meta.get("lesion_boxes")) or bool(
             self._coco and (self._coco.get(sample.image) or self._coco.get(Path(sample.image).name))
@@ -139,7 +140,7 @@ class AnnotationLocalizer:
         if named:
             mask = np.zeros((height, width), dtype=bool)
             for path in [named] if isinstance(named, str) else named:
-                mask |= _read_mask(resolve_image(path, image_roots), (width, height))
+                mask |= read_mask(resolve_image(path, image_roots), (width, height))
             return mask, []
         boxes = sample.meta.get("lesion_boxes")
         if isinstance(boxes, str):
@@ -202,7 +203,9 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else np.count_nonzero(a & b) / union
 
 
-def _read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+def read_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask file as booleans (any channel set), resized to `size` (width, height) when given; an unreadable
+    file is an `ImageError` naming it (a system error propagates)."""
     try:
         with Image.open(path) as handle:
             handle.load()
@@ -212,7 +215,7 @@ def _read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
             raise
         raise ImageError(f"cannot read lesion mask {path}: {error}") from None
     mask = pixels.any(axis=2) if pixels.ndim == 3 else pixels != 0
-    if mask.shape != (size[1], size[0]):
+    if size is not None and mask.shape != (size[1], size[0]):
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
     return mask
 

@@ -13,7 +13,8 @@ they exist, else against the run's localizer.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,17 @@ from PIL import Image
 
 from mmedpo.config import AUTO, CurateVisualConfig
 from mmedpo.data.images import ImageError
-from mmedpo.imaging.localizers import build_localizer, finding_names
+from mmedpo.imaging.localizers import build_localizer, finding_names, read_mask
 from mmedpo.imaging.regions import NoRegion, Region
 from mmedpo.records import Sample, dump_json
+from mmedpo.shards import Shard, shard_path
 
 REGIONS_INDEX = "index.json"
+
+
+def regions_index(shard: Shard | None = None) -> str:
+    """The index file `save_regions` writes: index.json, or a shard's own (index.shard-2-of-4.json)."""
+    return REGIONS_INDEX if shard is None else shard_path(Path(REGIONS_INDEX), shard).name
 
 
 def has_annotation(sample: Sample) -> bool:
@@ -104,16 +111,20 @@ def evaluation_localizer(
 ):
     """Visual dependence's localizer: the evaluated split's annotations where it has any, else the run's localizer.
 
-    The run's `annotation` localizer on a split without annotations becomes
-    the attribution of `model_dir` (the base model, so every variant is measured on
-    the same regions). Returns (localizer, line saying which).
+    The annotations are the samples' own or, with a configured `annotation`
+    localizer, those of its options (a COCO `boxes_file`). The run's `annotation`
+    localizer on a split without annotations becomes the attribution of
+    `model_dir` (the base model, so every variant is measured on the same regions),
+    without the annotation's options. Returns (localizer, line saying which).
     """
-    if any(has_annotation(sample) for sample in test):
-        return build_localizer("annotation"), "localizer: annotation (the evaluated split's lesion masks)"
-    configured = settings.localizer if settings.localizer not in (AUTO, "annotation") else "attribution"
-    chosen = settings.model_copy(update={"localizer": configured})
-    localizer, _ = build_run_localizer(chosen, test, sft, image_roots, classifier_path, model_dir, seed)
-    return localizer, f"localizer: {configured} (the evaluated split has no lesion masks)"
+    own = settings.localizer == "annotation"
+    annotation = build_localizer("annotation", settings.localizer_options if own else None)
+    if any(annotation.annotated(sample) for sample in test):
+        return annotation, "localizer: annotation (the evaluated split's lesion masks)"
+    if settings.localizer in (AUTO, "annotation"):
+        settings = settings.model_copy(update={"localizer": "attribution", "localizer_options": {}})
+    localizer, _ = build_run_localizer(settings, test, sft, image_roots, classifier_path, model_dir, seed)
+    return localizer, f"localizer: {settings.localizer} (the evaluated split has no lesion masks)"
 
 
 class FixedRegions:
@@ -122,17 +133,22 @@ class FixedRegions:
     `localize` returns the image's region (or raises the reason it has none), like
     the localizer it was made from; that localizer's model, if it loaded one, is
     released once every region is found. `regions` holds, per image, its region
-    or the reason it has none.
+    or the reason it has none. A region keeps its heat map (an image-sized array)
+    only for the images in `keep_heat` (those shown in a preview): held for every
+    image of a real dataset's split they would not fit in memory.
     """
 
-    def __init__(self, localizer, samples: Sequence[Sample], image_roots: Sequence[Path]):
+    def __init__(
+        self, localizer, samples: Sequence[Sample], image_roots: Sequence[Path], keep_heat: Collection[str] = ()
+    ):
         self.name = localizer.name
         self.regions: dict[str, Region | str] = {}
         for sample in samples:
             if sample.image in self.regions:
                 continue
             try:
-                self.regions[sample.image] = localizer.localize(sample, image_roots)
+                region = localizer.localize(sample, image_roots)
+                self.regions[sample.image] = region if sample.image in keep_heat else replace(region, heat=None)
             except (NoRegion, ImageError) as error:
                 # The reason alone: `localize` names the image (a localizer may have named the sample or image).
                 reason = str(error).removeprefix(f"sample {sample.id}: ").removeprefix(f"image {sample.image}: ")
@@ -220,7 +236,7 @@ class SavedRegions:
         entry = self._entries.get(sample.image)
         if entry is None or "reason" in entry:
             return _region_or_reason(entry["reason"] if entry else "not localized", sample)
-        mask = np.asarray(Image.open(self._dir / entry["mask"])) > 0
+        mask = read_mask(self._dir / entry["mask"])
         return Region(mask, entry["confidence"], entry["label"], entry["area_fraction"], found=entry["found"])
 
 

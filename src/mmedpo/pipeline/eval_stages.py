@@ -12,7 +12,7 @@ from pathlib import Path
 from mmedpo.config import RunConfig
 from mmedpo.layout import RunLayout
 from mmedpo.pipeline.stages import split, target_answerer
-from mmedpo.shards import Shard, shard_path, take_shard
+from mmedpo.shards import Shard, take_shard
 
 
 def eval_endpoint(config: RunConfig, variant: str):
@@ -25,7 +25,7 @@ def stage_regions(layout: RunLayout, config: RunConfig, shard: Shard | None = No
     attribution localizer explains the base model, so every variant is measured on the same regions).
     `shard=(i, n)` localizes every n-th image from the i-th; `merge_regions` joins the shards."""
     from mmedpo.curation.merge import image_of
-    from mmedpo.imaging.run_localizer import REGIONS_INDEX, evaluation_localizer, save_regions
+    from mmedpo.imaging.run_localizer import evaluation_localizer, regions_index, save_regions
 
     test = split(layout, config.eval.split)
     localizer, note = evaluation_localizer(
@@ -37,26 +37,25 @@ def stage_regions(layout: RunLayout, config: RunConfig, shard: Shard | None = No
         layout.model("base"),
         seed=config.seed,
     )
-    samples, index = test, REGIONS_INDEX
-    if shard is not None:
-        samples, index = take_shard(test, shard, key=image_of), shard_path(Path(REGIONS_INDEX), shard).name
-    return {**save_regions(localizer, samples, layout.image_roots, layout.eval_regions, note, index), "notes": [note]}
+    samples = test if shard is None else take_shard(test, shard, key=image_of)
+    summary = save_regions(localizer, samples, layout.image_roots, layout.eval_regions, note, regions_index(shard))
+    return {**summary, "notes": [note]}
 
 
 def regions_shard_outputs(layout: RunLayout, config: RunConfig, shard: Shard) -> list[Path]:
     """A regions shard's index and the masks of its images."""
     from mmedpo.curation.merge import image_of
-    from mmedpo.imaging.run_localizer import REGIONS_INDEX, region_mask_name
+    from mmedpo.imaging.run_localizer import region_mask_name, regions_index
 
     images = {image_of(s) for s in take_shard(split(layout, config.eval.split), shard, key=image_of)}
     masks = [layout.eval_regions / region_mask_name(image) for image in sorted(images)]
-    return [layout.eval_regions / shard_path(Path(REGIONS_INDEX), shard).name, *masks]
+    return [layout.eval_regions / regions_index(shard), *masks]
 
 
 def merge_regions(layout: RunLayout, config: RunConfig, shards: int) -> dict:
-    from mmedpo.imaging.run_localizer import REGIONS_INDEX, SavedRegions, merge_region_shards
+    from mmedpo.imaging.run_localizer import SavedRegions, merge_region_shards, regions_index
 
-    indexes = [shard_path(Path(REGIONS_INDEX), (index, shards)).name for index in range(1, shards + 1)]
+    indexes = [regions_index((index, shards)) for index in range(1, shards + 1)]
     summary = merge_region_shards(layout.eval_regions, indexes)
     return {**summary, "notes": [SavedRegions(layout.eval_regions).note]}
 
@@ -121,12 +120,12 @@ def _eval_summary(result: dict, note: str | None) -> dict:
 def _refresh_model_card(layout: RunLayout, config: RunConfig, variant: str, metrics: dict) -> None:
     """A variant trained here: its model card gets the test metrics, on the Hub too if training pushed it
     there (before these metrics existed)."""
-    from mmedpo.training.model_card import hub_folder, push_card, write_model_card
+    from mmedpo.training.model_card import push_cards, write_model_card
 
     if not layout.train_log(variant).exists():
         return
     dataset = "SynthMed" if config.data.source == "synthmed" else (config.data.dataset or config.data.samples)
-    write_model_card(layout.model(variant), metrics, dataset=dataset, split=config.eval.split)
+    cards = write_model_card(layout.model(variant), metrics, dataset=dataset, split=config.eval.split)
     settings = config.variant(variant)
     if settings.push_to_hub:
-        push_card(hub_folder(layout.model(variant)), settings.hub_model_id)
+        push_cards(layout.model(variant), cards, settings.hub_model_id)

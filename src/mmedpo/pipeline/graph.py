@@ -6,8 +6,8 @@
 
 `build_stages` lists each stage with the config it reads (what the resume engine
 fingerprints), the stages it reads from, its outputs in the run folder
-(`mmedpo.layout`) and its adapter in `mmedpo.pipeline.stages`. Where the target
-model is served (`model.endpoint`, `eval.endpoints`) is no part of any
+(`mmedpo.layout`) and its adapter in `mmedpo.pipeline.stages` (the evaluations'
+in `pipeline.eval_stages`). Where the target model is served (`model.endpoint`, `eval.endpoints`) is no part of any
 fingerprint: served or in process, the answers are the same.
 """
 
@@ -79,7 +79,8 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
         ),
         Stage(
             "curate_text",
-            _section("curate_text"),
+            # Which generators may make no pair is checked after the stage, not what it makes: no rerun.
+            _section("curate_text", exclude=("allow_empty_generators",)),
             ("samples", "base"),
             lambda r: _with_rejects(r.text_pairs),
             stage_curate_text,

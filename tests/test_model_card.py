@@ -88,7 +88,8 @@ def test_a_pushed_model_gets_its_test_metrics_on_the_hub_once_evaluated(
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: None)
 
     def upload_folder(self, repo_id, folder_path, **kwargs):
-        hub["README.md"] = (Path(folder_path) / "README.md").read_text()
+        for card in Path(folder_path).rglob("README.md"):
+            hub[card.relative_to(folder_path).as_posix()] = card.read_text()
 
     def upload_file(self, path_or_fileobj, path_in_repo, repo_id, **kwargs):
         assert repo_id == "me/pushed"
@@ -104,12 +105,16 @@ def test_a_pushed_model_gets_its_test_metrics_on_the_hub_once_evaluated(
     layout = RunLayout.of(config)
     layout.dir.mkdir(parents=True)
     base = linked_base(layout.dir, tiny_vlm_dir)
-    settings = DPOSettings(per_device_train_batch_size=2, max_steps=1, push_to_hub=True, hub_model_id="me/pushed")
+    # A merged LoRA: the merged model and, beside it, the adapter with a card of its own.
+    settings = DPOSettings(per_device_train_batch_size=2, max_steps=1, push_to_hub=True, hub_model_id="me/pushed",
+                           use_peft=True, lora_r=4, merge_lora=True)  # fmt: skip
     train_weighted_dpo(base, pairs()[:2], [image_root], layout.model("pushed"), settings)
-    assert "Not evaluated yet" in hub["README.md"]  # pushed when training ended
+    assert set(hub) == {"README.md", "adapter/README.md"}
+    assert all("Not evaluated yet" in card for card in hub.values())  # pushed when training ended
     eval_stages._refresh_model_card(layout, config, "pushed", {"closed_accuracy": 0.625, "n_closed": 8})
-    assert "| closed_accuracy | 0.6250 |" in hub["README.md"] and "Not evaluated yet" not in hub["README.md"]
-    assert hub["README.md"] == (layout.model("pushed") / "README.md").read_text()
+    for place, card in hub.items():
+        assert "| closed_accuracy | 0.6250 |" in card and "Not evaluated yet" not in card, place
+        assert card == (layout.model("pushed") / place).read_text()
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -244,13 +244,17 @@ def push_model(folder: Path | str, repo_id: str) -> str:
     return f"https://huggingface.co/{repo_id}"
 
 
-def push_card(folder: Path | str, repo_id: str) -> None:
-    """Upload only the card of a model `push_model` uploaded: evaluation adds the test metrics after training."""
+def push_cards(out_dir: Path | str, cards: Sequence[Path], repo_id: str) -> None:
+    """Upload the `cards` of a trained model's folder that `push_model` uploaded (the model's, and a merged
+    model's adapter card beside it), each to its place: evaluation adds the test metrics after training."""
     from huggingface_hub import HfApi
 
-    HfApi().upload_file(
-        path_or_fileobj=str(Path(folder) / "README.md"),
-        path_in_repo="README.md",
-        repo_id=repo_id,
-        commit_message="Model card: the test metrics of mmedpo's evaluation",
-    )
+    folder, api = hub_folder(out_dir), HfApi()
+    for card in cards:
+        if Path(card).is_relative_to(folder):
+            api.upload_file(
+                path_or_fileobj=str(card),
+                path_in_repo=Path(card).relative_to(folder).as_posix(),
+                repo_id=repo_id,
+                commit_message="Model card: the test metrics of mmedpo's evaluation",
+            )

@@ -68,6 +68,13 @@ def test_a_setting_changes_only_its_stage_and_the_ones_after_it():
     assert changed == {"train:b", "eval:b", "report"}
 
 
+def test_allowing_an_empty_generator_reruns_nothing():
+    before = load_config(None, [])
+    after = load_config(None, ["curate_text.allow_empty_generators=[perturb]"])
+    old, new = fingerprints(build_stages(before), before), fingerprints(build_stages(after), after)
+    assert old == new
+
+
 @pytest.mark.parametrize("visual_dependence", [True, False])
 def test_the_localizer_reaches_the_base_evaluation_only_through_the_regions_it_measures_on(visual_dependence):
     settings = ["variants={a: {}}", "claim=[a, base]", f"eval.visual_dependence={str(visual_dependence).lower()}"]
@@ -105,6 +112,8 @@ def test_the_localizer_reaches_the_base_evaluation_only_through_the_regions_it_m
         ("train.trl_args={warmup_ration: 0.1}", "trl_args.warmup_ration: not an argument of TRL's DPOConfig"),
         ("train.trl_args={beta: 0.2}", "trl_args.beta: set it as the train setting 'beta'"),
         ("train.trl_args={use_weighting: true}", "does not implement"),
+        # Held-out evaluation keeps only the loss (no logits of every pair): the trainer sets it.
+        ("train.trl_args={prediction_loss_only: false}", "trl_args.prediction_loss_only: set by the trainer itself"),
         ("train.warmup_steps=1.5", "warmup_steps"),
         ("train.lr_scheduler_type=cosin", "lr_scheduler_type"),
         ("train.report_to=mlflow", "report_to"),

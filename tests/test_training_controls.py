@@ -64,7 +64,8 @@ class _Logged:
     """What `_log_pair_metrics` reads of a trainer, on one process (gather returns what it is given)."""
 
     beta = 1.0
-    accelerator = type("Accelerator", (), {"gather": staticmethod(lambda tensor: tensor)})()
+    same = staticmethod(lambda tensor: tensor)
+    accelerator = type("Accelerator", (), {"gather": same, "gather_for_metrics": same})()
     args = type("Args", (), {"weight_reduction": "mean"})()
 
     def __init__(self):

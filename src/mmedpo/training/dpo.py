@@ -163,7 +163,9 @@ class WeightedDPOTrainer(TRLOverrides):
             ],
             dim=1,
         )
-        chosen_lp, rejected_lp, chosen_r, rejected_r, loss, weight, visual = self.accelerator.gather(per_pair).T
+        # Held out, across processes: without the repeats that even out the last batch, so shares count each pair once.
+        gather = self.accelerator.gather_for_metrics if mode == "eval" else self.accelerator.gather
+        chosen_lp, rejected_lp, chosen_r, rejected_r, loss, weight, visual = gather(per_pair).T
         metrics = self._metrics[mode]
 
         def add(name: str, values: torch.Tensor) -> None:

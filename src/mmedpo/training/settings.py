@@ -59,7 +59,7 @@ RENAMED = {
 # DPOConfig arguments the weighted trainer does not implement (it refuses them; see dpo.py `_check_supported`).
 UNSUPPORTED_TRL_ARGS = ("use_weighting", "ld_alpha", "f_divergence_type", "loss_weights")
 # DPOConfig arguments the trainer sets itself from the settings and the output folder.
-MANAGED_TRL_ARGS = ("output_dir", "use_cpu", "save_strategy")
+MANAGED_TRL_ARGS = ("output_dir", "use_cpu", "save_strategy", "prediction_loss_only")
 # DPOConfig's argument names in the pinned TRL and transformers (checked against them by the version guard test).
 TRL_FIELDS_FILE = "trl_fields.json"
 

@@ -329,8 +329,11 @@ def test_only_a_kind_whose_weights_are_all_equal_gets_a_note():
 
 def test_report_shows_the_share_of_test_answers_each_variant_changed(tmp_path):
     run = fake_run(tmp_path)
-    # An SFT control (known by its loss_type, not its name) that answers exactly as the base does.
-    (run / "eval" / "sft.json").write_text((run / "eval" / "base.json").read_text())
+    # An SFT control (known by its loss_type, not its name) that answers as the base does but on q00.
+    control = json.loads((run / "eval" / "base.json").read_text())
+    first = next(row for row in control["predictions"] if row["id"] == "q00")
+    first["prediction"] = "no" if first["prediction"].lower().startswith("yes") else "yes"
+    (run / "eval" / "sft.json").write_text(json.dumps(control))
     config = json.loads((run / "config.yaml").read_text())
     config["variants"]["sft"] = {"loss_type": "sft"}
     (run / "config.yaml").write_text(json.dumps(config))
@@ -339,8 +342,9 @@ def test_report_shows_the_share_of_test_answers_each_variant_changed(tmp_path):
     assert "<tr><th>test answers changed</th><th>vs base</th><th>vs sft</th></tr>" in table
     # mmedpo against base: closed q01 (1 of 4), and of the reports r00-r09 (mmedpo writes the base's next
     # report: L R R R R R L R R R against R R R R R L R R R R) r00, r05 and r06: 4 of 14 items.
-    assert "<tr><td>mmedpo</td><td>28.6%</td><td>28.6%</td></tr>" in table
-    assert "<tr><td>sft</td><td>0.0%</td><td>-</td></tr>" in table
+    # Against sft, q00 as well: 5 of 14; sft against base: q00 alone, 1 of 14.
+    assert "<tr><td>mmedpo</td><td>28.6%</td><td>35.7%</td></tr>" in table
+    assert "<tr><td>sft</td><td>7.1%</td><td>-</td></tr>" in table
 
 
 def test_the_sft_control_is_known_by_its_loss_type_not_its_name():
@@ -348,3 +352,5 @@ def test_the_sft_control_is_known_by_its_loss_type_not_its_name():
 
     assert control_of({"variants": {"dpo": {}, "supervised": {"loss_type": "sft"}}}) == "supervised"
     assert control_of({"variants": {"sft": {}, "dpo": {"loss_type": "sigmoid"}}}) is None
+    # A variant keeps the train section's loss unless it sets its own.
+    assert control_of({"train": {"loss_type": "sft"}, "variants": {"dpo": {"loss_type": "sigmoid"}, "s": {}}}) == "s"

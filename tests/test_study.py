@@ -24,10 +24,11 @@ from mmedpo.report.study import (
 N_ITEMS = 40
 
 
-def _result(name: str, right: list[bool], items: str = "q") -> dict:
+def _result(name: str, right: list[bool], finding: str = "nodule") -> dict:
     """An evaluation of closed questions whose gold answer alternates yes/no; `right[i]`: item i answered right.
 
-    `items` names the test items: seeds that draw their own test split (as SynthMed's do) name them apart.
+    The items are named q00, q01... whatever the seed, as SynthMed names them; seeds that draw their own
+    test split (as SynthMed's do) ask about their own `finding`.
     """
     predictions = []
     for index, correct in enumerate(right):
@@ -35,9 +36,9 @@ def _result(name: str, right: list[bool], items: str = "q") -> dict:
         wrong = "no" if gold == "yes" else "yes"
         predictions.append(
             Prediction(
-                id=f"{items}{index:02d}",
+                id=f"q{index:02d}",
                 task="vqa",
-                question="Is there a nodule?",
+                question=f"Is there a {finding}?",
                 answer=gold,
                 prediction=gold if correct else wrong,
                 answer_type="closed",
@@ -60,8 +61,8 @@ def _write_study(tmp_path, right_by_seed: dict[int, dict[str, list[bool]]], shar
         (run / "config.yaml").parent.mkdir(parents=True)
         (run / "config.yaml").write_text(yaml.safe_dump(config))
         for name, right in by_variant.items():
-            items = "q" if shared_items else f"s{seed}-q"
-            dump_json(_result(name, right, items), run / "eval" / f"{name}.json")
+            finding = "nodule" if shared_items else f"finding {seed}"
+            dump_json(_result(name, right, finding), run / "eval" / f"{name}.json")
         dump_json({"status": "done", "summary": {"pairs": 30 + seed, "steps": 12}}, run / "stages" / "train.dpo.json")
 
 
@@ -163,6 +164,22 @@ def test_study_files_and_the_readme_block(tmp_path):
     readme.write_text("no block")
     with pytest.raises(ValueError, match="no study block"):
         write_readme_block(readme, tmp_path, "x")
+
+
+def test_runs_sharing_a_judge_cache_each_append_to_a_file_of_their_own(tmp_path):
+    from mmedpo.layout import RunLayout
+    from mmedpo.pipeline.stages import _judge_cache
+
+    def writer(runs_dir, name, cache):
+        config = load_config(None, [f"runs_dir={runs_dir}", f"name={name}", f"score.cache_path={cache}"])
+        return _judge_cache(RunLayout.of(config), config)[1]
+
+    shared = tmp_path / "cache" / "judge_cache.jsonl"
+    assert writer(tmp_path / "cache", "seed-0", shared) == "seed-0"  # a study's seed
+    assert writer(tmp_path / "cache" / "a", "seed-0", shared) == "a.seed-0"  # two studies under the cache's folder
+    elsewhere = {writer(tmp_path / "x", "seed-0", shared), writer(tmp_path / "y", "seed-0", shared)}
+    assert len(elsewhere) == 2 and all(name.startswith("seed-0-") for name in elsewhere)
+    assert writer(tmp_path, "run", tmp_path / "run" / "judge_cache.jsonl") is None  # the run's own cache
 
 
 def test_seed_runs_live_in_the_study_folder_and_share_the_judge_cache():

@@ -10,6 +10,7 @@ Their order and what each reads is `mmedpo.pipeline.graph`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -194,12 +195,16 @@ def merge_score(layout: RunLayout, config: RunConfig, shards: int) -> dict:
 def _judge_cache(layout: RunLayout, config: RunConfig) -> tuple[Path, str | None]:
     """The judge cache file, and the name of this run's own file beside it when the cache lies outside the
     run folder: other runs (a study's seeds, side by side) may share it at the same time, and no two
-    processes append to one file (`mmedpo.jsonl_cache`)."""
+    processes append to one file (`mmedpo.jsonl_cache`). The name is the run folder's path from the cache's
+    folder ("seed-0" in a study), else its name and a digest of where it is: two runs never share one."""
     if not config.score.cache_path:
         return layout.judge_cache, None
-    path = Path(config.score.cache_path)
-    inside = path.resolve().is_relative_to(layout.dir.resolve())
-    return path, None if inside else config.name
+    path, run = Path(config.score.cache_path).resolve(), layout.dir.resolve()
+    if path.is_relative_to(run):
+        return path, None
+    if run.is_relative_to(path.parent):
+        return path, ".".join(run.relative_to(path.parent).parts)
+    return path, f"{run.name}-{hashlib.sha256(str(run).encode()).hexdigest()[:8]}"
 
 
 def stage_pairs(layout: RunLayout, config: RunConfig, variant: str) -> dict:

@@ -143,6 +143,8 @@ def _step_note(step: Mapping[str, Any], confidence: float) -> str:
 
 
 def control_of(config: Mapping[str, Any]) -> str | None:
-    """The run's supervised control: its first variant trained with `loss_type: sft`, whatever its name."""
+    """The run's supervised control: its first variant trained with `loss_type: sft` (its own, or the train
+    section's that it keeps), whatever its name."""
     variants = config.get("variants") or {}
-    return next((name for name, train in variants.items() if (train or {}).get("loss_type") == "sft"), None)
+    shared = (config.get("train") or {}).get("loss_type")
+    return next((name for name, train in variants.items() if (train or {}).get("loss_type", shared) == "sft"), None)

@@ -140,8 +140,9 @@ def _power(results: Mapping[str, Sequence[Mapping]], chains: Sequence[Mapping]) 
         n_items = int(np.mean([a["metrics"]["n_closed"] for a, _ in runs]))
         # Seeds that draw their own test items (SynthMed) each add item noise (about psi/n) to their
         # difference: what is left of the spread over seeds is the seeds' own variance (method of moments,
-        # never below 0). Seeds that share one test split (a real dataset) share its item noise instead.
-        shared = len({tuple(sorted(row["id"] for row in a["predictions"])) for a, _ in runs}) == 1
+        # never below 0). Seeds that share one test split (a real dataset) share its item noise instead; the
+        # items are compared by what they ask, since SynthMed names every seed's items alike.
+        shared = len({_test_items(a) for a, _ in runs}) == 1
         item_variance = (
             0.0 if shared else float(np.mean([p / a["metrics"]["n_closed"] for p, (a, _) in zip(psis, runs)]))
         )
@@ -326,3 +327,8 @@ def write_readme_block(readme: Path, study_dir: Path, command: str) -> None:
     after = rest.split(README_END, 1)[1]
     block = f"{README_BEGIN}\nMade by `{command}`.\n\n{results}{README_END}"
     Path(readme).write_text(before + block + after, encoding="utf-8")
+
+
+def _test_items(result: Mapping[str, Any]) -> tuple:
+    """What a result's test items are: each one's id, image, question and gold answer."""
+    return tuple(sorted((row["id"], row["image"], row["question"], row["answer"]) for row in result["predictions"]))

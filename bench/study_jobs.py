@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from mmedpo.config import load_config
+from mmedpo.configs import DEMO
 from mmedpo.layout import RunLayout
 from mmedpo.pipeline.study import run_study
 
@@ -35,7 +36,7 @@ SMALLER = [
 
 
 def study_seconds(runs_dir: Path, overrides: list[str], seeds: list[int], jobs: int) -> tuple[float, Path]:
-    config = load_config(None, [*overrides, f"runs_dir={runs_dir}", "name=study", "threads=1"])
+    config = load_config(DEMO, [*overrides, f"runs_dir={runs_dir}", "name=study", "threads=1"])
     start = time.perf_counter()
     folder = run_study(config, seeds, show_progress=False, jobs=jobs)
     return time.perf_counter() - start, folder

@@ -162,11 +162,12 @@ def rejects_path(path: Path) -> Path:
 class JsonlStore(Generic[R]):
     """Append-only JSON Lines file of one record type, safe to resume.
 
-    Every `extend` writes its records in one write and flushes: a kill leaves
-    all of them or none (a process is not stopped inside a write to a regular
-    file), so a sample whose pairs go in one `extend` is written whole or not at
-    all. On open, a torn last line (a full disk, a machine that lost power) is
-    cut off so the file is valid again.
+    Every `extend` writes its records in one write and flushes, so an ordinary
+    kill (between writes) leaves a sample whose pairs go in one `extend` whole or
+    absent. A write cut short (a fatal signal inside a large write, a full disk, a
+    machine that lost power) can leave the first of its lines and a torn one; on
+    open the torn last line is cut off so the file is valid again, but the whole
+    lines before it stay.
     """
 
     def __init__(self, path: Path | str, model: type[R]):

@@ -91,8 +91,9 @@ def _run_seed(
 def _run_seeds_side_by_side(
     config: RunConfig, seeds: Sequence[int], on_stage: Callable[[int, StageResult], None] | None, jobs: int
 ) -> None:
-    # Without a thread count, each process would take torch's default (every core) and they would fight.
-    threads = config.threads or max(1, (os.cpu_count() or 1) // jobs)
+    # Without a thread count, each process would take torch's default (every core) and they would fight; with
+    # one, the study uses jobs x threads.
+    threads = config.threads or max(1, (os.cpu_count() or 1) // min(jobs, len(seeds)))
     # spawn, not fork: a forked torch process can hang on the parent's thread pools.
     context = get_context("spawn")
     failed: list[str] = []

@@ -185,3 +185,13 @@ def test_the_accelerate_launch_in_ddp_yaml_reaches_the_command_line():
     result = subprocess.run(launch, env=clean_environment(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Weighted multimodal DPO" in result.stdout
+
+
+def test_regions_without_visual_dependence_says_why(tmp_path):
+    """The regions stage exists only when visual dependence is measured; asking for it otherwise names the setting."""
+    result = CliRunner().invoke(
+        app, ["regions", "-o", "eval.visual_dependence=false", "-o", f"runs_dir={tmp_path}"], terminal_width=300
+    )
+    assert result.exit_code == 2
+    assert "eval.visual_dependence is false" in result.output and "unknown stage" not in result.output
+    assert not any(tmp_path.iterdir())

@@ -59,6 +59,17 @@ def test_the_best_point_on_validation_is_chosen_and_every_point_recorded(tmp_pat
     table = tune.tuning_markdown(plan, result, "mmedpo tune tune.yaml")
     assert "| g1 (chosen) | 0.5 | 0.0001 | 0.6500 | 0.7000 | 0.6000 | 0.4500 |" in table
     assert "the test split was not looked at" in table and "Chosen: g1: train.beta = 0.5" in table
+    assert "(2 SynthMed images drawn from its test distribution, images of their own)" in table
+
+
+def test_the_record_says_which_split_of_a_real_dataset_was_tuned_on():
+    from mmedpo.config import DataConfig
+
+    slake = DataConfig(source="dataset", dataset="slake", image_root="x", split_map={"validation": "val"})
+    assert tune.validation_split(slake) == "the 'validation' split of the data read by reader slake (data.split_map)"
+    carved = DataConfig(source="samples", samples="s.jsonl", split_map={"train": {"pref": 0.8, "val": 0.2}})
+    cut = "a 20% cut by image of the 'train' split of the data read by s.jsonl (data.split_map)"
+    assert tune.validation_split(carved) == cut
 
 
 @pytest.mark.parametrize(

@@ -120,7 +120,28 @@ def run_tuning(plan: TuningPlan, show_progress: bool = True, on_stage=None) -> d
         tie = _mean(per_variant, plan.tie_break) if plan.tie_break else 0.0
         rows.append({"point": index, "settings": point, "score": score, "tie_break": tie, "variants": per_variant})
     best = max(rows, key=lambda row: (row["score"], row["tie_break"]))
-    return {"run": str(layout.dir), "metric": plan.metric, "tie_break": plan.tie_break, "rows": rows, "best": best}
+    return {
+        "run": str(layout.dir),
+        "validation": validation_split(config.data),
+        "metric": plan.metric,
+        "tie_break": plan.tie_break,
+        "rows": rows,
+        "best": best,
+    }
+
+
+def validation_split(data) -> str:
+    """Where the validation split's items come from, in words, for the record of what was tuned on."""
+    if data.source == "synthmed":
+        return f"{data.n_val} SynthMed images drawn from its test distribution, images of their own"
+    parts = []
+    for name, target in data.split_map.items():
+        if target == "val":
+            parts.append(f"the '{name}' split")
+        elif isinstance(target, dict) and "val" in target:
+            parts.append(f"a {target['val']:.0%} cut by image of the '{name}' split")
+    where = f"reader {data.dataset}" if data.source == "dataset" else data.samples
+    return f"{' and '.join(parts) or 'the split named val'} of the data read by {where} (data.split_map)"
 
 
 def _metrics(layout: RunLayout, variant: str) -> dict[str, float]:
@@ -143,7 +164,7 @@ def tuning_markdown(plan: TuningPlan, result: Mapping[str, Any], command: str) -
         "",
         f"Made by `{command}` (run folder `{result['run']}`). Every point trained "
         f"{', '.join(plan.variants)} on the same pairs and was evaluated on the validation split "
-        "(SynthMed's test distribution on images of its own); the test split was not looked at. "
+        f"({result['validation']}); the test split was not looked at. "
         f"A point's score is the mean {plan.metric} over those variants"
         + (f", ties broken by the mean {plan.tie_break}." if plan.tie_break else "."),
         "",

@@ -217,6 +217,35 @@ def test_every_pairs_file_shares_one_region_per_image_found_before_the_answerer_
         )
 
 
+def test_a_resumed_stage_reads_its_saved_regions_instead_of_localizing_again(
+    synth, tmp_path, tiny_vlm_dir, looking_model, monkeypatch
+):
+    root, samples = synth
+    events = []
+    monkeypatch.setattr(visual, "build_run_localizer", lambda *args, **kwargs: (CountingLocalizer(events), "note"))
+    files = {(region, "model-answer"): tmp_path / f"pairs.{region}.jsonl" for region in ("lesion", "whole")}
+    roots, regions = [root, tmp_path / "images"], tmp_path / "images" / "regions"
+
+    def curate():
+        return visual.curate_visual_regions(
+            samples, files, SETTINGS, roots, tmp_path / "images", tiny_vlm_dir, regions_dir=regions
+        )
+
+    first = curate()
+    written = {path: (path.read_bytes(), rejects_path(path).read_bytes()) for path in files.values()}
+    assert first["localizer_iou"]["mean"] > 0.5 and (regions / "index.json").exists()
+    for path in files.values():  # killed: the first pairs written, no rejects yet
+        path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:3]))
+        rejects_path(path).unlink()
+    events.clear()
+    monkeypatch.setattr(visual, "build_run_localizer", lambda *args, **kwargs: pytest.fail("localized again"))
+    again = curate()
+    assert events == []
+    assert {path: (path.read_bytes(), rejects_path(path).read_bytes()) for path in files.values()} == written
+    assert again["already_done"] == 3 and again["localizer_iou"] == first["localizer_iou"]
+    assert again["notes"] == first["notes"]
+
+
 def test_image_conditional_pairs_reject_the_gold_answer_on_the_noised_image(synth, tmp_path):
     root, samples = synth
     localizer = AnnotationLocalizer().drawing_from(samples, seed=0)

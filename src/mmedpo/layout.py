@@ -12,7 +12,8 @@
     runs/NAME/*.shard-I-of-N.jsonl        a shard's files (eval/shards/ for evaluations), until merged
     runs/NAME/pairs.VARIANT.jsonl         exactly what one variant trains on, with its weights
     runs/NAME/pairs.VARIANT.heldout.jsonl the same kinds of pair made on the validation split, never trained on
-    runs/NAME/images/                     drawn images; noised/ copies and their masks
+    runs/NAME/images/                     drawn images; noised/ copies and their masks; regions/ curation's
+                                          region of every curated image (index.json, masks)
     runs/NAME/models/VARIANT/             the base (SFT) model and each trained variant (README.md: its model card)
     runs/NAME/models/VARIANT/train_log.json what a variant trained on, its logged curves and held-out rewards
     runs/NAME/eval/VARIANT.json           metrics and per-sample predictions
@@ -71,6 +72,11 @@ class RunLayout:
     @property
     def noised_images(self) -> Path:
         return self.images / "noised"
+
+    @property
+    def curation_regions(self) -> Path:
+        """curate_visual's region of every curated image (index.json, masks), read back when the stage resumes."""
+        return self.images / "regions"
 
     @property
     def synthmed_images(self) -> Path:

@@ -230,6 +230,9 @@ def write_jsonl(path: Path | str, records: Iterable[BaseModel]) -> None:
 
 
 def dump_json(data: Any, path: Path | str) -> None:
+    """Write `data` as JSON, all or nothing: a killed run leaves the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.replace(path)

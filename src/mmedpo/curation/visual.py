@@ -41,7 +41,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from mmedpo.config import CurateVisualConfig
 from mmedpo.curation.merge import image_of, sort_curated
@@ -50,10 +49,17 @@ from mmedpo.curation.summary import CHUNK, CurationSummary
 from mmedpo.curation.visual_pairing import KEPT, Pairing
 from mmedpo.data.images import resolve_image
 from mmedpo.errors import StageIncomplete
-from mmedpo.imaging.localizers import localizer_iou
+from mmedpo.imaging.localizers import localizer_iou, write_mask
 from mmedpo.imaging.noise import image_seed, noise_image_file
 from mmedpo.imaging.regions import Region
-from mmedpo.imaging.run_localizer import FixedRegions, build_run_localizer
+from mmedpo.imaging.run_localizer import (
+    FixedRegions,
+    SavedRegions,
+    bare_reason,
+    build_run_localizer,
+    regions_index,
+    write_regions,
+)
 from mmedpo.models.answerer import LocalAnswerer, answer_stream, one_ahead
 from mmedpo.progress import progress_bar
 from mmedpo.records import JsonlStore, PreferencePair, Reject, Sample, rejects_path
@@ -97,8 +103,7 @@ def make_noised_image(
     mask = np.ones_like(region.mask) if noise_region == "whole" else region.mask
     mask_path = target.with_name(target.stem + "_mask.png")
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
+        write_mask(mask_path, mask)
         source = resolve_image(sample.image, image_roots)
         noise_image_file(source, mask, target, settings.timestep, image_seed(seed, sample.image), settings.edge_sigma)
     provenance = {
@@ -215,8 +220,7 @@ def _noise_once(
         )
     except ValueError as error:  # what the image holds; a system error (a full disk, no permission) propagates
         # The reason is shared by every sample of this image: name the image, not the sample asked first.
-        reason = str(error).removeprefix(f"sample {sample.id}: ").removeprefix(f"image {sample.image}: ")
-        return f"no lesion region: image {sample.image}: {reason}"
+        return f"no lesion region: image {sample.image}: {bare_reason(error, sample)}"
     previews.add(sample, region, relative)
     return relative, provenance
 
@@ -234,6 +238,7 @@ def curate_visual_regions(
     classifier_path: Path | None = None,
     shard: Shard | None = None,
     answerer=None,
+    regions_dir: Path | None = None,
 ) -> dict:
     """Visual pairs for every (noise region, rejected text) of `out_paths` (-> its pairs file); returns a summary.
 
@@ -247,8 +252,10 @@ def curate_visual_regions(
     annotation itself, the summary says how well its regions match them
     (`localizer_iou`); otherwise it says why that was not measured. Every image is
     localized once, up front (from its first sample), for all the pairs files, and
-    the localizer's own model, if it has one, is released before the answerer loads;
-    a resumed stage localizes its images again.
+    the localizer's own model, if it has one, is released before the answerer loads.
+    With `regions_dir` the regions are saved there (`write_regions`; a shard's under
+    its own index) and a resumed stage reads them back instead of localizing again
+    (its previews then show the region where the heat map was).
 
     `shard=(i, n)` curates the samples of every n-th image from the i-th into each
     pairs file's shard file (`shards.shard_path`); every question on an image stays in
@@ -257,21 +264,29 @@ def curate_visual_regions(
     (None: loaded from `model_dir`). When requests failed, every file is still
     curated, then `StageIncomplete` says how many samples wait for the next run.
     """
-    localizer, note = build_run_localizer(
-        settings, samples, sft_samples, image_roots, classifier_path, model_dir, seed=seed
-    )
-    if localizer.name == "annotation":  # a region for every image: unannotated ones get a real lesion's place
-        localizer = localizer.drawing_from(samples, seed)
-    preview = settings.preview
+    everything, preview = samples, settings.preview
     if shard is not None:
         first_images = list(dict.fromkeys(sample.image for sample in samples))[:preview]
         samples = take_shard(samples, shard, key=image_of)
         preview = len(set(first_images) & {sample.image for sample in samples})  # the shard's share of them
         out_paths = {key: shard_path(path, shard) for key, path in out_paths.items()}
-    # Each image is localized once for every pairs file, and a localizer with a model of its own (attribution:
-    # the target model) is done with it before the answerer loads, so the model is never held twice.
     previewed = list(dict.fromkeys(sample.image for sample in samples))[:preview]
-    localizer = FixedRegions(localizer, samples, image_roots, keep_heat=set(previewed))
+    index = regions_index(shard)
+    if regions_dir is not None and (regions_dir / index).exists():
+        localizer = SavedRegions(regions_dir, index, command="mmedpo curate visual")
+        note = localizer.note
+    else:
+        # The localizer learns from every sample (a shard's too); it localizes this stage's (or shard's) images.
+        localizer, note = build_run_localizer(
+            settings, everything, sft_samples, image_roots, classifier_path, model_dir, seed=seed
+        )
+        if localizer.name == "annotation":  # a region for every image: unannotated ones get a real lesion's place
+            localizer = localizer.drawing_from(everything, seed)
+        # Each image is localized once for every pairs file, and a localizer with a model of its own (attribution:
+        # the target model) is done with it before the answerer loads, so the model is never held twice.
+        localizer = FixedRegions(localizer, samples, image_roots, keep_heat=set(previewed))
+        if regions_dir is not None:
+            write_regions(localizer, regions_dir, note, index)
     if any(rejected == "model-answer" for _, rejected in out_paths):
         answerer = answerer or LocalAnswerer(model_dir)  # loaded once, for every file
     summaries = {}

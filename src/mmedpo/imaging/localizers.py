@@ -203,6 +203,12 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else np.count_nonzero(a & b) / union
 
 
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    """A boolean mask as the PNG `read_mask` reads back (0 or 255, one channel)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+
+
 def read_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """A mask file as booleans (any channel set), resized to `size` (width, height) when given; an unreadable
     file is an `ImageError` naming it (a system error propagates)."""

@@ -17,12 +17,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from mmedpo.config import AUTO, CurateVisualConfig
 from mmedpo.data.images import ImageError
-from mmedpo.imaging.localizers import build_localizer, finding_names, read_mask
+from mmedpo.imaging.localizers import build_localizer, finding_names, read_mask, write_mask
 from mmedpo.imaging.regions import NoRegion, Region
 from mmedpo.records import Sample, dump_json
 from mmedpo.shards import Shard, shard_path
@@ -150,14 +147,18 @@ class FixedRegions:
                 region = localizer.localize(sample, image_roots)
                 self.regions[sample.image] = region if sample.image in keep_heat else replace(region, heat=None)
             except (NoRegion, ImageError) as error:
-                # The reason alone: `localize` names the image (a localizer may have named the sample or image).
-                reason = str(error).removeprefix(f"sample {sample.id}: ").removeprefix(f"image {sample.image}: ")
-                self.regions[sample.image] = reason
+                self.regions[sample.image] = bare_reason(error, sample)
         if hasattr(localizer, "release"):
             localizer.release()
 
     def localize(self, sample: Sample, image_roots: Sequence[Path]) -> Region:
         return _region_or_reason(self.regions.get(sample.image, "not localized"), sample)
+
+
+def bare_reason(error: Exception, sample: Sample) -> str:
+    """Why an image has no region, without the sample or image a localizer may have named: every question on the
+    image shares the reason, and whoever reports it names the image once."""
+    return str(error).removeprefix(f"sample {sample.id}: ").removeprefix(f"image {sample.image}: ")
 
 
 def region_mask_name(image: str) -> str:
@@ -174,24 +175,27 @@ def save_regions(
     note: str,
     index: str = REGIONS_INDEX,
 ) -> dict:
-    """Localize every image of `samples` once (from its first sample) and write what `SavedRegions` reads.
+    """Localize every image of `samples` once (from its first sample) and write what `SavedRegions` reads
+    (`write_regions`); returns how many images got a region and how many did not."""
+    return write_regions(FixedRegions(localizer, samples, image_roots), out_dir, note, index)
+
+
+def write_regions(fixed: FixedRegions, out_dir: Path, note: str, index: str = REGIONS_INDEX) -> dict:
+    """Write the regions `fixed` found where `SavedRegions` reads them; returns `save_regions`'s summary.
 
     out_dir/`index` (index.json) holds the localizer's name, `note` (the line saying
     which it is), and per image its region's confidence, label, area and mask file (a
     PNG beside it, `region_mask_name`), or the reason it has none. The index is
     written last: a folder without one is unfinished. A shard writes an index of its
-    own (`merge_region_shards` joins them). Heat maps are not kept. Returns how many
-    images got a region and how many did not.
+    own (`merge_region_shards` joins them). Heat maps are not kept.
     """
-    fixed = FixedRegions(localizer, samples, image_roots)
     entries: dict[str, dict] = {}
     for image, region in fixed.regions.items():
         if isinstance(region, str):
             entries[image] = {"reason": region}
             continue
         mask = region_mask_name(image)
-        (out_dir / mask).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(region.mask.astype(np.uint8) * 255).save(out_dir / mask)
+        write_mask(out_dir / mask, region.mask)
         entries[image] = {
             "mask": mask,
             "confidence": float(region.confidence),
@@ -219,17 +223,21 @@ def _regions_summary(entries: dict[str, dict]) -> dict:
 
 
 class SavedRegions:
-    """The regions `save_regions` wrote, as a localizer: every evaluation reads the same ones, found once."""
+    """The regions `save_regions` wrote, as a localizer: every evaluation reads the same ones, found once.
 
-    def __init__(self, out_dir: Path):
-        index = out_dir / REGIONS_INDEX
+    `index` is the index file to read (a shard's own, `regions_index`); `command` is
+    what rewrites the folder, named when its index cannot be read.
+    """
+
+    def __init__(self, out_dir: Path, index: str = REGIONS_INDEX, command: str = "mmedpo regions"):
+        path = out_dir / index
         try:
-            saved = json.loads(index.read_text(encoding="utf-8"))
+            saved = json.loads(path.read_text(encoding="utf-8"))
             self.name, self.note, self._entries = saved["localizer"], saved["note"], dict(saved["regions"])
         except FileNotFoundError:
-            raise ValueError(f"{index}: no saved regions; run the regions stage first") from None
+            raise ValueError(f"{path}: no saved regions; run the regions stage first") from None
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{index}: not a regions index ({error!r}); run `mmedpo regions --force`") from None
+            raise ValueError(f"{path}: not a regions index ({error!r}); run `{command} --force`") from None
         self._dir = out_dir
 
     def localize(self, sample: Sample, image_roots: Sequence[Path]) -> Region:

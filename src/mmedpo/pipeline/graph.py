@@ -97,6 +97,7 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
             lambda r: [
                 *(p for key in VISUAL_FILES for p in (r.visual_pairs(*key), rejects_path(r.visual_pairs(*key)))),
                 r.noised_images,
+                r.curation_regions,
                 r.preview,
                 r.localizer_cnn,
             ],

@@ -281,6 +281,22 @@ def test_train_weighted_dpo_updates_and_saves(tiny_vlm_dir, image_root, tmp_path
     assert "rewards/accuracies/visual" in steps[0] and "rewards/margins/text" in steps[0]
 
 
+def test_a_labelled_training_logs_short_lines_that_name_it(tiny_vlm_dir, image_root, tmp_path, capsys):
+    pairs = [make_pair(i) for i in range(8)]
+    settings = DPOSettings(per_device_train_batch_size=4, logging_steps=1)
+    train_weighted_dpo(tiny_vlm_dir, pairs, [image_root], tmp_path / "model", settings, log_label="seed-3 mmedpo")
+    lines = capsys.readouterr().out.splitlines()
+    log = json.loads((tmp_path / "model" / "train_log.json").read_text())["log_history"]
+    first = next(entry for entry in log if "loss" in entry)
+    assert lines[0] == (
+        f"seed-3 mmedpo step 1/2: loss {first['loss']:.4g}, rewards/accuracies {first['rewards/accuracies']:.4g}, "
+        f"rewards/margins {first['rewards/margins']:.4g}"
+    )
+    assert lines[1].startswith("seed-3 mmedpo step 2/2: loss ")
+    assert lines[2].startswith("seed-3 mmedpo step 2/2: train_loss")
+    assert len(lines) == 3 and not any("{" in line for line in lines)  # no unlabelled dict
+
+
 def test_each_image_is_encoded_once_and_every_row_gets_its_own(tmp_path, monkeypatch):
     from PIL import Image
 

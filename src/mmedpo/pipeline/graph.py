@@ -149,7 +149,7 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
                 _train_settings(variant),
                 ("base", *(f"pairs:{name}" for name in budget)),
                 lambda r, v=variant: [r.model(v)],
-                lambda r, c, p, v=variant: stage_train(r, c, v),
+                lambda r, c, p, v=variant: stage_train(r, c, v, p),
             )
         )
         stages.append(_eval_stage(variant, f"train:{variant}", config))

@@ -234,7 +234,7 @@ def stage_pairs(layout: RunLayout, config: RunConfig, variant: str) -> dict:
         raise ValueError(f"variant {variant}: {error}") from None
 
 
-def stage_train(layout: RunLayout, config: RunConfig, variant: str) -> dict:
+def stage_train(layout: RunLayout, config: RunConfig, variant: str, show_progress: bool = True) -> dict:
     from mmedpo.training.dpo import train_weighted_dpo
 
     pairs = read_jsonl(layout.variant_pairs(variant), PreferencePair)
@@ -251,6 +251,8 @@ def stage_train(layout: RunLayout, config: RunConfig, variant: str) -> dict:
         settings,
         heldout_pairs=heldout or None,
         data_description=pairs_description(config, variant),
+        # Without progress bars (a study's seeds side by side), each logged entry says whose it is.
+        log_label=None if show_progress else f"{config.name} {variant}",
     )
     log = json.loads(layout.train_log(variant).read_text(encoding="utf-8"))
     return {

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -240,6 +240,20 @@ def _check_supported(args: WeightedDPOConfig | None) -> None:
         raise ValueError(f"WeightedDPOTrainer does not implement {names}; leave them at their defaults")
 
 
+class LabelledLogLines(TrainerCallback):
+    """Each logged entry as one line: the label, the step and the main figures (the rest: train_log.json)."""
+
+    SHOWN = ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies", "train_loss")
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        figures = [f"{name} {logs[name]:.4g}" for name in self.SHOWN if isinstance((logs or {}).get(name), float)]
+        if state.is_world_process_zero and figures:
+            print(f"{self.label} step {state.global_step}/{state.max_steps}: {', '.join(figures)}", flush=True)
+
+
 def train_weighted_dpo(
     model_dir: Path,
     pairs: list[PreferencePair],
@@ -249,8 +263,14 @@ def train_weighted_dpo(
     callbacks: list[TrainerCallback] | None = None,
     heldout_pairs: list[PreferencePair] | None = None,
     data_description: str | None = None,
+    log_label: str | None = None,
 ) -> Path:
     """Train the model in `model_dir` on `pairs` with weighted DPO; save it and its processor to `out_dir`.
+
+    The Trainer shows a progress bar and prints each logged entry as a dict; with
+    `log_label` there is no bar and each entry is one short line starting with the
+    label (`LabelledLogLines`), for output that mixes with other runs' (a study's
+    seeds side by side). Every entry is in train_log.json either way.
 
     With `heldout_pairs` (never trained on), the trained policy is evaluated on them
     against the reference once training ends; train_log.json's "heldout" holds their
@@ -278,6 +298,10 @@ def train_weighted_dpo(
         peft_config=lora_config(model, settings) if settings.use_peft else None,
         callbacks=callbacks,
     )
+    if log_label is not None:
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(LabelledLogLines(log_label))
     # The model is loaded before the configuration exists, so under ZeRO-3 each process loads it whole and DeepSpeed
     # partitions it afterwards (as TRL does). Loading under zero.Init instead (configuration first) was tried: with
     # transformers 5.23 the saved LLaVA then has its language model under doubled keys ("language_model.model.model.").

@@ -29,6 +29,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from mmedpo.evaluation.intervals import paired_difference
 from mmedpo.evaluation.item_scores import ITEM_METRICS
 from mmedpo.evaluation.power import discordance, minimum_detectable_difference
@@ -296,6 +298,19 @@ def compare_table(
 ) -> str:
     """The markdown table of `compare_results` in one call."""
     return to_markdown(compare_results(results, baseline, seed=seed, n_resamples=n_resamples))
+
+
+def changed_answers(results: Mapping[str, Sequence[Mapping]], control: str | None) -> dict[str, dict[str, float]]:
+    """Per variant (its results, one per seed): the share of test answers unlike the base's ("vs_base") and unlike
+    the SFT control's ("vs_CONTROL"), each the mean over seeds of `share_changed` against the same seed's."""
+    changed = {}
+    for name, runs in results.items():
+        changed[name] = {
+            f"vs_{other}": float(np.mean([share_changed(a, b) for a, b in zip(runs, results[other])]))
+            for other in ("base", control)
+            if other in results and other != name
+        }
+    return changed
 
 
 def share_changed(result: Mapping[str, Any], other: Mapping[str, Any]) -> float:

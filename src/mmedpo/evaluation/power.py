@@ -104,8 +104,7 @@ def closed_items_needed(
         )
 
     def detected(n_items: int) -> bool:
-        found = minimum_detectable_difference(n_items, discordance, n_seeds, seed_variance, alpha, power, shared_items)
-        return found is not None and found <= target
+        return _detects(target, n_items, discordance, n_seeds, seed_variance, alpha, power, shared_items)
 
     high = 1
     while not detected(high):
@@ -137,10 +136,15 @@ def seeds_needed(
         raise ValueError(f"target difference {target} must be above 0 and at most the discordance {discordance}")
 
     def detected(n_seeds: int) -> bool:
-        found = minimum_detectable_difference(n_items, discordance, n_seeds, seed_variance, alpha, power, shared_items)
-        return found is not None and found <= target
+        return _detects(target, n_items, discordance, n_seeds, seed_variance, alpha, power, shared_items)
 
     return _fewest(detected, 0, most) if detected(most) else None
+
+
+def _detects(target: float, *design) -> bool:
+    """Whether a study of `design` (`minimum_detectable_difference`'s arguments) detects `target`."""
+    found = minimum_detectable_difference(*design)
+    return found is not None and found <= target
 
 
 def _fewest(detected, low: int, high: int) -> int:

@@ -109,16 +109,15 @@ def results_section(run_dir: Path, out_dir: Path) -> str:
 
 def _changed_table(results: dict, control: str | None) -> str:
     """Per trained variant, the share of test answers unlike the base's and unlike the SFT control's."""
-    from mmedpo.evaluation.compare import share_changed
+    from mmedpo.evaluation.compare import changed_answers
 
     others = [name for name in ("base", control) if name in results]
+    changed = changed_answers({name: [result] for name, result in results.items()}, control)
     rows = "".join(
         f"<tr><td>{_e(name)}</td>"
-        + "".join(
-            f"<td>{'-' if other == name else f'{share_changed(result, results[other]):.1%}'}</td>" for other in others
-        )
+        + "".join(f"<td>{changed[name][f'vs_{other}']:.1%}</td>" if other != name else "<td>-</td>" for other in others)
         + "</tr>"
-        for name, result in results.items()
+        for name in results
         if name != "base"
     )
     head = "".join(f"<th>vs {_e(other)}</th>" for other in others)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mmedpo.evaluation.compare import share_changed
+from mmedpo.evaluation.compare import changed_answers
 from mmedpo.evaluation.intervals import difference_over_seeds
 from mmedpo.evaluation.item_scores import ITEM_METRICS
 from mmedpo.evaluation.power import closed_items_needed, discordance, minimum_detectable_difference, seeds_needed
@@ -72,7 +72,7 @@ def summarize_study(study_dir: Path, seeds: Sequence[int], metrics: Sequence[str
         "majority": _majority(results, metrics),
         "chains": chains,
         "control": control_of(config),
-        "changed": _changed_answers(results, control_of(config)),
+        "changed": changed_answers(results, control_of(config)),
         "training": _training(study_dir, seeds, list(results)),
         "power": _power(results, chains),
     }
@@ -88,18 +88,6 @@ def _majority(results: Mapping[str, Sequence[Mapping]], metrics: Sequence[str]) 
     runs = next(iter(results.values()))
     majorities = [run["metrics"].get("majority") or {} for run in runs]
     return {m: float(np.mean([found[m] for found in majorities])) for m in metrics if all(m in f for f in majorities)}
-
-
-def _changed_answers(results: Mapping[str, Sequence[Mapping]], control: str | None) -> dict[str, dict[str, float]]:
-    """Per variant: the share of test answers unlike the base's, and unlike the SFT control's (mean over seeds)."""
-    changed = {}
-    for name, runs in results.items():
-        shares = {}
-        for other in ("base", control):
-            if other in results and other != name:
-                shares[f"vs_{other}"] = float(np.mean([share_changed(a, b) for a, b in zip(runs, results[other])]))
-        changed[name] = shares
-    return changed
 
 
 def _training(study_dir: Path, seeds: Sequence[int], variants: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from mmedpo.config import RunConfig
 from mmedpo.layout import RunLayout
-from mmedpo.pipeline.engine import read_state
 from mmedpo.records import PreferencePair, Sample, read_jsonl, rejects_path, write_jsonl
 from mmedpo.shards import Shard, shard_name, shard_path, take_shard
 
@@ -275,9 +274,15 @@ def shared_steps(layout: RunLayout, config: RunConfig) -> int:
     for name in config.variants:
         train = config.variant(name)
         per_step = train.per_device_train_batch_size * train.gradient_accumulation_steps
-        pairs = read_state(layout, f"pairs:{name}")["summary"]["pairs"]  # done: every train stage waits for it
+        pairs = _count_lines(layout.variant_pairs(name))  # written: every train stage waits for every pairs stage
         steps.append(train.max_steps or math.ceil(pairs * train.num_train_epochs / per_step))
     return max(steps)
+
+
+def _count_lines(path: Path) -> int:
+    """The records of a JSONL file, without parsing them (a variant's pairs file may hold 100,000 pairs)."""
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
 
 
 def pairs_description(config: RunConfig, variant: str) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from huggingface_hub import HfApi, ModelCard
 
 from mmedpo.training.dpo import train_weighted_dpo
-from mmedpo.training.model_card import base_model_name, write_model_card
+from mmedpo.training.model_card import base_model_name, model_card, write_model_card
 from mmedpo.training.settings import DPOSettings
 from test_training import make_pair
 
@@ -56,7 +57,9 @@ def test_a_full_fine_tune_gets_a_card_that_the_eval_metrics_complete(tiny_vlm_di
     train_weighted_dpo(base, pairs()[:3], [image_root], out, settings, data_description="Pairs from SynthMed.")
 
     card = ModelCard.load(out / "README.md")
-    assert card.data.base_model == "../base"  # relative: the run folder can be copied or moved
+    # A local base is named in the text, relative (the run folder can be copied or moved), and kept out of the
+    # metadata: the Hub refuses a card whose base_model is not a model id.
+    assert card.data.base_model is None and "`../base` (a local folder, relative to this card's folder)." in card.text
     assert (card.data.pipeline_tag, card.data.library_name) == ("image-text-to-text", "transformers")
     assert card.data.eval_results is None
     text = card.text
@@ -87,13 +90,19 @@ def test_a_pushed_model_gets_its_test_metrics_on_the_hub_once_evaluated(
     hub = {}  # what the fake Hub holds: path in the repository -> text
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: None)
 
+    def accept(place, text):
+        # As the Hub's metadata check: a base_model must be a model id, not a local path ("../base").
+        base_model = ModelCard(text).data.base_model
+        assert base_model is None or re.fullmatch(r"[\w.-]+(/[\w.-]+)?", base_model) and ".." not in base_model, place
+        hub[place] = text
+
     def upload_folder(self, repo_id, folder_path, **kwargs):
         for card in Path(folder_path).rglob("README.md"):
-            hub[card.relative_to(folder_path).as_posix()] = card.read_text()
+            accept(card.relative_to(folder_path).as_posix(), card.read_text())
 
     def upload_file(self, path_or_fileobj, path_in_repo, repo_id, **kwargs):
         assert repo_id == "me/pushed"
-        hub[path_in_repo] = Path(path_or_fileobj).read_text()
+        accept(path_in_repo, Path(path_or_fileobj).read_text())
 
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr(HfApi, "upload_file", upload_file)
@@ -127,13 +136,15 @@ def test_a_lora_adapter_card_names_its_base_relatively_and_is_a_peft_image_text_
     train_weighted_dpo(base, pairs(), [image_root], out, settings)
 
     adapter = ModelCard.load(out / "adapter" / "README.md")  # PEFT's template replaced
-    assert adapter.data.base_model == "../../base"
+    assert adapter.data.base_model is None and "`../../base` (a local folder" in adapter.text
+    assert 'AutoModelForImageTextToText.from_pretrained("../../base")' in adapter.text
     assert (adapter.data.library_name, adapter.data.pipeline_tag) == ("peft", "image-text-to-text")
     assert "lora" in adapter.data.tags
     assert str(tmp_path) not in adapter.content  # no absolute local path
     assert "PeftModel.from_pretrained" in adapter.text and "not for clinical use" in adapter.text
     merged = ModelCard.load(out / "README.md")
-    assert (merged.data.library_name, merged.data.base_model) == ("transformers", "../base")
+    assert (merged.data.library_name, merged.data.base_model) == ("transformers", None)
+    assert "`../base` (a local folder" in merged.text
     assert "merged into its base" in merged.text
     assert json.loads((out / "train_log.json").read_text())["pairs_by_kind"] == {"text": 2, "visual": 2}
 
@@ -143,6 +154,11 @@ def test_a_hub_model_is_named_by_its_id_and_a_local_one_by_a_relative_path(tmp_p
     assert base_model_name("llava-hf/llava-1.5-7b-hf", tmp_path / "out") == "llava-hf/llava-1.5-7b-hf"
     assert base_model_name(tmp_path / "base", tmp_path / "runs" / "out") == "../../base"
     assert base_model_name(tmp_path / "base", tmp_path) == "./base"
+    # Only an id is metadata: the Hub links the model to it.
+    assert model_card("m", {}, "llava-hf/llava-1.5-7b-hf", adapter=True, merged=False).data.base_model == (
+        "llava-hf/llava-1.5-7b-hf"
+    )
+    assert model_card("m", {}, "../base", adapter=False, merged=False).data.base_model is None
 
 
 def test_push_to_hub_needs_a_repository_and_is_not_a_trl_argument():

@@ -4,7 +4,8 @@
     write_model_card(out_dir, evaluation=metrics, dataset="SynthMed", split="test")  # the eval stage, later
 
 The card says what the model started from (a local base as a path relative to the
-card, a Hub model by its id), what it trained on (pairs by kind, where they came
+card, a Hub model by its id; only an id goes into the metadata's `base_model`, since
+the Hub refuses a card whose `base_model` is not a model id), what it trained on (pairs by kind, where they came
 from), with which settings, how it did on held-out pairs and, once evaluated, its
 test metrics; and that it is a research artefact, not for clinical use. A full
 fine-tune, or base + adapter merged, gets OUT/README.md (transformers); a LoRA
@@ -101,9 +102,10 @@ def model_card(
     """The card of one model (or adapter) from its train_log.json and, once evaluated, its test metrics."""
     evaluation = evaluation or {}
     metrics = {name: float(evaluation[name]) for name in CARD_METRICS if evaluation.get(name) is not None}
+    local = base.startswith(".")  # base_model_name's local folders; the card's text names them
     data = ModelCardData(
         model_name=name,
-        base_model=base,
+        base_model=None if local else base,
         library_name="peft" if adapter else "transformers",
         pipeline_tag=PIPELINE_TAG,
         tags=["mmedpo", "dpo", "medical", "research-only", *(["lora"] if adapter else [])],
@@ -111,7 +113,7 @@ def model_card(
     )
     what = "A LoRA adapter" if adapter else ("A LoRA fine-tune merged into its base," if merged else "A model")
     version = log.get("mmedpo_version", "?")
-    where = " (a local folder, relative to this card's folder)." if base.startswith(".") else " (Hugging Face Hub)."
+    where = " (a local folder, relative to this card's folder)." if local else " (Hugging Face Hub)."
     lines = [
         f"# {name}",
         "",

@@ -270,21 +270,16 @@ def curate_visual_regions(
         samples = take_shard(samples, shard, key=image_of)
         preview = len(set(first_images) & {sample.image for sample in samples})  # the shard's share of them
         out_paths = {key: shard_path(path, shard) for key, path in out_paths.items()}
-    previewed = list(dict.fromkeys(sample.image for sample in samples))[:preview]
+    previewed = set(list(dict.fromkeys(sample.image for sample in samples))[:preview])
     index = regions_index(shard)
     if regions_dir is not None and (regions_dir / index).exists():
         localizer = SavedRegions(regions_dir, index, command="mmedpo curate visual")
         note = localizer.note
     else:
-        # The localizer learns from every sample (a shard's too); it localizes this stage's (or shard's) images.
-        localizer, note = build_run_localizer(
-            settings, everything, sft_samples, image_roots, classifier_path, model_dir, seed=seed
+        # The localizer learns from every sample (a shard's too) and localizes this stage's (or shard's) images.
+        localizer, note = _find_regions(
+            settings, everything, samples, sft_samples, image_roots, classifier_path, model_dir, seed, previewed
         )
-        if localizer.name == "annotation":  # a region for every image: unannotated ones get a real lesion's place
-            localizer = localizer.drawing_from(everything, seed)
-        # Each image is localized once for every pairs file, and a localizer with a model of its own (attribution:
-        # the target model) is done with it before the answerer loads, so the model is never held twice.
-        localizer = FixedRegions(localizer, samples, image_roots, keep_heat=set(previewed))
         if regions_dir is not None:
             write_regions(localizer, regions_dir, note, index)
     if any(rejected == "model-answer" for _, rejected in out_paths):
@@ -314,6 +309,22 @@ def curate_visual_regions(
     iou = _localizer_iou(samples, image_roots, localizer)
     notes = [note] + ([f"localizer_iou {iou}"] if isinstance(iou, str) else [])
     return {**first, "by_file": summaries if len(summaries) > 1 else None, "localizer_iou": iou, "notes": notes}
+
+
+def _find_regions(
+    settings, learn_from, samples, sft_samples, image_roots, classifier_path, model_dir, seed, previewed
+) -> tuple[FixedRegions, str]:
+    """The region of every image of `samples`, found once for every pairs file, and the line naming the localizer.
+
+    A localizer with a model of its own (attribution: the target model) is done with it
+    before the answerer loads, so the model is never held twice.
+    """
+    localizer, note = build_run_localizer(
+        settings, learn_from, sft_samples, image_roots, classifier_path, model_dir, seed=seed
+    )
+    if localizer.name == "annotation":  # a region for every image: unannotated ones get a real lesion's place
+        localizer = localizer.drawing_from(learn_from, seed)
+    return FixedRegions(localizer, samples, image_roots, keep_heat=previewed), note
 
 
 def _file_name(path: Path, shard: Shard | None) -> str:

@@ -13,6 +13,7 @@ import termios
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 import typer.main
 import yaml
 from typer.testing import CliRunner
@@ -187,10 +188,13 @@ def test_the_accelerate_launch_in_ddp_yaml_reaches_the_command_line():
     assert "Weighted multimodal DPO" in result.stdout
 
 
-def test_regions_without_visual_dependence_says_why(tmp_path):
+@pytest.mark.parametrize(
+    "words", [["regions"], ["regions", "--shard", "1/2"], ["regions", "--merge", "2"], ["run", "--only", "regions"]]
+)
+def test_regions_without_visual_dependence_says_why(tmp_path, words):
     """The regions stage exists only when visual dependence is measured; asking for it otherwise names the setting."""
     result = CliRunner().invoke(
-        app, ["regions", "-o", "eval.visual_dependence=false", "-o", f"runs_dir={tmp_path}"], terminal_width=300
+        app, [*words, "-o", "eval.visual_dependence=false", "-o", f"runs_dir={tmp_path}"], terminal_width=300
     )
     assert result.exit_code == 2
     assert "eval.visual_dependence is false" in result.output and "unknown stage" not in result.output

@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmedpo.data.images import ImageError
 from mmedpo.imaging.gradcam import Classifier, GradCamLocalizer, load_classifier, train_default_classifier
 from mmedpo.imaging.localizers import AnnotationLocalizer, build_localizer, localizer_iou
 from mmedpo.imaging.regions import NoRegion, RegionOptions, map_to_region
@@ -221,7 +220,7 @@ def test_images_without_annotation_get_a_region_drawn_from_the_splits_lesions(tm
 
 
 def test_saved_regions_give_every_evaluation_what_the_localizer_found_once(tmp_path):
-    from mmedpo.imaging.run_localizer import FixedRegions, SavedRegions, save_regions
+    from mmedpo.imaging.run_localizer import BrokenRegions, FixedRegions, SavedRegions, save_regions
     from mmedpo.synth.synthmed import generate_synthmed
 
     samples = generate_synthmed(tmp_path / "data", {"test": 12}, seed=0, image_size=64)
@@ -262,15 +261,23 @@ def test_saved_regions_give_every_evaluation_what_the_localizer_found_once(tmp_p
         saved.localize(stranger, roots)
     with pytest.raises(ValueError, match="no saved regions; run the regions stage first"):
         SavedRegions(tmp_path / "nowhere")
-    # A mask that cannot be read is an image error naming it, which the evaluation counts as a skip reason.
+    # A saved mask that cannot be read is a fault of the run folder, not an image's skip reason (no ImageError,
+    # which the evaluation would record as one), and names the file and what rewrites it.
+    SavedRegions(tmp_path / "regions").check()
     entry = next(entry for entry in json.loads((tmp_path / "regions" / "index.json").read_text())["regions"].values()
                  if "mask" in entry)  # fmt: skip
     (tmp_path / "regions" / entry["mask"]).write_bytes(b"not a png")
     broken = next(sample for sample in samples if f"{sample.image}.png" == entry["mask"])
-    with pytest.raises(ImageError, match=f"cannot read lesion mask .*{entry['mask']}"):
+    for read in (lambda: SavedRegions(tmp_path / "regions").localize(broken, roots),
+                 lambda: SavedRegions(tmp_path / "regions").check()):  # fmt: skip
+        with pytest.raises(BrokenRegions, match=f"cannot read lesion mask .*{entry['mask']}.*mmedpo regions --force"):
+            read()
+    (tmp_path / "regions" / entry["mask"]).unlink()
+    with pytest.raises(BrokenRegions, match=f"{entry['mask']}"):
         SavedRegions(tmp_path / "regions").localize(broken, roots)
+    assert not issubclass(BrokenRegions, ValueError)
     (tmp_path / "regions" / "index.json").write_text('{"localizer": "annotation", "regions"')  # cut short
-    with pytest.raises(ValueError, match=r"regions/index.json: not a regions index .*mmedpo regions --force"):
+    with pytest.raises(BrokenRegions, match=r"regions/index.json: not a regions index .*mmedpo regions --force"):
         SavedRegions(tmp_path / "regions")
 
 

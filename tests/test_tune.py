@@ -67,8 +67,8 @@ def test_the_record_says_which_split_of_a_real_dataset_was_tuned_on():
 
     slake = DataConfig(source="dataset", dataset="slake", image_root="x", split_map={"validation": "val"})
     assert tune.validation_split(slake) == "the 'validation' split of the data read by reader slake (data.split_map)"
-    carved = DataConfig(source="samples", samples="s.jsonl", split_map={"train": {"pref": 0.8, "val": 0.2}})
-    cut = "a 20% cut by image of the 'train' split of the data read by s.jsonl (data.split_map)"
+    carved = DataConfig(source="samples", samples="s.jsonl", split_map={"train": {"pref": 0.875, "val": 0.125}})
+    cut = "a 12.5% cut by image of the 'train' split of the data read from s.jsonl (data.split_map)"
     assert tune.validation_split(carved) == cut
 
 

@@ -4,6 +4,7 @@ bits outside the region, 8/16-bit, RGB and DICOM inputs, previews, and resuming 
 from __future__ import annotations
 
 import errno
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 
@@ -234,16 +235,32 @@ def test_a_resumed_stage_reads_its_saved_regions_instead_of_localizing_again(
     first = curate()
     written = {path: (path.read_bytes(), rejects_path(path).read_bytes()) for path in files.values()}
     assert first["localizer_iou"]["mean"] > 0.5 and (regions / "index.json").exists()
-    for path in files.values():  # killed: the first pairs written, no rejects yet
-        path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:3]))
-        rejects_path(path).unlink()
-    events.clear()
+    noised = {path: path.read_bytes() for path in (tmp_path / "images" / "noised").rglob("*.png")}
+
+    def kill():  # the first pairs written, no rejects yet, no noised image of the images still to pair
+        for path in files.values():
+            path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:3]))
+            rejects_path(path).unlink()
+        shutil.rmtree(tmp_path / "images" / "noised")
+        events.clear()
+
+    kill()
+    real_build = visual.build_run_localizer
     monkeypatch.setattr(visual, "build_run_localizer", lambda *args, **kwargs: pytest.fail("localized again"))
     again = curate()
     assert events == []
     assert {path: (path.read_bytes(), rejects_path(path).read_bytes()) for path in files.values()} == written
+    # Noised from the saved regions, the images (and masks) are the ones the regions found in memory gave.
+    assert {path: path.read_bytes() for path in (tmp_path / "images" / "noised").rglob("*.png")} == noised
     assert again["already_done"] == 3 and again["localizer_iou"] == first["localizer_iou"]
     assert again["notes"] == first["notes"]
+    # A saved mask a kill left damaged: the regions are found again, never an image "without a region".
+    next(regions.rglob("*.png.png")).write_bytes(b"")
+    kill()
+    monkeypatch.setattr(visual, "build_run_localizer", real_build)
+    curate()
+    assert {path: (path.read_bytes(), rejects_path(path).read_bytes()) for path in files.values()} == written
+    assert len([event for event in events if event[0] == "localize"]) == len({sample.image for sample in samples})
 
 
 def test_image_conditional_pairs_reject_the_gold_answer_on_the_noised_image(synth, tmp_path):

@@ -238,11 +238,6 @@ def regions(
     merge: MergeOption = None,
 ) -> None:
     """Visual dependence's region of every test image, found once for every evaluation (with --shard, a part)."""
-    if not _load(config, override).eval.visual_dependence:
-        raise ValueError(
-            "the regions stage finds the regions visual dependence measures, and this config does not measure "
-            "it (eval.visual_dependence is false); set it to true to find them"
-        )
     _run_stage(config, override, "regions", force, shard, merge)
 
 

@@ -53,6 +53,7 @@ from mmedpo.imaging.localizers import localizer_iou, write_mask
 from mmedpo.imaging.noise import image_seed, noise_image_file
 from mmedpo.imaging.regions import Region
 from mmedpo.imaging.run_localizer import (
+    BrokenRegions,
     FixedRegions,
     SavedRegions,
     bare_reason,
@@ -272,8 +273,8 @@ def curate_visual_regions(
         out_paths = {key: shard_path(path, shard) for key, path in out_paths.items()}
     previewed = set(list(dict.fromkeys(sample.image for sample in samples))[:preview])
     index = regions_index(shard)
-    if regions_dir is not None and (regions_dir / index).exists():
-        localizer = SavedRegions(regions_dir, index, command="mmedpo curate visual")
+    localizer = _saved_regions(regions_dir, index) if regions_dir is not None else None
+    if localizer is not None:
         note = localizer.note
     else:
         # The localizer learns from every sample (a shard's too) and localizes this stage's (or shard's) images.
@@ -309,6 +310,18 @@ def curate_visual_regions(
     iou = _localizer_iou(samples, image_roots, localizer)
     notes = [note] + ([f"localizer_iou {iou}"] if isinstance(iou, str) else [])
     return {**first, "by_file": summaries if len(summaries) > 1 else None, "localizer_iou": iou, "notes": notes}
+
+
+def _saved_regions(regions_dir: Path, index: str) -> SavedRegions | None:
+    """The regions an earlier attempt of the stage saved, all readable; else None, and they are found again."""
+    if not (regions_dir / index).exists():
+        return None
+    try:
+        saved = SavedRegions(regions_dir, index)
+        saved.check()
+    except BrokenRegions:  # a kill while they were written, or a damaged file: a cache, so find them again
+        return None
+    return saved
 
 
 def _find_regions(

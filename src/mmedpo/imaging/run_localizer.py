@@ -222,14 +222,19 @@ def _regions_summary(entries: dict[str, dict]) -> dict:
     return {"images": len(entries), "regions": found, "no_region": len(entries) - found}
 
 
+class BrokenRegions(OSError):
+    """Saved regions that cannot be read back (a torn index, a missing or damaged mask): a fault of the run
+    folder, never a fact about an image, so no stage records it as an image's reason to be skipped."""
+
+
 class SavedRegions:
     """The regions `save_regions` wrote, as a localizer: every evaluation reads the same ones, found once.
 
-    `index` is the index file to read (a shard's own, `regions_index`); `command` is
-    what rewrites the folder, named when its index cannot be read.
+    `index` is the index file to read (a shard's own, `regions_index`). What cannot
+    be read back raises `BrokenRegions`, naming the file and `mmedpo regions --force`.
     """
 
-    def __init__(self, out_dir: Path, index: str = REGIONS_INDEX, command: str = "mmedpo regions"):
+    def __init__(self, out_dir: Path, index: str = REGIONS_INDEX):
         path = out_dir / index
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
@@ -237,15 +242,27 @@ class SavedRegions:
         except FileNotFoundError:
             raise ValueError(f"{path}: no saved regions; run the regions stage first") from None
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}: not a regions index ({error!r}); run `{command} --force`") from None
+            raise BrokenRegions(f"{path}: not a regions index ({error!r}); run `mmedpo regions --force`") from None
         self._dir = out_dir
 
     def localize(self, sample: Sample, image_roots: Sequence[Path]) -> Region:
         entry = self._entries.get(sample.image)
         if entry is None or "reason" in entry:
             return _region_or_reason(entry["reason"] if entry else "not localized", sample)
-        mask = read_mask(self._dir / entry["mask"])
+        mask = self._mask(entry)
         return Region(mask, entry["confidence"], entry["label"], entry["area_fraction"], found=entry["found"])
+
+    def check(self) -> None:
+        """Read every saved mask once: `BrokenRegions` if any cannot be."""
+        for entry in self._entries.values():
+            if "mask" in entry:
+                self._mask(entry)
+
+    def _mask(self, entry: dict):
+        try:
+            return read_mask(self._dir / entry["mask"])
+        except ImageError as error:  # missing or damaged: ours, written by the stage that saved the regions
+            raise BrokenRegions(f"{error}; run `mmedpo regions --force`") from None
 
 
 def _region_or_reason(region: Region | str, sample: Sample) -> Region:

@@ -29,7 +29,7 @@ from mmedpo.pipeline.engine import (
     run_stages,
     shard_stage,
 )
-from mmedpo.pipeline.graph import build_stages
+from mmedpo.pipeline.graph import absent_stage_reason, build_stages
 from mmedpo.records import dump_json
 from mmedpo.shards import Shard
 
@@ -50,6 +50,7 @@ def run_pipeline(
     samples are read, what the stages need of them is checked (`checks`) before
     any later stage runs.
     """
+    _check_present(config, only or ())
     layout = RunLayout.of(config)
     gates = {"samples": lambda: check_samples(config, layout)}
     with RunLock(layout):
@@ -62,7 +63,16 @@ def shardable_stages(config: RunConfig) -> list[str]:
     return [stage.name for stage in build_stages(config) if stage.sharding is not None]
 
 
+def _check_present(config: RunConfig, names: Sequence[str]) -> None:
+    """A stage this config's run leaves out is named with the setting that leaves it out."""
+    for name in names:
+        reason = absent_stage_reason(config, name)
+        if reason:
+            raise ValueError(reason)
+
+
 def _shardable(config: RunConfig, name: str) -> tuple[Stage, dict[str, str]]:
+    _check_present(config, [name])
     stages = build_stages(config)
     stage = next((stage for stage in stages if stage.name == name), None)
     if stage is None or stage.sharding is None:

@@ -158,6 +158,16 @@ def build_stages(config: RunConfig) -> tuple[Stage, ...]:
     return tuple(stages)
 
 
+def absent_stage_reason(config: RunConfig, name: str) -> str | None:
+    """Why `build_stages` leaves the stage `name` out of this config's run (the setting to change), or None."""
+    if name == "regions" and not config.eval.visual_dependence:
+        return (
+            "the regions stage finds the regions visual dependence measures, and this config does not measure "
+            "it (eval.visual_dependence is false); set it to true to find them"
+        )
+    return None
+
+
 # What the regions stage reads of curate_visual: the run's localizer, used where the test split has no masks.
 LOCALIZER_SETTINGS = {"localizer", "localizer_options", "classifier", "classifier_factory"}
 

@@ -149,17 +149,18 @@ def visual_files(layout: RunLayout, config: RunConfig) -> dict[tuple[str, str], 
 
 
 def curate_visual_shard_outputs(layout: RunLayout, config: RunConfig, shard: Shard) -> list[Path]:
-    """A visual shard's pairs files, its regions index and the noised images of its images (their names do not
-    change with every setting, so a shard whose config changed must not reuse them)."""
+    """A visual shard's pairs files, its regions (index and masks) and the noised images of its images (their
+    names do not change with every setting, so a shard whose config changed must not reuse them)."""
     from mmedpo.curation.merge import image_of
     from mmedpo.curation.visual import noised_files
-    from mmedpo.imaging.run_localizer import regions_index
+    from mmedpo.imaging.run_localizer import region_mask_name, regions_index
 
     samples = take_shard(split(layout, *CURATED_SPLITS), shard, key=image_of) if layout.samples.exists() else []
     paths = [shard_path(path, shard) for path in visual_files(layout, config).values()]
     return [
         *(p for path in paths for p in (path, rejects_path(path))),
         layout.curation_regions / regions_index(shard),
+        *(layout.curation_regions / region_mask_name(image) for image in dict.fromkeys(image_of(s) for s in samples)),
         *noised_files(samples, config.curate_visual, layout.images),
     ]
 

@@ -139,9 +139,9 @@ def validation_split(data) -> str:
         if target == "val":
             parts.append(f"the '{name}' split")
         elif isinstance(target, dict) and "val" in target:
-            parts.append(f"a {target['val']:.0%} cut by image of the '{name}' split")
-    where = f"reader {data.dataset}" if data.source == "dataset" else data.samples
-    return f"{' and '.join(parts) or 'the split named val'} of the data read by {where} (data.split_map)"
+            parts.append(f"a {100 * target['val']:g}% cut by image of the '{name}' split")
+    where = f"read by reader {data.dataset}" if data.source == "dataset" else f"read from {data.samples}"
+    return f"{' and '.join(parts) or 'the split named val'} of the data {where} (data.split_map)"
 
 
 def _metrics(layout: RunLayout, variant: str) -> dict[str, float]:

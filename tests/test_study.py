@@ -219,3 +219,22 @@ def test_run_study_runs_each_seed_in_its_folder_then_writes_the_study(tmp_path, 
     assert summary["chains"][0]["verdicts"][0]["steps"][0]["per_seed"] == pytest.approx([0.125, 0.125])
     with pytest.raises(ValueError, match="distinct seeds"):
         study.run_study(config, [1, 1])
+
+
+def test_a_training_cell_of_many_seeds_gives_their_range_and_mean():
+    from mmedpo.report.study import training_rows
+
+    summary = {
+        "variants": ["few", "many"],
+        "control": None,
+        "changed": {},
+        "training": {
+            "few": {"pairs": [30, 31], "steps": [12, 12], "heldout_reward_accuracy": [0.5, 0.75]},
+            "many": {"pairs": [30, 31, 35, 30, 33, 32], "steps": [12] * 6,
+                     "heldout_reward_accuracy": [0.5, 0.75, 0.625, 0.5, 0.5, 0.875]},
+        },
+    }  # fmt: skip
+    few, many = training_rows(summary)
+    assert few[1:4] == ["30, 31", "12, 12", "0.500, 0.750"]
+    # (30 + 31 + 35 + 30 + 33 + 32) / 6 = 31.83 pairs; held-out (0.5 + .75 + .625 + .5 + .5 + .875) / 6 = 0.625
+    assert many[1:4] == ["30 to 35 (mean 32)", "12 in every seed", "0.500 to 0.875 (mean 0.625)"]

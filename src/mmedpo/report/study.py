@@ -249,8 +249,19 @@ def _cell(entry: Mapping[str, Any] | None) -> str:
     return f"{entry['mean']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
 
 
+LISTED_SEEDS = 5  # up to this many seeds a training cell lists each seed's value; past it, their range and mean
+
+
 def _list(values, form: str = "{}") -> str:
-    return "-" if not values or any(v is None for v in values) else ", ".join(form.format(v) for v in values)
+    if not values or any(v is None for v in values):
+        return "-"
+    if len(values) <= LISTED_SEEDS:
+        return ", ".join(form.format(v) for v in values)
+    if len(set(values)) == 1:
+        return f"{form.format(values[0])} in every seed"
+    mean = float(np.mean(values))
+    mean = round(mean) if all(isinstance(v, int) for v in values) else mean
+    return f"{form.format(min(values))} to {form.format(max(values))} (mean {form.format(mean)})"
 
 
 def _share(value: float | None) -> str:

@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mmedpo run
 
 study: $(STAMP)
-	$(VENV)/bin/mmedpo study --seeds 0-9 --jobs 2 --readme README.md
+	$(VENV)/bin/mmedpo study --seeds 0-39 --jobs 2 --readme README.md
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 --durations=15

@@ -263,13 +263,12 @@ def test_saved_regions_give_every_evaluation_what_the_localizer_found_once(tmp_p
         SavedRegions(tmp_path / "nowhere")
     # A saved mask that cannot be read is a fault of the run folder, not an image's skip reason (no ImageError,
     # which the evaluation would record as one), and names the file and what rewrites it.
-    SavedRegions(tmp_path / "regions").check()
     entry = next(entry for entry in json.loads((tmp_path / "regions" / "index.json").read_text())["regions"].values()
                  if "mask" in entry)  # fmt: skip
     (tmp_path / "regions" / entry["mask"]).write_bytes(b"not a png")
     broken = next(sample for sample in samples if f"{sample.image}.png" == entry["mask"])
     for read in (lambda: SavedRegions(tmp_path / "regions").localize(broken, roots),
-                 lambda: SavedRegions(tmp_path / "regions").check()):  # fmt: skip
+                 lambda: FixedRegions(SavedRegions(tmp_path / "regions"), samples, roots)):  # fmt: skip
         with pytest.raises(BrokenRegions, match=f"cannot read lesion mask .*{entry['mask']}.*mmedpo regions --force"):
             read()
     (tmp_path / "regions" / entry["mask"]).unlink()

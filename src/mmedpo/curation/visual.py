@@ -273,9 +273,9 @@ def curate_visual_regions(
         out_paths = {key: shard_path(path, shard) for key, path in out_paths.items()}
     previewed = set(list(dict.fromkeys(sample.image for sample in samples))[:preview])
     index = regions_index(shard)
-    localizer = _saved_regions(regions_dir, index) if regions_dir is not None else None
-    if localizer is not None:
-        note = localizer.note
+    saved = _saved_regions(regions_dir, index, samples, image_roots) if regions_dir is not None else None
+    if saved is not None:
+        localizer, note = saved
     else:
         # The localizer learns from every sample (a shard's too) and localizes this stage's (or shard's) images.
         localizer, note = _find_regions(
@@ -312,16 +312,16 @@ def curate_visual_regions(
     return {**first, "by_file": summaries if len(summaries) > 1 else None, "localizer_iou": iou, "notes": notes}
 
 
-def _saved_regions(regions_dir: Path, index: str) -> SavedRegions | None:
-    """The regions an earlier attempt of the stage saved, all readable; else None, and they are found again."""
+def _saved_regions(regions_dir: Path, index: str, samples, image_roots) -> tuple[FixedRegions, str] | None:
+    """The regions an earlier attempt of the stage saved, each mask read once and held for every pairs file, and
+    the line naming the localizer; None when there are none or one cannot be read back: they are found again."""
     if not (regions_dir / index).exists():
         return None
     try:
         saved = SavedRegions(regions_dir, index)
-        saved.check()
+        return FixedRegions(saved, samples, image_roots), saved.note
     except BrokenRegions:  # a kill while they were written, or a damaged file: a cache, so find them again
         return None
-    return saved
 
 
 def _find_regions(

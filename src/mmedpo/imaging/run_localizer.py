@@ -249,20 +249,11 @@ class SavedRegions:
         entry = self._entries.get(sample.image)
         if entry is None or "reason" in entry:
             return _region_or_reason(entry["reason"] if entry else "not localized", sample)
-        mask = self._mask(entry)
-        return Region(mask, entry["confidence"], entry["label"], entry["area_fraction"], found=entry["found"])
-
-    def check(self) -> None:
-        """Read every saved mask once: `BrokenRegions` if any cannot be."""
-        for entry in self._entries.values():
-            if "mask" in entry:
-                self._mask(entry)
-
-    def _mask(self, entry: dict):
         try:
-            return read_mask(self._dir / entry["mask"])
+            mask = read_mask(self._dir / entry["mask"])
         except ImageError as error:  # missing or damaged: ours, written by the stage that saved the regions
             raise BrokenRegions(f"{error}; run `mmedpo regions --force`") from None
+        return Region(mask, entry["confidence"], entry["label"], entry["area_fraction"], found=entry["found"])
 
 
 def _region_or_reason(region: Region | str, sample: Sample) -> Region:
